@@ -1,0 +1,5 @@
+import sys
+
+from offmarl.cli import main
+
+sys.exit(main())

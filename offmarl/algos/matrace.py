@@ -1,0 +1,220 @@
+"""MA-Trace: multi-agent V-trace actor-critic (Zawalski et al., AAMAS 2022).
+
+Centralised critic, decentralised shared actor. The joint importance ratio is
+the product of the agents' ratios, rho = prod_i pi_i(a_i|o_i) / mu_i(a_i|o_i),
+clipped into rho_t = min(rho_bar, rho) and c_t = lambda * min(c_bar, rho);
+targets and advantages follow V-trace (eqs. 1-4 of the paper).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import distrax
+import jax
+import jax.numpy as jnp
+
+from offmarl.config import require
+from offmarl.envs.base import EnvSpec
+from offmarl.networks import MLPPolicy, MLPValue, masked_logits
+from offmarl.types import Rollout
+
+
+def vtrace(
+    log_rhos: jax.Array,
+    discounts: jax.Array,
+    rewards: jax.Array,
+    values: jax.Array,
+    bootstrap_value: jax.Array,
+    rho_bar: float = 1.0,
+    c_bar: float = 1.0,
+    pg_rho_bar: float = 1.0,
+    lambda_: float = 1.0,
+) -> tuple[jax.Array, jax.Array]:
+    """V-trace targets and policy-gradient advantages, time-major.
+
+    Args:
+      log_rhos: [T, B] log importance ratios log(pi/mu) of the taken (joint) actions.
+      discounts: [T, B] gamma * (1 - done_t); zero cuts the trace at episode ends.
+      rewards: [T, B] reward r_t after acting at t.
+      values: [T, B] V(x_t).
+      bootstrap_value: [B] V(x_T).
+    Returns:
+      (vs, pg_advantages), each [T, B] and without gradient, where
+      vs_t = V(x_t) + sum_{u>=t} (prod_{k=t}^{u-1} gamma_k c_k) rho_u delta_u and
+      pg_advantage_t = min(pg_rho_bar, rho_t) (r_t + gamma_t vs_{t+1} - V(x_t)).
+    """
+    rhos = jnp.exp(log_rhos)
+    clipped_rhos = jnp.minimum(rho_bar, rhos)
+    cs = lambda_ * jnp.minimum(c_bar, rhos)
+    values_tp1 = jnp.concatenate([values[1:], bootstrap_value[None]], axis=0)
+    deltas = clipped_rhos * (rewards + discounts * values_tp1 - values)
+
+    def backward(acc: jax.Array, step: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+        delta, discount, c = step
+        acc = delta + discount * c * acc
+        return acc, acc
+
+    _, corrections = jax.lax.scan(
+        backward, jnp.zeros_like(bootstrap_value), (deltas, discounts, cs), reverse=True
+    )
+    vs = values + corrections
+    vs_tp1 = jnp.concatenate([vs[1:], bootstrap_value[None]], axis=0)
+    pg_advantages = jnp.minimum(pg_rho_bar, rhos) * (rewards + discounts * vs_tp1 - values)
+    return jax.lax.stop_gradient(vs), jax.lax.stop_gradient(pg_advantages)
+
+
+@dataclass(frozen=True)
+class MATraceConfig:
+    """MA-Trace hyper-parameters. Defaults follow the paper and its released code."""
+
+    gamma: float = 0.99
+    """Discount factor."""
+    rho_bar: float = 1.0
+    """Clip of the importance ratio in the V-trace temporal differences."""
+    c_bar: float = 1.0
+    """Clip of the trace-cutting ratio; Theorem 1 needs c_bar <= rho_bar."""
+    pg_rho_bar: float = 1.0
+    """Clip of the importance ratio in the policy-gradient advantage."""
+    lambda_: float = 1.0
+    """Trace decay multiplying every c_t (1 gives the paper's n-step target)."""
+    critic: Literal["obs", "state", "decentralised"] = "obs"
+    """Critic input: all observations concatenated, the global state, or V_i(o_i) per agent."""
+    importance_weights: bool = True
+    """False sets every ratio to 1 (the paper's ablation)."""
+    baseline_cost: float = 0.5
+    """Weight of the value loss 0.5 * mean((vs - V)^2)."""
+    entropy_mode: Literal["fixed", "adaptive"] = "fixed"
+    """Fixed entropy cost, or the released code's cost exp(10 p) with p tuned to a target entropy."""
+    entropy_cost: float = 0.002
+    """Entropy bonus weight (fixed mode) or its initial value (adaptive mode)."""
+    target_entropy: float = 1e-5
+    """Target of the summed per-agent entropy in adaptive mode."""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layers of both the actor and the critic MLPs."""
+    agent_id: bool = False
+    """Append a one-hot agent id to each agent's observation (off in the paper)."""
+    normalize_advantages: bool = False
+    """Standardise policy-gradient advantages within each minibatch."""
+
+    def validate(self) -> None:
+        require(0.0 <= self.gamma <= 1.0, f"gamma={self.gamma} is invalid: must be in [0, 1]")
+        require(self.rho_bar > 0, f"rho_bar={self.rho_bar} is invalid: must be > 0")
+        require(self.pg_rho_bar > 0, f"pg_rho_bar={self.pg_rho_bar} is invalid: must be > 0")
+        require(
+            0.0 <= self.c_bar <= self.rho_bar,
+            f"c_bar={self.c_bar} is invalid: Theorem 1 needs 0 <= c_bar <= rho_bar={self.rho_bar}",
+        )
+        require(0.0 <= self.lambda_ <= 1.0, f"lambda_={self.lambda_} is invalid: must be in [0, 1]")
+        require(self.baseline_cost >= 0, f"baseline_cost={self.baseline_cost} must be >= 0")
+        require(self.entropy_cost >= 0, f"entropy_cost={self.entropy_cost} must be >= 0")
+        require(
+            len(self.hidden_sizes) > 0 and all(h > 0 for h in self.hidden_sizes),
+            f"hidden_sizes={self.hidden_sizes} must be positive integers",
+        )
+
+
+class MATrace:
+    """Pure MA-Trace functions for one environment spec (see OnlineAlgorithm)."""
+
+    def __init__(self, config: MATraceConfig, spec: EnvSpec) -> None:
+        config.validate()
+        self.config = config
+        self.spec = spec
+        self._actor = MLPPolicy(config.hidden_sizes, spec.num_actions)
+        self._critic = MLPValue(config.hidden_sizes)
+
+    # -- inputs ---------------------------------------------------------------
+    def _actor_input(self, obs: jax.Array) -> jax.Array:
+        if not self.config.agent_id:
+            return obs
+        ids = jnp.broadcast_to(jnp.eye(self.spec.num_agents), obs.shape[:-1] + (self.spec.num_agents,))
+        return jnp.concatenate([obs, ids], axis=-1)
+
+    def _critic_input(self, obs: jax.Array, state: jax.Array) -> jax.Array:
+        if self.config.critic == "state":
+            return state
+        if self.config.critic == "obs":
+            return obs.reshape(obs.shape[:-2] + (-1,))
+        return self._actor_input(obs)  # decentralised: V_i(o_i)
+
+    # -- OnlineAlgorithm ------------------------------------------------------
+    def init(self, rng: jax.Array) -> dict:
+        actor_rng, critic_rng = jax.random.split(rng)
+        n, o, s = self.spec.num_agents, self.spec.obs_dim, self.spec.state_dim
+        obs = jnp.zeros((n, o))
+        return {
+            "actor": self._actor.init(actor_rng, self._actor_input(obs)),
+            "critic": self._critic.init(critic_rng, self._critic_input(obs, jnp.zeros((s,)))),
+            # exp(10 p) is the entropy cost in adaptive mode; unused in fixed mode.
+            "entropy_param": jnp.log(jnp.maximum(self.config.entropy_cost, 1e-8)) / 10.0,
+        }
+
+    def policy_logits(self, params: dict, obs: jax.Array, avail: jax.Array) -> jax.Array:
+        logits = self._actor.apply(params["actor"], self._actor_input(obs))
+        return masked_logits(logits, avail)
+
+    def values(self, params: dict, obs: jax.Array, state: jax.Array) -> jax.Array:
+        """Team value [...] (obs/state critic) or per-agent values [..., N] (decentralised)."""
+        return self._critic.apply(params["critic"], self._critic_input(obs, state))
+
+    def loss(self, params: dict, rollout: Rollout) -> tuple[jax.Array, dict[str, jax.Array]]:
+        cfg = self.config
+        dist = distrax.Categorical(
+            logits=self.policy_logits(params, rollout.obs[:-1], rollout.avail[:-1])
+        )
+        log_probs = dist.log_prob(rollout.actions)  # [T, B, N]
+        entropy = jnp.sum(dist.entropy(), axis=-1)  # [T, B], summed over agents
+        values = self.values(params, rollout.obs, rollout.state)  # [T+1, B] or [T+1, B, N]
+
+        agent_log_rhos = jax.lax.stop_gradient(log_probs - rollout.behaviour_log_probs)
+        if not cfg.importance_weights:
+            agent_log_rhos = jnp.zeros_like(agent_log_rhos)
+        discounts = cfg.gamma * (1.0 - rollout.dones.astype(jnp.float32))
+        rewards = rollout.rewards
+        if cfg.critic == "decentralised":
+            log_rhos = agent_log_rhos  # per-agent ratios against per-agent values
+            discounts = jnp.broadcast_to(discounts[..., None], log_rhos.shape)
+            rewards = jnp.broadcast_to(rewards[..., None], log_rhos.shape)
+        else:
+            log_rhos = jnp.sum(agent_log_rhos, axis=-1)  # joint ratio = product over agents
+        vs, pg_adv = vtrace(
+            log_rhos,
+            discounts,
+            rewards,
+            jax.lax.stop_gradient(values[:-1]),
+            jax.lax.stop_gradient(values[-1]),
+            rho_bar=cfg.rho_bar,
+            c_bar=cfg.c_bar,
+            pg_rho_bar=cfg.pg_rho_bar,
+            lambda_=cfg.lambda_,
+        )
+        if cfg.normalize_advantages:
+            pg_adv = (pg_adv - pg_adv.mean()) / (pg_adv.std() + 1e-8)
+        if cfg.critic != "decentralised":
+            pg_adv = pg_adv[..., None]  # every agent shares the team advantage
+        policy_loss = -jnp.mean(jnp.sum(log_probs * pg_adv, axis=-1))
+        value_loss = cfg.baseline_cost * 0.5 * jnp.mean((vs - values[:-1]) ** 2)
+        mean_entropy = jnp.mean(entropy)
+        entropy_cost = jnp.exp(10.0 * params["entropy_param"])
+        if cfg.entropy_mode == "adaptive":
+            # Lagrangian: the cost grows while entropy is under target and shrinks above it.
+            entropy_loss = -jax.lax.stop_gradient(entropy_cost) * mean_entropy + entropy_cost * (
+                jax.lax.stop_gradient(mean_entropy) - cfg.target_entropy
+            )
+        else:
+            entropy_cost = jnp.asarray(cfg.entropy_cost, jnp.float32)
+            entropy_loss = -entropy_cost * mean_entropy
+        total = policy_loss + value_loss + entropy_loss
+        rhos = jnp.exp(log_rhos)
+        return total, {
+            "loss": total,
+            "policy_loss": policy_loss,
+            "value_loss": value_loss,
+            "entropy": mean_entropy,
+            "entropy_cost": entropy_cost,
+            "rho_mean": jnp.mean(rhos),
+            "rho_clipped_fraction": jnp.mean(rhos > cfg.rho_bar),
+            "value_mean": jnp.mean(values),
+        }

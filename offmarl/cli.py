@@ -1,0 +1,119 @@
+"""The `offmarl` command line. Bad input ends with one line on stderr and exit code 2,
+before anything is compiled or trained."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import NoReturn
+
+from offmarl.errors import ConfigError
+
+EXIT_BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"offmarl: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="offmarl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("envs", help="list environment names")
+    sub.add_parser("algos", help="list algorithms")
+
+    train = sub.add_parser("train", help="train online (MA-Trace) into a run directory")
+    train.add_argument("--algo", default="matrace", help="algorithm name (see `offmarl algos`)")
+    train.add_argument("--env", help="environment, e.g. smax:3m (see `offmarl envs`)")
+    train.add_argument("--env-steps", type=int, help="training environment-step budget")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", help="new run directory (default runs/<algo>_<env>_s<seed>)")
+    train.add_argument("--critic", help="critic input: obs, state or decentralised")
+    train.add_argument("--num-envs", type=int, help="parallel environments")
+    train.add_argument("--policy-lag", type=int, help="act with parameters K updates old")
+    train.add_argument("--no-importance-weights", action="store_true",
+                       help="set every importance ratio to 1 (ablation)")
+    train.add_argument("--config", help="JSON or TOML file of config fields")
+    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress display")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="config field overrides")
+
+    evaluate = sub.add_parser("eval", help="evaluate a run's saved policy (greedy and sampled)")
+    evaluate.add_argument("--run", required=True, help="run directory")
+    evaluate.add_argument("--episodes", type=int, default=256)
+    evaluate.add_argument("--checkpoint", default="latest", help="latest or an env-step count")
+    evaluate.add_argument("--seed", type=int, help="evaluation seed (default: the run's)")
+    return parser
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, object]:
+    flags = {"env_steps": args.env_steps, "critic": args.critic, "num_envs": args.num_envs,
+             "policy_lag": args.policy_lag}
+    out = {k: v for k, v in flags.items() if v is not None}
+    if args.no_importance_weights:
+        out["importance_weights"] = False
+    return out
+
+
+def _train(args: argparse.Namespace) -> int:
+    from offmarl.config import load_config_file, parse_overrides
+    from offmarl.experiment import resolve_experiment
+
+    if args.resume:
+        from offmarl.runners.online import OnlineRun
+
+        run = OnlineRun.resume(args.resume, quiet=args.quiet)
+    else:
+        if not args.env:
+            raise ConfigError("--env is required (see `offmarl envs`)")
+        file_layer = load_config_file(args.config) if args.config else {}
+        experiment = resolve_experiment(
+            args.algo, args.env, args.seed, file_layer, _flag_overrides(args),
+            parse_overrides(args.overrides),
+        )
+        out = args.out or f"runs/{args.algo}_{args.env.replace(':', '_')}_s{args.seed}"
+        from offmarl.runners.online import OnlineRun
+
+        run = OnlineRun.create(experiment, out, quiet=args.quiet)
+    summary = run.execute()
+    print(json.dumps(summary, indent=2))
+    return {"completed": 0, "interrupted": 130, "diverged": 3}[summary["status"]]
+
+
+def _eval(args: argparse.Namespace) -> int:
+    if args.episodes <= 0:
+        raise ConfigError(f"--episodes={args.episodes} is invalid: must be a positive integer")
+    from offmarl.runners.online import evaluate_run
+
+    print(json.dumps(evaluate_run(args.run, args.episodes, args.checkpoint, args.seed), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        if args.command == "envs":
+            from offmarl.envs import list_envs
+
+            print("\n".join(list_envs()))
+            return 0
+        if args.command == "algos":
+            from offmarl.algos import ALGORITHMS
+
+            for name, entry in ALGORITHMS.items():
+                print(f"{name}\t{entry.description}")
+            return 0
+        if args.command == "train":
+            return _train(args)
+        return _eval(args)
+    except ConfigError as err:
+        print(f"offmarl: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""An experiment = algorithm + environment + seed + configs; resolved and checked
+before anything heavy runs, saved as a run directory's config.json."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from offmarl.algos import get_algorithm
+from offmarl.algos.base import OnlineAlgorithm
+from offmarl.config import apply_overrides, to_dict
+from offmarl.envs import check_env_name, make_env
+from offmarl.envs.base import MultiAgentEnv
+from offmarl.errors import ConfigError
+from offmarl.runners.config import OnlineConfig
+
+
+@dataclass(frozen=True)
+class Experiment:
+    algo: str
+    env: str
+    seed: int
+    algo_config: Any
+    run_config: OnlineConfig
+
+    def to_dict(self, env_settings: dict | None = None) -> dict:
+        return {
+            "algo": self.algo,
+            "env": self.env,
+            "seed": self.seed,
+            "env_settings": env_settings or {},
+            "algo_config": to_dict(self.algo_config),
+            "run_config": to_dict(self.run_config),
+        }
+
+    def build(self) -> tuple[MultiAgentEnv, OnlineAlgorithm]:
+        env = make_env(self.env)
+        return env, get_algorithm(self.algo).build(self.algo_config, env.spec)
+
+
+def resolve_experiment(algo: str, env: str, seed: int, *layers: dict[str, Any]) -> Experiment:
+    """Validate names, apply override layers in order (later wins) and check every value."""
+    entry = get_algorithm(algo)
+    check_env_name(env)
+    if seed < 0:
+        raise ConfigError(f"seed={seed} is invalid: must be >= 0")
+    configs = [entry.config_class(), OnlineConfig()]
+    for layer in layers:
+        configs = apply_overrides(configs, layer)
+    algo_config, run_config = configs
+    algo_config.validate()
+    run_config.validate()
+    return Experiment(algo, env, seed, algo_config, run_config)
+
+
+def experiment_from_dict(data: dict) -> Experiment:
+    """Rebuild the experiment saved in a run directory's config.json."""
+    try:
+        return resolve_experiment(
+            data["algo"], data["env"], int(data["seed"]), data["algo_config"], data["run_config"]
+        )
+    except KeyError as err:
+        raise ConfigError(f"config.json lacks the key {err.args[0]!r}") from err

@@ -1,0 +1,73 @@
+"""Settings of the online runners, independent of the algorithm they train."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from offmarl.config import require
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    """How an online run collects data, optimises, evaluates and saves."""
+
+    env_steps: int = 8_000_000
+    """Budget of training environment steps (summed over parallel environments)."""
+    num_envs: int = 128
+    """Parallel environments stepped in one vmapped batch."""
+    unroll_length: int = 32
+    """Steps per unroll; each update consumes num_envs x unroll_length transitions."""
+    num_epochs: int = 1
+    """Passes over each batch of unrolls."""
+    num_minibatches: int = 8
+    """Minibatches per pass, split along the environment axis (unrolls stay whole)."""
+    lr: float = 5e-4
+    """Adam learning rate."""
+    anneal_lr: bool = False
+    """Decay the learning rate linearly to zero over the run."""
+    max_grad_norm: float = 0.5
+    """Clip of the global gradient norm; 0 disables clipping."""
+    adam_eps: float = 1e-5
+    """Adam epsilon."""
+    policy_lag: int = 0
+    """Act with parameters this many updates old, to exercise the off-policy correction."""
+    eval_interval: int = 500_000
+    """Environment steps between evaluations."""
+    eval_episodes: int = 64
+    """Episodes per periodic evaluation (run with their own environments and seeds)."""
+    final_eval_episodes: int = 256
+    """Episodes of the final evaluation."""
+    eval_mode: Literal["greedy", "sampled"] = "greedy"
+    """Which evaluation is the headline eval_win_rate/eval_return: greedy or sampled."""
+    checkpoint_interval: int = 2_000_000
+    """Environment steps between checkpoints (one is always written at the end)."""
+    keep_checkpoints: int = 3
+    """How many of the newest checkpoints to keep."""
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.unroll_length
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, self.env_steps // self.steps_per_update)
+
+    def validate(self) -> None:
+        for name in ("env_steps", "num_envs", "unroll_length", "num_epochs", "num_minibatches",
+                     "eval_interval", "eval_episodes", "final_eval_episodes",
+                     "checkpoint_interval", "keep_checkpoints"):
+            value = getattr(self, name)
+            require(value > 0, f"{name}={value} is invalid: must be a positive integer")
+        require(self.lr > 0, f"lr={self.lr} is invalid: must be > 0")
+        require(self.max_grad_norm >= 0, f"max_grad_norm={self.max_grad_norm} must be >= 0")
+        require(self.policy_lag >= 0, f"policy_lag={self.policy_lag} is invalid: must be >= 0")
+        require(
+            self.num_envs % self.num_minibatches == 0,
+            f"num_minibatches={self.num_minibatches} must divide num_envs={self.num_envs}",
+        )
+        require(
+            self.env_steps >= self.steps_per_update,
+            f"env_steps={self.env_steps} is smaller than one update "
+            f"(num_envs x unroll_length = {self.steps_per_update})",
+        )

@@ -1,0 +1,246 @@
+"""The outer loop of online training: run directory, evaluation, logging,
+checkpoints, progress display, resume, and a clean stop on Ctrl-C or NaN."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from offmarl.errors import ConfigError
+from offmarl.evaluation.evaluate import make_evaluator, summarise
+from offmarl.evaluation.plots import plot_learning_curve
+from offmarl.experiment import Experiment, experiment_from_dict
+from offmarl.runners.fused import FusedTrainer
+from offmarl.utils.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from offmarl.utils.files import JsonlWriter, atomic_write_json, atomic_write_jsonl, read_jsonl
+
+WIN_RATE_MILESTONE = 0.9
+# Evaluation seeds are fold_in(seed stream, tag): periodic ones use the env-step count.
+FINAL_EVAL_TAG = 2**32 - 1
+CLI_EVAL_TAG = 2**32 - 2
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or parameter became NaN or inf."""
+
+
+def _eval_seed(seed: int, tag: int) -> jax.Array:
+    # Evaluation keys come from their own stream, so evaluating never changes training.
+    return jax.random.fold_in(jax.random.PRNGKey(seed + 1_000_003), tag)
+
+
+def evaluate_both(evaluator, params: Any, seed: int, env_steps: int) -> dict[str, float]:
+    """Greedy and sampled evaluation, flattened as eval_{mode}_{metric}."""
+    out: dict[str, float] = {}
+    for mode, greedy in (("greedy", True), ("sampled", False)):
+        stats = summarise(evaluator(params, _eval_seed(seed, env_steps), greedy))
+        out.update({f"eval_{mode}_{k}": v for k, v in stats.items()})
+    return out
+
+
+def load_run(run_dir: str | Path) -> tuple[Experiment, dict]:
+    """The experiment and raw config.json of an existing run directory."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.json)")
+    data = json.loads(path.read_text())
+    return experiment_from_dict(data), data
+
+
+class OnlineRun:
+    """Trains one experiment into `out_dir` with the fused runner."""
+
+    def __init__(self, experiment: Experiment, out_dir: str | Path, quiet: bool = False) -> None:
+        self.exp = experiment
+        self.dir = Path(out_dir)
+        self.cfg = experiment.run_config
+        self.console = Console(quiet=quiet, stderr=True)
+
+    # -- entry points ----------------------------------------------------------
+    @classmethod
+    def create(cls, experiment: Experiment, out_dir: str | Path, quiet: bool = False) -> "OnlineRun":
+        out = Path(out_dir)
+        if out.exists() and any(out.iterdir()):
+            raise ConfigError(
+                f"output directory {str(out)!r} already holds files; choose a new --out "
+                "or continue it with --resume"
+            )
+        return cls(experiment, out, quiet)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, quiet: bool = False) -> "OnlineRun":
+        experiment, _ = load_run(run_dir)
+        resolve_checkpoint(Path(run_dir) / "checkpoints")  # fails early if there is none
+        return cls(experiment, run_dir, quiet)
+
+    def execute(self) -> dict:
+        """Train to the step budget (or from the last checkpoint); returns summary.json."""
+        env, algo = self.exp.build()
+        self.has_win = env.spec.has_win
+        trainer = FusedTrainer(self.cfg, algo, env)
+        periodic_eval = make_evaluator(env, algo.policy_logits, self.cfg.eval_episodes)
+        final_eval = make_evaluator(env, algo.policy_logits, self.cfg.final_eval_episodes)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        ckpt_dir = self.dir / "checkpoints"
+        state = trainer.init(jax.random.PRNGKey(self.exp.seed))
+        records: list[dict] = []
+        env_steps, wall_offset = 0, 0.0
+        if ckpt_dir.exists():
+            env_steps = resolve_checkpoint(ckpt_dir)
+            state, meta = load_checkpoint(ckpt_dir, env_steps, state)
+            wall_offset = float(meta.get("wall_seconds", 0.0))
+            records = [r for r in read_jsonl(self.dir / "metrics.jsonl") if r["env_steps"] <= env_steps]
+            self.console.print(f"resuming {self.dir} from env step {env_steps:,}")
+        else:
+            atomic_write_json(self.dir / "config.json", self.exp.to_dict(env.settings))
+        # Drop metrics logged after the checkpoint we continue from: no duplicates, no gaps.
+        atomic_write_jsonl(self.dir / "metrics.jsonl", records)
+        metrics_file = JsonlWriter(self.dir / "metrics.jsonl")
+        from tensorboardX import SummaryWriter
+
+        tb = SummaryWriter(str(self.dir / "tb"))
+        status = "completed"
+        start = time.perf_counter() - wall_offset
+        updates_per_chunk = max(1, self.cfg.eval_interval // self.cfg.steps_per_update)
+        last_ckpt = env_steps
+        try:
+            with self._progress() as progress:
+                task = progress.add_task("train", total=self.cfg.num_updates * self.cfg.steps_per_update,
+                                         completed=env_steps, stats="compiling...")
+                while env_steps < self.cfg.num_updates * self.cfg.steps_per_update:
+                    done_updates = env_steps // self.cfg.steps_per_update
+                    n = min(updates_per_chunk, self.cfg.num_updates - done_updates)
+                    chunk_start = time.perf_counter()
+                    new_state, episodes, learner = trainer.train(state, n)
+                    learner = {k: float(v) for k, v in learner.items()}
+                    if not all(math.isfinite(v) for v in learner.values()):
+                        bad = next(k for k, v in learner.items() if not math.isfinite(v))
+                        raise TrainingDiverged(
+                            f"{bad} became {learner[bad]} between env steps {env_steps:,} and "
+                            f"{env_steps + n * self.cfg.steps_per_update:,}"
+                        )
+                    state = new_state
+                    chunk_seconds = time.perf_counter() - chunk_start
+                    env_steps += n * self.cfg.steps_per_update
+                    record = self._record(env_steps, start, chunk_seconds, n, episodes, learner)
+                    record.update(evaluate_both(periodic_eval, state.params, self.exp.seed, env_steps))
+                    self._headline(record)
+                    records.append(record)
+                    metrics_file.write(record)
+                    for key, value in record.items():
+                        if isinstance(value, (int, float)) and key != "env_steps":
+                            tb.add_scalar(key, value, env_steps)
+                    if env_steps - last_ckpt >= self.cfg.checkpoint_interval:
+                        self._checkpoint(ckpt_dir, env_steps, state, start)
+                        last_ckpt = env_steps
+                    progress.update(task, completed=env_steps, stats=self._progress_text(record))
+        except KeyboardInterrupt:
+            status = "interrupted"
+            self.console.print("[yellow]interrupted: saving a checkpoint of the last completed update")
+        except TrainingDiverged as err:
+            status = "diverged"
+            self.console.print(f"[red]training stopped: {err}; the last good state is checkpointed")
+        finally:
+            metrics_file.close()
+            tb.close()
+        if env_steps > last_ckpt or not (ckpt_dir.exists()):
+            self._checkpoint(ckpt_dir, env_steps, state, start)
+        wall_seconds = time.perf_counter() - start
+        summary = self._summary(status, env_steps, wall_seconds, records)
+        if status == "completed":
+            final = evaluate_both(final_eval, state.params, self.exp.seed, FINAL_EVAL_TAG)
+            summary.update({k.replace("eval_", "final_eval_", 1): v for k, v in final.items()})
+            self._headline(final)
+            summary.update({k: final[k] for k in ("eval_win_rate", "eval_return")})
+            summary["eval_episodes"] = self.cfg.final_eval_episodes
+        atomic_write_json(self.dir / "summary.json", summary)
+        plot_learning_curve(records, self.dir / "curve.png",
+                            f"{self.exp.algo} on {self.exp.env} (seed {self.exp.seed})", self.has_win)
+        return summary
+
+    # -- pieces ----------------------------------------------------------------
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:,.0f}/{task.total:,.0f} steps"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[stats]}"),
+            console=self.console,
+        )
+
+    def _progress_text(self, r: dict) -> str:
+        text = f"{r['steps_per_second']:,.0f} steps/s"
+        if self.has_win:
+            text += f" | win {r['eval_win_rate']:.2f} (greedy {r['eval_greedy_win_rate']:.2f}, sampled {r['eval_sampled_win_rate']:.2f})"
+        return text + f" | return {r['eval_return']:.2f}"
+
+    def _headline(self, record: dict) -> None:
+        mode = self.cfg.eval_mode
+        record["eval_win_rate"] = record[f"eval_{mode}_win_rate"]
+        record["eval_return"] = record[f"eval_{mode}_return"]
+
+    def _record(self, env_steps, start, chunk_seconds, updates, episodes, learner) -> dict:
+        count = float(episodes.episodes)
+        return {
+            "env_steps": env_steps,
+            "updates": env_steps // self.cfg.steps_per_update,
+            "wall_seconds": round(time.perf_counter() - start, 3),
+            "steps_per_second": updates * self.cfg.steps_per_update / chunk_seconds,
+            "train_episodes": int(count),
+            "train_return": float(episodes.return_sum) / count if count else None,
+            "train_win_rate": float(episodes.wins) / count if count and self.has_win else None,
+            **learner,
+        }
+
+    def _checkpoint(self, ckpt_dir: Path, env_steps: int, state: Any, start: float) -> None:
+        meta = {"algo": self.exp.algo, "env": self.exp.env, "seed": self.exp.seed,
+                "wall_seconds": time.perf_counter() - start}
+        save_checkpoint(ckpt_dir, env_steps, state, meta, self.cfg.keep_checkpoints)
+
+    def _summary(self, status: str, env_steps: int, wall_seconds: float, records: list[dict]) -> dict:
+        milestone = next((r for r in records if r.get("eval_win_rate", 0) >= WIN_RATE_MILESTONE), None)
+        last = records[-1] if records else {}
+        return {
+            "algo": self.exp.algo,
+            "env": self.exp.env,
+            "seed": self.exp.seed,
+            "status": status,
+            "num_envs": self.cfg.num_envs,
+            "env_steps": env_steps,
+            "wall_seconds": round(wall_seconds, 2),
+            "env_steps_per_second": round(env_steps / wall_seconds, 1) if wall_seconds else None,
+            "eval_mode": self.cfg.eval_mode,
+            "eval_win_rate": last.get("eval_win_rate"),
+            "eval_return": last.get("eval_return"),
+            "eval_episodes": self.cfg.eval_episodes,
+            f"first_eval_win_rate_{WIN_RATE_MILESTONE}": (
+                {"env_steps": milestone["env_steps"], "wall_seconds": milestone["wall_seconds"]}
+                if milestone else None
+            ),
+            "device": jax.devices()[0].device_kind,
+        }
+
+
+def evaluate_run(run_dir: str | Path, episodes: int, checkpoint: str = "latest", seed: int | None = None) -> dict:
+    """Evaluate a saved policy (greedy and sampled) on fresh episodes."""
+    experiment, _ = load_run(run_dir)
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    step = resolve_checkpoint(ckpt_dir, checkpoint)
+    env, algo = experiment.build()
+    trainer = FusedTrainer(experiment.run_config, algo, env)
+    template = jax.eval_shape(trainer.init, jax.random.PRNGKey(0))
+    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
+    state, _ = load_checkpoint(ckpt_dir, step, template)
+    evaluator = make_evaluator(env, algo.policy_logits, episodes)
+    result = evaluate_both(evaluator, state.params, experiment.seed if seed is None else seed, CLI_EVAL_TAG)
+    return {"run": str(run_dir), "algo": experiment.algo, "env": experiment.env,
+            "checkpoint_env_steps": step, **result}

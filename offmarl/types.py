@@ -1,0 +1,38 @@
+"""Data types shared by environments, algorithms and runners."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+
+
+class TimeStep(NamedTuple):
+    """What every environment adapter returns, agents stacked on the leading axis.
+
+    After the last step of an episode the environment has already reset, so
+    `obs`, `state` and `avail` belong to the next episode while `reward`,
+    `done` and `won` describe the step that just ended.
+    """
+
+    obs: jax.Array  # [num_agents, obs_dim] float32
+    state: jax.Array  # [state_dim] float32, the global state
+    avail: jax.Array  # [num_agents, num_actions] bool, available actions
+    reward: jax.Array  # [] float32, team reward of the step
+    done: jax.Array  # [] bool, the episode ended with this step
+    won: jax.Array  # [] bool, the episode ended in a win
+
+
+class Rollout(NamedTuple):
+    """A time-major unroll of T steps from B environments.
+
+    Observation-like fields hold T + 1 entries: the last one is the bootstrap.
+    """
+
+    obs: jax.Array  # [T+1, B, N, obs_dim]
+    state: jax.Array  # [T+1, B, state_dim]
+    avail: jax.Array  # [T+1, B, N, A] bool
+    actions: jax.Array  # [T, B, N] int32
+    behaviour_log_probs: jax.Array  # [T, B, N] log mu_i(a_i | o_i)
+    rewards: jax.Array  # [T, B]
+    dones: jax.Array  # [T, B] bool
