@@ -16,19 +16,22 @@ from offmarl.types import TimeStep
 def quiet_import_jaxmarl() -> Any:
     """Import jaxmarl without the banner it prints on stdout (stdout carries our JSON).
 
-    The banner bypasses `sys.stdout`, so file descriptor 1 itself is muted.
+    Importing jaxmarl also resets `sys.stdout` and `sys.stderr` to the process's
+    original streams, so file descriptor 1 is muted and both streams are restored.
     """
     if "jaxmarl" in sys.modules:
         return sys.modules["jaxmarl"]
+    streams = sys.stdout, sys.stderr
     sys.stdout.flush()
-    saved = os.dup(1)
+    saved_fd = os.dup(1)
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 1)
             import jaxmarl
     finally:
-        os.dup2(saved, 1)
-        os.close(saved)
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
+        sys.stdout, sys.stderr = streams
     return jaxmarl
 
 

@@ -136,12 +136,15 @@ class FusedTrainer:
         )
         return params, opt_state, jax.tree.map(jnp.mean, metrics)
 
+    def behaviour_params(self, state: TrainState) -> Any:
+        """The parameters of `policy_lag` updates ago (the initial ones early on)."""
+        slot = jnp.maximum(state.update - self.cfg.policy_lag, 0) % (self.cfg.policy_lag + 1)
+        return jax.tree.map(lambda h: h[slot], state.param_history)
+
     def update(self, state: TrainState) -> tuple[TrainState, EpisodeStats, dict]:
         """One update: unroll with the (possibly lagged) behaviour policy, then learn."""
         slots = self.cfg.policy_lag + 1
-        lagged_slot = jnp.maximum(state.update - self.cfg.policy_lag, 0) % slots
-        behaviour = jax.tree.map(lambda h: h[lagged_slot], state.param_history)
-        state, rollout, episodes = self.collect(state, behaviour)
+        state, rollout, episodes = self.collect(state, self.behaviour_params(state))
         rng, learn_rng = jax.random.split(state.rng)
         params, opt_state, metrics = self.learn(state.params, state.opt_state, rollout, learn_rng)
         update = state.update + 1

@@ -1,0 +1,84 @@
+"""Brute-force NumPy reference implementations shared by the tests.
+
+They are written straight from the papers' formulas with explicit loops (no
+backward recursion), in float64, so that they are an independent check of the
+JAX code rather than a copy of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def vtrace_oracle(
+    log_rhos: np.ndarray,
+    discounts: np.ndarray,
+    rewards: np.ndarray,
+    values: np.ndarray,
+    bootstrap_value: np.ndarray,
+    rho_bar: float = 1.0,
+    c_bar: float = 1.0,
+    pg_rho_bar: float = 1.0,
+    lambda_: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """V-trace targets and pg advantages (MA-Trace eq. 3 / IMPALA eq. 1), time-major [T, B].
+
+    vs_t = V(x_t) + sum_{u=t}^{T-1} (prod_{k=t}^{u-1} gamma_k c_k) rho_u delta_u, with
+    delta_u = r_u + gamma_u V(x_{u+1}) - V(x_u), rho_u = min(rho_bar, exp(log_rho_u)),
+    c_k = lambda * min(c_bar, exp(log_rho_k)) and V(x_T) = bootstrap_value;
+    pg_adv_t = min(pg_rho_bar, exp(log_rho_t)) (r_t + gamma_t vs_{t+1} - V(x_t)), vs_T = V(x_T).
+    """
+    log_rhos = np.asarray(log_rhos, np.float64)
+    discounts = np.asarray(discounts, np.float64)
+    rewards = np.asarray(rewards, np.float64)
+    values = np.asarray(values, np.float64)
+    bootstrap_value = np.asarray(bootstrap_value, np.float64)
+    num_steps, batch = log_rhos.shape
+    all_values = np.concatenate([values, bootstrap_value[None]], axis=0)  # V(x_0) .. V(x_T)
+    ratios = np.exp(log_rhos)
+
+    vs = np.zeros((num_steps, batch))
+    for b in range(batch):
+        for t in range(num_steps):
+            total = all_values[t, b]
+            for u in range(t, num_steps):
+                trace = 1.0
+                for k in range(t, u):
+                    trace *= discounts[k, b] * lambda_ * min(c_bar, ratios[k, b])
+                delta = rewards[u, b] + discounts[u, b] * all_values[u + 1, b] - all_values[u, b]
+                total += trace * min(rho_bar, ratios[u, b]) * delta
+            vs[t, b] = total
+
+    all_vs = np.concatenate([vs, bootstrap_value[None]], axis=0)
+    pg_advantages = np.zeros((num_steps, batch))
+    for b in range(batch):
+        for t in range(num_steps):
+            q_estimate = rewards[t, b] + discounts[t, b] * all_vs[t + 1, b]
+            pg_advantages[t, b] = min(pg_rho_bar, ratios[t, b]) * (q_estimate - all_values[t, b])
+    return vs, pg_advantages
+
+
+def n_step_return_oracle(
+    discounts: np.ndarray, rewards: np.ndarray, bootstrap_value: np.ndarray
+) -> np.ndarray:
+    """G_t = sum_{u=t}^{T-1} (prod_{k=t}^{u-1} gamma_k) r_u + (prod_{k=t}^{T-1} gamma_k) V(x_T)."""
+    discounts = np.asarray(discounts, np.float64)
+    rewards = np.asarray(rewards, np.float64)
+    bootstrap_value = np.asarray(bootstrap_value, np.float64)
+    num_steps, batch = rewards.shape
+    returns = np.zeros((num_steps, batch))
+    for b in range(batch):
+        for t in range(num_steps):
+            total, scale = 0.0, 1.0
+            for u in range(t, num_steps):
+                total += scale * rewards[u, b]
+                scale *= discounts[u, b]
+            returns[t, b] = total + scale * bootstrap_value[b]
+    return returns
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable log-softmax over the last axis, in float64."""
+    logits = np.asarray(logits, np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))

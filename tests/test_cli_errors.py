@@ -1,0 +1,61 @@
+"""Bad input: one line on stderr naming the bad value and the valid choices, exit
+code 2, and nothing written (the error comes before any compilation)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from offmarl.cli import main
+
+CASES = [
+    (["--env", "smax:4m"], "unknown smax scenario '4m'", "valid: 3m"),
+    (["--env", "starcraft:3m"], "unknown environment 'starcraft:3m'", "smax:<scenario>"),
+    (["--env", "smax:3m", "--algo", "qmix"], "unknown algorithm 'qmix'", "valid choices: matrace"),
+    (["--env", "smax:3m", "c_bar=2.0"], "c_bar=2.0 is invalid", "c_bar <= rho_bar=1.0"),
+    (["--env", "smax:3m", "lr=0"], "lr=0.0 is invalid", "must be > 0"),
+    (["--env", "smax:3m", "lr=-1e-3"], "lr=-0.001 is invalid", "must be > 0"),
+    (["--env", "smax:3m", "--env-steps", "0"], "env_steps=0 is invalid", "positive integer"),
+    (["--env", "smax:3m", "learning_rate=1e-3"], "unknown config key 'learning_rate'", "lr,"),
+    (["--env", "smax:3m", "--critic", "joint"], "critic='joint' is invalid", "obs, state, decentralised"),
+    (["--env", "smax:3m", "--policy-lag", "-1"], "policy_lag=-1 is invalid", ">= 0"),
+    (["--env", "smax:3m", "num_minibatches=3"], "num_minibatches=3 must divide num_envs=128", ""),
+    (["--env", "smax:3m", "lr"], "override 'lr' is not of the form key=value", ""),
+]
+
+
+@pytest.mark.parametrize("argv,problem,choices", CASES, ids=[c[1][:30] for c in CASES])
+def test_bad_train_input_is_one_line_exit_2(argv, problem, choices, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    code = main(["train", "--out", str(out), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("offmarl: error: ") and problem in err and choices in err
+    assert not out.exists()
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path: Path, capsys) -> None:
+    (tmp_path / "keep.txt").write_text("precious")
+    assert main(["train", "--env", "smax:3m", "--out", str(tmp_path)]) == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_eval_of_missing_run_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    assert main(["eval", "--run", str(tmp_path / "nope")]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_argparse_errors_are_one_line_exit_2_in_a_real_process() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "offmarl", "train", "--env", "smax:3m", "--num-envs", "many"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "offmarl: error: argument --num-envs: invalid int value: 'many'"
+    ]

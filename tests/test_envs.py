@@ -1,0 +1,75 @@
+"""Environment adapters: shapes, masks, rewards and the derived win flag."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from offmarl.envs import check_env_name, list_envs
+from offmarl.errors import ConfigError
+
+
+def test_smax_3m_spec_matches_jaxmarl(smax_3m) -> None:
+    spec = smax_3m.spec
+    assert (spec.num_agents, spec.obs_dim, spec.state_dim, spec.num_actions) == (3, 75, 72, 8)
+    assert spec.max_episode_steps == 100 and spec.has_win
+    assert smax_3m.settings["attack_mode"] == "closest"
+
+
+def test_smax_reset_masks_stop_available_and_no_attack(smax_3m) -> None:
+    _, ts = smax_3m.reset(jax.random.PRNGKey(0))
+    avail = np.asarray(ts.avail)
+    assert avail.dtype == bool and avail.shape == (3, 8)
+    assert avail[:, 4].all()  # stop is always available
+    assert not avail[:, 5:].any()  # no enemy in range at reset
+    assert ts.obs.shape == (3, 75) and ts.state.shape == (72,)
+    assert float(ts.reward) == 0.0 and not bool(ts.done)
+
+
+def _random_episodes(env, steps: int, num_envs: int, seed: int):
+    """Roll random available actions; returns stacked rewards, dones, wins per step."""
+
+    def policy_step(carry, key):
+        state, ts = carry
+        k_act, k_env = jax.random.split(key)
+        logits = jnp.where(ts.avail, 0.0, -1e9)
+        actions = jax.random.categorical(k_act, logits)
+        state, ts = jax.vmap(env.step)(jax.random.split(k_env, num_envs), state, actions)
+        return (state, ts), (ts.reward, ts.done, ts.won, ts.avail, actions)
+
+    state, ts = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(seed), num_envs))
+    _, out = jax.lax.scan(policy_step, (state, ts), jax.random.split(jax.random.PRNGKey(seed + 1), steps))
+    return out
+
+
+def test_smax_win_flag_only_on_episode_end_with_bonus(smax_3m) -> None:
+    rewards, dones, wins, _, _ = map(np.asarray, _random_episodes(smax_3m, 150, 32, 0))
+    assert dones.any(), "random play should finish some 3m episodes in 150 steps"
+    assert not (wins & ~dones).any()
+    np.testing.assert_array_equal(wins, dones & (rewards >= 1.0))
+    # Without a win the per-step reward is damage only, below the +1 win bonus.
+    assert (rewards[~wins] < 1.0).all() and (rewards >= 0).all()
+
+
+def test_mpe_spread_spec_and_team_reward(mpe_spread) -> None:
+    spec = mpe_spread.spec
+    assert (spec.num_agents, spec.obs_dim, spec.num_actions) == (3, 18, 5)
+    assert spec.state_dim == 3 * 18 and not spec.has_win
+    rewards, dones, wins, avail, _ = map(np.asarray, _random_episodes(mpe_spread, 30, 4, 0))
+    assert avail.all() and not wins.any()
+    assert (rewards < 0).all()  # distance penalties
+    # JaxMARL ends MPE episodes when the step counter passes max_steps=25: 26 steps.
+    assert dones[25].all() and not dones[:25].any()
+
+
+def test_env_names_listed_and_validated() -> None:
+    names = list_envs()
+    for name in ("smax:3m", "smax:2s3z", "smax:5m_vs_6m", "smax:27m_vs_30m", "mpe:simple_spread"):
+        assert name in names
+    assert check_env_name("smax:3m") == ("smax", "3m")
+    with pytest.raises(ConfigError, match="unknown smax scenario '4m'.*valid: 3m, 2s3z"):
+        check_env_name("smax:4m")
+    with pytest.raises(ConfigError, match="unknown environment 'atari:pong'.*smax:<scenario>"):
+        check_env_name("atari:pong")
