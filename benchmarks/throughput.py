@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -103,7 +104,7 @@ def main() -> None:
         "training_env_steps_per_second": round(train_sps),
         "ratio": round(train_sps / random_sps, 3),
         "device": jax.devices()[0].device_kind,
-        "cpu_count": jax.local_device_count() if jax.devices()[0].platform != "cpu" else __import__("os").cpu_count(),
+        "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
     }
     print(json.dumps(result, indent=2))

@@ -32,6 +32,8 @@ class Rollout(NamedTuple):
     obs: jax.Array  # [T+1, B, N, obs_dim]
     state: jax.Array  # [T+1, B, state_dim]
     avail: jax.Array  # [T+1, B, N, A] bool
+    starts: jax.Array  # [T, B] bool, obs_t is the first of its episode
+    policy_state: jax.Array  # [T, B, N, H] actor memory before step t (H = 0 if stateless)
     actions: jax.Array  # [T, B, N] int32
     behaviour_log_probs: jax.Array  # [T, B, N] log mu_i(a_i | o_i)
     rewards: jax.Array  # [T, B]

@@ -73,6 +73,8 @@ def make_rollout(seed: int, spec: EnvSpec = SPEC) -> Rollout:
         obs=jnp.asarray(rng.normal(size=(T + 1, B, n, spec.obs_dim)), jnp.float32),
         state=jnp.asarray(rng.normal(size=(T + 1, B, spec.state_dim)), jnp.float32),
         avail=jnp.asarray(avail),
+        starts=jnp.asarray(np.concatenate([np.ones((1, B), bool), dones[:-1]])),
+        policy_state=jnp.zeros((T, B, n, 0)),
         actions=jnp.asarray(actions),
         behaviour_log_probs=jnp.asarray(rng.uniform(-2.5, -0.2, size=(T, B, n)), jnp.float32),
         rewards=jnp.asarray(rng.normal(size=(T, B)), jnp.float32),
@@ -103,7 +105,7 @@ def make_params(algo: MATrace, seed: int) -> dict:
 def hand_loss(algo: MATrace, params: dict, rollout: Rollout) -> dict[str, float]:
     """The MA-Trace loss and metrics recomputed in float64 NumPy from the networks' outputs."""
     cfg = algo.config
-    logits = np.asarray(algo.policy_logits(params, rollout.obs[:-1], rollout.avail[:-1]), np.float64)
+    logits = np.asarray(algo.unroll_logits(params, rollout), np.float64)
     values = np.asarray(algo.values(params, rollout.obs, rollout.state), np.float64)
     log_pi = log_softmax(logits)  # [T, B, N, A]
     probs = np.exp(log_pi)
@@ -216,7 +218,7 @@ def test_gradients_hold_targets_constant(critic: str) -> None:
     cfg = algo.config
 
     def surrogate(p: dict) -> jax.Array:
-        log_pi = jax.nn.log_softmax(algo.policy_logits(p, rollout.obs[:-1], rollout.avail[:-1]))
+        log_pi = jax.nn.log_softmax(algo.unroll_logits(p, rollout))
         log_pi_a = jnp.take_along_axis(log_pi, rollout.actions[..., None], axis=-1)[..., 0]
         entropy = -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1).sum(axis=-1)
         values = algo.values(p, rollout.obs, rollout.state)[:-1]
@@ -236,7 +238,7 @@ def test_gradients_hold_targets_constant(critic: str) -> None:
 
 
 def test_network_inputs_per_critic() -> None:
-    """policy_logits / values feed the documented inputs to the actor and critic MLPs."""
+    """policy_step / values feed the documented inputs to the actor and critic MLPs."""
     rollout = make_rollout(seed=7)
     hidden = (16, 16)
     obs, state, avail = rollout.obs, rollout.state, rollout.avail
@@ -254,7 +256,8 @@ def test_network_inputs_per_critic() -> None:
             want = critic_net.apply(params["critic"], obs)  # V_i(o_i), [T+1, B, N]
         np.testing.assert_allclose(got, np.asarray(want), rtol=1e-6, atol=1e-6)
     raw = MLPPolicy(hidden, SPEC.num_actions).apply(params["actor"], obs)
-    logits = np.asarray(algo.policy_logits(params, obs, avail))
+    memory = algo.initial_policy_state(obs.shape[:-2])
+    logits = np.asarray(algo.policy_step(params, memory, obs, avail, np.ones(obs.shape[:-2], bool))[0])
     np.testing.assert_allclose(logits[np.asarray(avail)], np.asarray(raw)[np.asarray(avail)], rtol=1e-6)
     assert (logits[~np.asarray(avail)] <= -1e8).all()
 
@@ -293,7 +296,7 @@ def test_unavailable_actions_have_zero_probability() -> None:
     algo = MATrace(make_config("state"), SPEC)
     params = make_params(algo, seed=13)
     rollout = make_rollout(seed=14)
-    logits = algo.policy_logits(params, rollout.obs[:-1], rollout.avail[:-1])
+    logits = algo.unroll_logits(params, rollout)
     probs = np.asarray(jax.nn.softmax(logits))
     unavailable = ~np.asarray(rollout.avail[:-1])
     assert unavailable.sum() > 10
@@ -322,7 +325,7 @@ def test_single_available_action_contributes_nothing() -> None:
     actions = np.asarray(rollout.actions).copy()
     actions[..., 0] = 2
     rollout = rollout._replace(avail=jnp.asarray(avail), actions=jnp.asarray(actions))
-    logits = algo.policy_logits(params, rollout.obs[:-1], rollout.avail[:-1])
+    logits = algo.unroll_logits(params, rollout)
     log_pi = np.asarray(jax.nn.log_softmax(logits))
     np.testing.assert_allclose(log_pi[..., 0, 2], 0.0, atol=1e-6)
     total, metrics = algo.loss(params, rollout)

@@ -11,20 +11,32 @@ from offmarl.types import Rollout
 Params = Any
 
 
-class OnlineAlgorithm(Protocol):
-    """A decentralised-execution actor-critic trained from unrolls.
+class Policy(Protocol):
+    """Decentralised acting, the part evaluation and data collection need. Pure, jittable."""
 
-    All methods are pure and jittable.
-    """
+    def initial_policy_state(self, batch_shape: tuple[int, ...]) -> jax.Array:
+        """Actor memory [*batch_shape, N, H] at an episode start (H = 0 if stateless)."""
+        ...
+
+    def policy_step(
+        self, params: Params, policy_state: jax.Array, obs: jax.Array, avail: jax.Array,
+        starts: jax.Array,
+    ) -> tuple[jax.Array, jax.Array]:
+        """One decentralised acting step: masked logits [..., N, A] and the next memory.
+
+        `obs` is [..., N, obs_dim]; `starts` [...] marks observations that begin an
+        episode (the memory is reset there).
+        """
+        ...
+
+
+class OnlineAlgorithm(Policy, Protocol):
+    """A decentralised-execution actor-critic trained from unrolls. Pure, jittable."""
 
     config: Any
 
     def init(self, rng: jax.Array) -> Params:
         """Fresh parameters for every network (and learnable coefficient) of the algorithm."""
-        ...
-
-    def policy_logits(self, params: Params, obs: jax.Array, avail: jax.Array) -> jax.Array:
-        """Masked action logits [..., N, A] from per-agent observations [..., N, obs_dim]."""
         ...
 
     def loss(self, params: Params, rollout: Rollout) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from offmarl.config import require
 from offmarl.envs.base import EnvSpec
-from offmarl.networks import MLPPolicy, MLPValue, masked_logits
+from offmarl.networks import GRUPolicy, MLPPolicy, MLPValue, masked_logits
 from offmarl.types import Rollout
 
 
@@ -91,8 +91,11 @@ class MATraceConfig:
     """Entropy bonus weight (fixed mode) or its initial value (adaptive mode)."""
     target_entropy: float = 1e-5
     """Target of the summed per-agent entropy in adaptive mode."""
+    actor: Literal["mlp", "gru"] = "mlp"
+    """Actor network: the paper's feed-forward MLP, or Dense -> GRU (memory across steps)."""
     hidden_sizes: tuple[int, ...] = (64, 64)
-    """Hidden layers of both the actor and the critic MLPs."""
+    """Hidden layers of the critic MLP and the MLP actor; a GRU actor uses the first as
+    its embedding width and the last as its memory width."""
     agent_id: bool = False
     """Append a one-hot agent id to each agent's observation (off in the paper)."""
     normalize_advantages: bool = False
@@ -122,7 +125,8 @@ class MATrace:
         config.validate()
         self.config = config
         self.spec = spec
-        self._actor = MLPPolicy(config.hidden_sizes, spec.num_actions)
+        actor_class = GRUPolicy if config.actor == "gru" else MLPPolicy
+        self._actor = actor_class(config.hidden_sizes, spec.num_actions)
         self._critic = MLPValue(config.hidden_sizes)
 
     # -- inputs ---------------------------------------------------------------
@@ -144,16 +148,48 @@ class MATrace:
         actor_rng, critic_rng = jax.random.split(rng)
         n, o, s = self.spec.num_agents, self.spec.obs_dim, self.spec.state_dim
         obs = jnp.zeros((n, o))
+        if self.config.actor == "gru":
+            actor_args = (self.initial_policy_state(()), self._actor_input(obs), jnp.zeros((n,), bool))
+        else:
+            actor_args = (self._actor_input(obs),)
         return {
-            "actor": self._actor.init(actor_rng, self._actor_input(obs)),
+            "actor": self._actor.init(actor_rng, *actor_args),
             "critic": self._critic.init(critic_rng, self._critic_input(obs, jnp.zeros((s,)))),
             # exp(10 p) is the entropy cost in adaptive mode; unused in fixed mode.
             "entropy_param": jnp.log(jnp.maximum(self.config.entropy_cost, 1e-8)) / 10.0,
         }
 
-    def policy_logits(self, params: dict, obs: jax.Array, avail: jax.Array) -> jax.Array:
-        logits = self._actor.apply(params["actor"], self._actor_input(obs))
-        return masked_logits(logits, avail)
+    def initial_policy_state(self, batch_shape: tuple[int, ...]) -> jax.Array:
+        width = self.config.hidden_sizes[-1] if self.config.actor == "gru" else 0
+        return jnp.zeros(batch_shape + (self.spec.num_agents, width))
+
+    def policy_step(
+        self, params: dict, policy_state: jax.Array, obs: jax.Array, avail: jax.Array,
+        starts: jax.Array,
+    ) -> tuple[jax.Array, jax.Array]:
+        inputs = self._actor_input(obs)
+        if self.config.actor == "gru":
+            agent_starts = jnp.broadcast_to(starts[..., None], obs.shape[:-1])
+            policy_state, logits = self._actor.apply(params["actor"], policy_state, inputs, agent_starts)
+        else:
+            logits = self._actor.apply(params["actor"], inputs)
+        return masked_logits(logits, avail), policy_state
+
+    def unroll_logits(self, params: dict, rollout: Rollout) -> jax.Array:
+        """Masked logits [T, B, N, A] of the current policy along a rollout.
+
+        A recurrent actor restarts from the memory recorded at the unroll's first step.
+        """
+        obs, avail = rollout.obs[:-1], rollout.avail[:-1]
+        if self.config.actor != "gru":
+            return self.policy_step(params, rollout.policy_state, obs, avail, rollout.starts)[0]
+
+        def step(memory, inputs):
+            logits, memory = self.policy_step(params, memory, *inputs)
+            return memory, logits
+
+        _, logits = jax.lax.scan(step, rollout.policy_state[0], (obs, avail, rollout.starts))
+        return logits
 
     def values(self, params: dict, obs: jax.Array, state: jax.Array) -> jax.Array:
         """Team value [...] (obs/state critic) or per-agent values [..., N] (decentralised)."""
@@ -161,9 +197,7 @@ class MATrace:
 
     def loss(self, params: dict, rollout: Rollout) -> tuple[jax.Array, dict[str, jax.Array]]:
         cfg = self.config
-        dist = distrax.Categorical(
-            logits=self.policy_logits(params, rollout.obs[:-1], rollout.avail[:-1])
-        )
+        dist = distrax.Categorical(logits=self.unroll_logits(params, rollout))
         log_probs = dist.log_prob(rollout.actions)  # [T, B, N]
         entropy = jnp.sum(dist.entropy(), axis=-1)  # [T, B], summed over agents
         values = self.values(params, rollout.obs, rollout.state)  # [T+1, B] or [T+1, B, N]

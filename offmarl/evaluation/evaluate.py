@@ -8,13 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from offmarl.algos.base import Policy
 from offmarl.envs.base import MultiAgentEnv
-
-PolicyLogits = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 
 def make_evaluator(
-    env: MultiAgentEnv, policy_logits: PolicyLogits, num_episodes: int
+    env: MultiAgentEnv, policy: Policy, num_episodes: int
 ) -> Callable[[Any, jax.Array, bool], dict[str, jax.Array]]:
     """Return a jitted `evaluate(params, rng, greedy)` over `num_episodes` fresh episodes.
 
@@ -30,9 +29,9 @@ def make_evaluator(
         no = jnp.zeros((num_episodes,), bool)
 
         def step(carry, rng_t):
-            env_state, ts, ret, length, won, finished = carry
+            env_state, ts, memory, starts, ret, length, won, finished = carry
             act_rng, env_rng = jax.random.split(rng_t)
-            logits = policy_logits(params, ts.obs, ts.avail)
+            logits, memory = policy.policy_step(params, memory, ts.obs, ts.avail, starts)
             if greedy:
                 actions = jnp.argmax(logits, axis=-1)
             else:
@@ -45,10 +44,11 @@ def make_evaluator(
             length = length + running
             won = won | (running & ts.won)
             finished = finished | ts.done
-            return (env_state, ts, ret, length, won, finished), None
+            return (env_state, ts, memory, ts.done, ret, length, won, finished), None
 
-        carry = (env_state, ts, zeros, zeros, no, no)
-        (_, _, ret, length, won, finished), _ = jax.lax.scan(
+        memory = policy.initial_policy_state((num_episodes,))
+        carry = (env_state, ts, memory, ~no, zeros, zeros, no, no)
+        (*_, ret, length, won, finished), _ = jax.lax.scan(
             step, carry, jax.random.split(rollout_rng, horizon)
         )
         return {"return": ret, "length": length, "won": won, "finished": finished}

@@ -1,5 +1,6 @@
 """Neural networks, kept separate from the algorithms that train them."""
 
 from offmarl.networks.mlp import MLPPolicy, MLPValue, masked_logits
+from offmarl.networks.recurrent import GRUPolicy
 
-__all__ = ["MLPPolicy", "MLPValue", "masked_logits"]
+__all__ = ["GRUPolicy", "MLPPolicy", "MLPValue", "masked_logits"]

@@ -24,6 +24,8 @@ class TrainState(NamedTuple):
     param_history: Any  # params of the last policy_lag + 1 updates, stacked on axis 0
     env_state: Any
     timestep: TimeStep
+    starts: jax.Array  # [B] the current observation begins an episode
+    policy_state: jax.Array  # [B, N, H] actor memory of the behaviour policy
     episode_return: jax.Array  # [B] return of each environment's running episode
     rng: jax.Array
     update: jax.Array  # number of updates done
@@ -66,6 +68,8 @@ class FusedTrainer:
             param_history=history,
             env_state=env_state,
             timestep=timestep,
+            starts=jnp.ones((self.cfg.num_envs,), bool),
+            policy_state=self.algo.initial_policy_state((self.cfg.num_envs,)),
             episode_return=jnp.zeros((self.cfg.num_envs,)),
             rng=rng,
             update=jnp.zeros((), jnp.int32),
@@ -81,9 +85,11 @@ class FusedTrainer:
         num_envs = self.cfg.num_envs
 
         def step(carry, _):
-            env_state, ts, ep_return, rng = carry
+            env_state, ts, starts, memory, ep_return, rng = carry
             rng, act_rng, env_rng = jax.random.split(rng, 3)
-            logits = self.algo.policy_logits(behaviour_params, ts.obs, ts.avail)
+            logits, next_memory = self.algo.policy_step(
+                behaviour_params, memory, ts.obs, ts.avail, starts
+            )
             dist = distrax.Categorical(logits=logits)
             actions = dist.sample(seed=act_rng)
             env_state, next_ts = jax.vmap(self.env.step)(
@@ -92,25 +98,30 @@ class FusedTrainer:
             ep_return = ep_return + next_ts.reward
             finished = next_ts.done.astype(jnp.float32)
             stats = EpisodeStats(finished, ep_return * finished, next_ts.won.astype(jnp.float32))
-            record = (ts.obs, ts.state, ts.avail, actions, dist.log_prob(actions),
-                      next_ts.reward, next_ts.done)
-            return (env_state, next_ts, ep_return * (1.0 - finished), rng), (record, stats)
+            record = (ts.obs, ts.state, ts.avail, starts, memory, actions,
+                      dist.log_prob(actions), next_ts.reward, next_ts.done)
+            carry = (env_state, next_ts, next_ts.done, next_memory, ep_return * (1.0 - finished), rng)
+            return carry, (record, stats)
 
-        carry = (state.env_state, state.timestep, state.episode_return, state.rng)
-        (env_state, ts, ep_return, rng), (record, stats) = jax.lax.scan(
+        carry = (state.env_state, state.timestep, state.starts, state.policy_state,
+                 state.episode_return, state.rng)
+        (env_state, ts, starts, memory, ep_return, rng), (record, stats) = jax.lax.scan(
             step, carry, None, length=self.cfg.unroll_length
         )
-        obs, glob, avail, actions, logp, rewards, dones = record
+        obs, glob, avail, step_starts, step_memory, actions, logp, rewards, dones = record
         rollout = Rollout(
             obs=jnp.concatenate([obs, ts.obs[None]]),
             state=jnp.concatenate([glob, ts.state[None]]),
             avail=jnp.concatenate([avail, ts.avail[None]]),
+            starts=step_starts,
+            policy_state=step_memory,
             actions=actions,
             behaviour_log_probs=logp,
             rewards=rewards,
             dones=dones,
         )
-        state = state._replace(env_state=env_state, timestep=ts, episode_return=ep_return, rng=rng)
+        state = state._replace(env_state=env_state, timestep=ts, starts=starts,
+                               policy_state=memory, episode_return=ep_return, rng=rng)
         return state, rollout, EpisodeStats(*(jnp.sum(x) for x in stats))
 
     # -- learning ------------------------------------------------------------

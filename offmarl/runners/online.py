@@ -86,8 +86,8 @@ class OnlineRun:
         env, algo = self.exp.build()
         self.has_win = env.spec.has_win
         trainer = FusedTrainer(self.cfg, algo, env)
-        periodic_eval = make_evaluator(env, algo.policy_logits, self.cfg.eval_episodes)
-        final_eval = make_evaluator(env, algo.policy_logits, self.cfg.final_eval_episodes)
+        periodic_eval = make_evaluator(env, algo, self.cfg.eval_episodes)
+        final_eval = make_evaluator(env, algo, self.cfg.final_eval_episodes)
         self.dir.mkdir(parents=True, exist_ok=True)
         ckpt_dir = self.dir / "checkpoints"
         state = trainer.init(jax.random.PRNGKey(self.exp.seed))
@@ -240,7 +240,7 @@ def evaluate_run(run_dir: str | Path, episodes: int, checkpoint: str = "latest",
     template = jax.eval_shape(trainer.init, jax.random.PRNGKey(0))
     template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
     state, _ = load_checkpoint(ckpt_dir, step, template)
-    evaluator = make_evaluator(env, algo.policy_logits, episodes)
+    evaluator = make_evaluator(env, algo, episodes)
     result = evaluate_both(evaluator, state.params, experiment.seed if seed is None else seed, CLI_EVAL_TAG)
     return {"run": str(run_dir), "algo": experiment.algo, "env": experiment.env,
             "checkpoint_env_steps": step, **result}
