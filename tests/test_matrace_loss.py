@@ -49,6 +49,7 @@ def make_config(critic: str = "obs", **overrides: object) -> MATraceConfig:
         lambda_=0.95,
         critic=critic,
         baseline_cost=0.7,
+        entropy_mode="fixed",
         entropy_cost=0.05,
         hidden_sizes=(16, 16),
     )
@@ -339,7 +340,8 @@ def test_adaptive_entropy_gradient_sign(gap: float) -> None:
     params = make_params(fixed, seed=17)
     rollout = make_rollout(seed=18)
     entropy = float(fixed.loss(params, rollout)[1]["entropy"])
-    target = entropy + gap  # gap > 0: entropy below target
+    n = SPEC.num_agents
+    target = (entropy + gap) / n  # per agent; gap > 0: summed entropy below n * target
     algo = MATrace(make_config("obs", entropy_mode="adaptive", target_entropy=target), SPEC)
     total, metrics = algo.loss(params, rollout)
     cost = float(np.exp(10.0 * float(params["entropy_param"])))
@@ -347,8 +349,8 @@ def test_adaptive_entropy_gradient_sign(gap: float) -> None:
     np.testing.assert_allclose(float(metrics["entropy_cost"]), cost, rtol=1e-5)
     grads = jax.grad(lambda p: algo.loss(p, rollout)[0])(params)
     g = float(grads["entropy_param"])
-    # d/dp [exp(10 p) (H - target)] = 10 exp(10 p) (H - target)
-    np.testing.assert_allclose(g, 10.0 * cost * (entropy - target), rtol=1e-4)
+    # d/dp [exp(10 p) (H - n target)] = 10 exp(10 p) (H - n target)
+    np.testing.assert_allclose(g, 10.0 * cost * (entropy - n * target), rtol=1e-4)
     if gap > 0:
         assert g < 0  # a gradient step increases p, hence the cost
     else:
@@ -360,7 +362,7 @@ def test_adaptive_entropy_gradient_sign(gap: float) -> None:
     expected = hand_loss(fixed, params, rollout)
     np.testing.assert_allclose(
         float(total),
-        expected["policy_loss"] + expected["value_loss"] - cost * target,
+        expected["policy_loss"] + expected["value_loss"] - cost * n * target,
         rtol=RTOL,
         atol=ATOL,
     )

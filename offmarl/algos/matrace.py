@@ -85,12 +85,12 @@ class MATraceConfig:
     """False sets every ratio to 1 (the paper's ablation)."""
     baseline_cost: float = 0.5
     """Weight of the value loss 0.5 * mean((vs - V)^2)."""
-    entropy_mode: Literal["fixed", "adaptive"] = "fixed"
+    entropy_mode: Literal["fixed", "adaptive"] = "adaptive"
     """Fixed entropy cost, or the released code's cost exp(10 p) with p tuned to a target entropy."""
-    entropy_cost: float = 0.002
+    entropy_cost: float = 0.01
     """Entropy bonus weight (fixed mode) or its initial value (adaptive mode)."""
-    target_entropy: float = 1e-5
-    """Target of the summed per-agent entropy in adaptive mode."""
+    target_entropy: float = 0.33
+    """Adaptive mode's target for the entropy per agent (nats); the released code used 1e-5."""
     actor: Literal["mlp", "gru"] = "mlp"
     """Actor network: the paper's feed-forward MLP, or Dense -> GRU (memory across steps)."""
     hidden_sizes: tuple[int, ...] = (64, 64)
@@ -235,7 +235,7 @@ class MATrace:
         if cfg.entropy_mode == "adaptive":
             # Lagrangian: the cost grows while entropy is under target and shrinks above it.
             entropy_loss = -jax.lax.stop_gradient(entropy_cost) * mean_entropy + entropy_cost * (
-                jax.lax.stop_gradient(mean_entropy) - cfg.target_entropy
+                jax.lax.stop_gradient(mean_entropy) - self.spec.num_agents * cfg.target_entropy
             )
         else:
             entropy_cost = jnp.asarray(cfg.entropy_cost, jnp.float32)

@@ -12,7 +12,7 @@ from offmarl.config import require
 class OnlineConfig:
     """How an online run collects data, optimises, evaluates and saves."""
 
-    env_steps: int = 8_000_000
+    env_steps: int = 20_000_000
     """Budget of training environment steps (summed over parallel environments)."""
     num_envs: int = 128
     """Parallel environments stepped in one vmapped batch."""
@@ -24,7 +24,7 @@ class OnlineConfig:
     """Minibatches per pass, split along the environment axis (unrolls stay whole)."""
     lr: float = 5e-4
     """Adam learning rate."""
-    anneal_lr: bool = False
+    anneal_lr: bool = True
     """Decay the learning rate linearly to zero over the run."""
     max_grad_norm: float = 0.5
     """Clip of the global gradient norm; 0 disables clipping."""
