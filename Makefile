@@ -14,9 +14,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-## The main job: MA-Trace on SMAX 3m, seed 0, default (tuned) settings.
+RUN_DIR := runs/matrace_smax_3m_s0
+
+## The main job: MA-Trace on SMAX 3m, seed 0, default settings. A second `make run`
+## continues (or, if finished, re-evaluates) the same run instead of overwriting it.
 run: $(STAMP)
-	$(BIN)/offmarl train --algo matrace --env smax:3m --seed 0 --out runs/matrace_smax_3m_s0
+	if [ -f $(RUN_DIR)/config.json ]; then $(BIN)/offmarl train --resume $(RUN_DIR); \
+	else $(BIN)/offmarl train --algo matrace --env smax:3m --seed 0 --out $(RUN_DIR); fi
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -39,6 +39,11 @@ class OnlineAlgorithm(Policy, Protocol):
         """Fresh parameters for every network (and learnable coefficient) of the algorithm."""
         ...
 
-    def loss(self, params: Params, rollout: Rollout) -> tuple[jax.Array, dict[str, jax.Array]]:
-        """Scalar training loss and diagnostics on a time-major rollout."""
+    def loss(
+        self, params: Params, rollout: Rollout, progress: jax.Array | float = 0.0
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Scalar training loss and diagnostics on a time-major rollout.
+
+        `progress` is the fraction of the training budget done, for schedules.
+        """
         ...

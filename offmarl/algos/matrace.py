@@ -91,6 +91,8 @@ class MATraceConfig:
     """Entropy bonus weight (fixed mode) or its initial value (adaptive mode)."""
     target_entropy: float = 0.33
     """Adaptive mode's target for the entropy per agent (nats); the released code used 1e-5."""
+    target_entropy_decay: float = 0.0
+    """Fraction by which the target falls, linearly, over the run (0 keeps it constant)."""
     actor: Literal["mlp", "gru"] = "mlp"
     """Actor network: the paper's feed-forward MLP, or Dense -> GRU (memory across steps)."""
     hidden_sizes: tuple[int, ...] = (64, 64)
@@ -112,6 +114,10 @@ class MATraceConfig:
         require(0.0 <= self.lambda_ <= 1.0, f"lambda_={self.lambda_} is invalid: must be in [0, 1]")
         require(self.baseline_cost >= 0, f"baseline_cost={self.baseline_cost} must be >= 0")
         require(self.entropy_cost >= 0, f"entropy_cost={self.entropy_cost} must be >= 0")
+        require(
+            0.0 <= self.target_entropy_decay <= 1.0,
+            f"target_entropy_decay={self.target_entropy_decay} is invalid: must be in [0, 1]",
+        )
         require(
             len(self.hidden_sizes) > 0 and all(h > 0 for h in self.hidden_sizes),
             f"hidden_sizes={self.hidden_sizes} must be positive integers",
@@ -195,7 +201,9 @@ class MATrace:
         """Team value [...] (obs/state critic) or per-agent values [..., N] (decentralised)."""
         return self._critic.apply(params["critic"], self._critic_input(obs, state))
 
-    def loss(self, params: dict, rollout: Rollout) -> tuple[jax.Array, dict[str, jax.Array]]:
+    def loss(
+        self, params: dict, rollout: Rollout, progress: jax.Array | float = 0.0
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
         cfg = self.config
         dist = distrax.Categorical(logits=self.unroll_logits(params, rollout))
         log_probs = dist.log_prob(rollout.actions)  # [T, B, N]
@@ -232,10 +240,11 @@ class MATrace:
         value_loss = cfg.baseline_cost * 0.5 * jnp.mean((vs - values[:-1]) ** 2)
         mean_entropy = jnp.mean(entropy)
         entropy_cost = jnp.exp(10.0 * params["entropy_param"])
+        target = cfg.target_entropy * (1.0 - cfg.target_entropy_decay * progress)
         if cfg.entropy_mode == "adaptive":
             # Lagrangian: the cost grows while entropy is under target and shrinks above it.
             entropy_loss = -jax.lax.stop_gradient(entropy_cost) * mean_entropy + entropy_cost * (
-                jax.lax.stop_gradient(mean_entropy) - self.spec.num_agents * cfg.target_entropy
+                jax.lax.stop_gradient(mean_entropy) - self.spec.num_agents * target
             )
         else:
             entropy_cost = jnp.asarray(cfg.entropy_cost, jnp.float32)
@@ -248,6 +257,7 @@ class MATrace:
             "value_loss": value_loss,
             "entropy": mean_entropy,
             "entropy_cost": entropy_cost,
+            "target_entropy": jnp.asarray(target, jnp.float32),
             "rho_mean": jnp.mean(rhos),
             "rho_clipped_fraction": jnp.mean(rhos > cfg.rho_bar),
             "value_mean": jnp.mean(values),

@@ -125,7 +125,7 @@ class FusedTrainer:
         return state, rollout, EpisodeStats(*(jnp.sum(x) for x in stats))
 
     # -- learning ------------------------------------------------------------
-    def learn(self, params: Any, opt_state: Any, rollout: Rollout, rng: jax.Array):
+    def learn(self, params: Any, opt_state: Any, rollout: Rollout, rng: jax.Array, progress: jax.Array):
         """`num_epochs` passes of `num_minibatches` gradient steps over one batch of unrolls."""
         cfg = self.cfg
         grad_fn = jax.value_and_grad(self.algo.loss, has_aux=True)
@@ -133,7 +133,7 @@ class FusedTrainer:
         def minibatch_step(carry, batch_idx):
             params, opt_state = carry
             minibatch = jax.tree.map(lambda x: x[:, batch_idx], rollout)
-            (_, metrics), grads = grad_fn(params, minibatch)
+            (_, metrics), grads = grad_fn(params, minibatch, progress)
             metrics["grad_norm"] = optax.global_norm(grads)
             updates, opt_state = self.optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), metrics
@@ -157,7 +157,8 @@ class FusedTrainer:
         slots = self.cfg.policy_lag + 1
         state, rollout, episodes = self.collect(state, self.behaviour_params(state))
         rng, learn_rng = jax.random.split(state.rng)
-        params, opt_state, metrics = self.learn(state.params, state.opt_state, rollout, learn_rng)
+        progress = state.update / self.cfg.num_updates
+        params, opt_state, metrics = self.learn(state.params, state.opt_state, rollout, learn_rng, progress)
         update = state.update + 1
         history = jax.tree.map(
             lambda h, p: h.at[update % slots].set(p), state.param_history, params
