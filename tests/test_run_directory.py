@@ -95,3 +95,15 @@ def test_interrupt_then_resume_continues_without_gap_or_duplicate(tmp_path: Path
     steps = [r["env_steps"] for r in read_jsonl(out / "metrics.jsonl")]
     assert steps == [256, 512, 768, 1024]
     assert json.loads((out / "summary.json").read_text())["env_steps"] == 1024
+
+
+def test_mpe_run_reports_returns_and_no_win_rate(tmp_path: Path) -> None:
+    out = tmp_path / "mpe"
+    argv = ["train", "--env", "mpe:simple_spread", "--env-steps", "512", "--num-envs", "16",
+            "--quiet", "--out", str(out), "unroll_length=16", "num_minibatches=2",
+            "eval_interval=256", "eval_episodes=4", "final_eval_episodes=4"]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval_win_rate"] is None and summary["final_eval_greedy_win_rate"] is None
+    assert summary["eval_return"] < 0  # distance penalties over a 26-step episode
+    assert (out / "curve.png").exists()

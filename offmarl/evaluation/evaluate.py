@@ -51,16 +51,22 @@ def make_evaluator(
         (*_, ret, length, won, finished), _ = jax.lax.scan(
             step, carry, jax.random.split(rollout_rng, horizon)
         )
-        return {"return": ret, "length": length, "won": won, "finished": finished}
+        out = {"return": ret, "length": length, "finished": finished}
+        if env.spec.has_win:
+            out["won"] = won
+        return out
 
     return jax.jit(evaluate, static_argnums=2)
 
 
 def summarise(raw: dict[str, jax.Array]) -> dict[str, float]:
-    """Means (and the return's standard deviation) of one evaluation's episodes."""
+    """Means (and the return's standard deviation) of one evaluation's episodes.
+
+    `win_rate` is None for environments without a win condition.
+    """
     ret = np.asarray(raw["return"])
     return {
-        "win_rate": float(np.mean(raw["won"])),
+        "win_rate": float(np.mean(raw["won"])) if "won" in raw else None,
         "return": float(ret.mean()),
         "return_std": float(ret.std()),
         "length": float(np.mean(raw["length"])),

@@ -207,7 +207,9 @@ class OnlineRun:
         save_checkpoint(ckpt_dir, env_steps, state, meta, self.cfg.keep_checkpoints)
 
     def _summary(self, status: str, env_steps: int, wall_seconds: float, records: list[dict]) -> dict:
-        milestone = next((r for r in records if r.get("eval_win_rate", 0) >= WIN_RATE_MILESTONE), None)
+        milestone = next(
+            (r for r in records if (r.get("eval_win_rate") or 0.0) >= WIN_RATE_MILESTONE), None
+        )
         last = records[-1] if records else {}
         return {
             "algo": self.exp.algo,
