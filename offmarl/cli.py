@@ -47,6 +47,9 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--episodes", type=int, default=256)
     evaluate.add_argument("--checkpoint", default="latest", help="latest or an env-step count")
     evaluate.add_argument("--seed", type=int, help="evaluation seed (default: the run's)")
+
+    report = sub.add_parser("report", help="mean and 95%% CI of finished runs (e.g. several seeds)")
+    report.add_argument("runs", nargs="+", help="run directories")
     return parser
 
 
@@ -109,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "train":
             return _train(args)
+        if args.command == "report":
+            from offmarl.evaluation.aggregate import summarise_runs
+
+            print(json.dumps(summarise_runs(args.runs), indent=2))
+            return 0
         return _eval(args)
     except ConfigError as err:
         print(f"offmarl: error: {err}", file=sys.stderr)
