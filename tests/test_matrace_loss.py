@@ -33,6 +33,7 @@ METRICS = [
     "value_loss",
     "entropy",
     "entropy_cost",
+    "target_entropy",
     "rho_mean",
     "rho_clipped_fraction",
     "value_mean",
@@ -153,6 +154,7 @@ def hand_loss(algo: MATrace, params: dict, rollout: Rollout) -> dict[str, float]
         "value_loss": value_loss,
         "entropy": mean_entropy,
         "entropy_cost": cfg.entropy_cost,
+        "target_entropy": cfg.target_entropy,  # progress 0: the schedule's start
         "rho_mean": np.mean(rhos),
         "rho_clipped_fraction": np.mean(rhos > cfg.rho_bar),
         "value_mean": np.mean(values),
@@ -392,3 +394,16 @@ def test_c_bar_above_rho_bar_is_rejected() -> None:
     with pytest.raises(ConfigError):
         MATrace(MATraceConfig(c_bar=2.0, rho_bar=1.0), SPEC)
     MATraceConfig(c_bar=2.0, rho_bar=2.0).validate()  # equality is allowed
+
+
+def test_target_entropy_schedule_follows_progress() -> None:
+    """target(progress) = target_entropy * (1 - decay * progress), fed by the runner's progress."""
+    algo = MATrace(make_config("obs", entropy_mode="adaptive", target_entropy=0.4,
+                               target_entropy_decay=0.75), SPEC)
+    params = make_params(algo, seed=3)
+    rollout = make_rollout(seed=4)
+    for progress, want in [(0.0, 0.4), (0.5, 0.25), (1.0, 0.1)]:
+        _, metrics = algo.loss(params, rollout, progress)
+        np.testing.assert_allclose(float(metrics["target_entropy"]), want, rtol=1e-6)
+    with pytest.raises(ConfigError, match="target_entropy_decay=1.5 is invalid"):
+        make_config(target_entropy_decay=1.5).validate()
