@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             from offmarl.algos import ALGORITHMS
 
             for name, entry in ALGORITHMS.items():
-                print(f"{name}\t{entry.description}")
+                print(f"{name}\t{entry.kind}\t{entry.description}")
             return 0
         if args.command == "train":
             return _train(args)

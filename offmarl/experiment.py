@@ -12,7 +12,7 @@ from offmarl.config import apply_overrides, to_dict
 from offmarl.envs import check_env_name, make_env
 from offmarl.envs.base import MultiAgentEnv
 from offmarl.errors import ConfigError
-from offmarl.runners.config import OnlineConfig
+from offmarl.runners.config import OfflineConfig, OnlineConfig
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Experiment:
 
 def resolve_experiment(algo: str, env: str, seed: int, *layers: dict[str, Any]) -> Experiment:
     """Validate names, apply override layers in order (later wins) and check every value."""
-    entry = get_algorithm(algo)
+    entry = get_algorithm(algo, "online")
     check_env_name(env)
     if seed < 0:
         raise ConfigError(f"seed={seed} is invalid: must be >= 0")
@@ -59,5 +59,59 @@ def experiment_from_dict(data: dict) -> Experiment:
         return resolve_experiment(
             data["algo"], data["env"], int(data["seed"]), data["algo_config"], data["run_config"]
         )
+    except KeyError as err:
+        raise ConfigError(f"config.json lacks the key {err.args[0]!r}") from err
+
+
+@dataclass(frozen=True)
+class OfflineExperiment:
+    """An offline run: algorithm, environment (for evaluation), dataset, seed and configs."""
+
+    algo: str
+    env: str
+    dataset: str
+    seed: int
+    algo_config: Any
+    run_config: OfflineConfig
+
+    def to_dict(self, env_settings: dict | None = None, dataset_info: dict | None = None) -> dict:
+        return {
+            "algo": self.algo,
+            "env": self.env,
+            "dataset": self.dataset,
+            "dataset_info": dataset_info or {},
+            "seed": self.seed,
+            "env_settings": env_settings or {},
+            "algo_config": to_dict(self.algo_config),
+            "run_config": to_dict(self.run_config),
+        }
+
+    def build(self) -> tuple[MultiAgentEnv, Any]:
+        env = make_env(self.env)
+        return env, get_algorithm(self.algo, "offline").build(self.algo_config, env.spec)
+
+
+def resolve_offline_experiment(
+    algo: str, env: str, dataset: str, seed: int, *layers: dict[str, Any]
+) -> OfflineExperiment:
+    """Validate names, apply override layers in order (later wins) and check every value."""
+    entry = get_algorithm(algo, "offline")
+    check_env_name(env)
+    if seed < 0:
+        raise ConfigError(f"seed={seed} is invalid: must be >= 0")
+    configs = [entry.config_class(), OfflineConfig()]
+    for layer in layers:
+        configs = apply_overrides(configs, layer)
+    algo_config, run_config = configs
+    algo_config.validate()
+    run_config.validate()
+    return OfflineExperiment(algo, env, dataset, seed, algo_config, run_config)
+
+
+def offline_experiment_from_dict(data: dict) -> OfflineExperiment:
+    """Rebuild the offline experiment saved in a run directory's config.json."""
+    try:
+        return resolve_offline_experiment(data["algo"], data["env"], data["dataset"], int(data["seed"]),
+                                          data["algo_config"], data["run_config"])
     except KeyError as err:
         raise ConfigError(f"config.json lacks the key {err.args[0]!r}") from err

@@ -38,3 +38,18 @@ class Rollout(NamedTuple):
     behaviour_log_probs: jax.Array  # [T, B, N] log mu_i(a_i | o_i)
     rewards: jax.Array  # [T, B]
     dones: jax.Array  # [T, B] bool
+
+
+class TransitionBatch(NamedTuple):
+    """A minibatch of single-step transitions sampled from an offline dataset."""
+
+    obs: jax.Array  # [B, N, obs_dim]
+    state: jax.Array  # [B, state_dim]
+    avail: jax.Array  # [B, N, A] bool
+    actions: jax.Array  # [B, N] int32
+    reward: jax.Array  # [B] team reward
+    done: jax.Array  # [B] float, 1 where the episode terminated (no bootstrap)
+    next_obs: jax.Array  # [B, N, obs_dim]
+    next_state: jax.Array  # [B, state_dim]
+    next_avail: jax.Array  # [B, N, A] bool
+    valid: jax.Array  # [B] float, 0 where a time limit cut the episode (next_* is unknown)

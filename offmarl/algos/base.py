@@ -6,7 +6,7 @@ from typing import Any, Protocol
 
 import jax
 
-from offmarl.types import Rollout
+from offmarl.types import Rollout, TransitionBatch
 
 Params = Any
 
@@ -46,4 +46,22 @@ class OnlineAlgorithm(Policy, Protocol):
 
         `progress` is the fraction of the training budget done, for schedules.
         """
+        ...
+
+
+class OfflineAlgorithm(Policy, Protocol):
+    """A learner trained from a fixed dataset of transitions. Pure, jittable."""
+
+    config: Any
+
+    def init(self, rng: jax.Array) -> Any:
+        """The learner state: parameters, target networks and optimiser states."""
+        ...
+
+    def update(self, state: Any, batch: TransitionBatch, rng: jax.Array) -> tuple[Any, dict[str, jax.Array]]:
+        """One training iteration on a minibatch; returns the new state and diagnostics."""
+        ...
+
+    def acting_params(self, state: Any) -> Params:
+        """The part of the learner state that `policy_step` needs."""
         ...

@@ -72,3 +72,22 @@ def summarise(raw: dict[str, jax.Array]) -> dict[str, float]:
         "length": float(np.mean(raw["length"])),
         "episodes": int(ret.size),
     }
+
+
+# Evaluation seeds are fold_in(seed stream, tag): periodic ones use the env-step count.
+FINAL_EVAL_TAG = 2**32 - 1
+CLI_EVAL_TAG = 2**32 - 2
+
+
+def _eval_seed(seed: int, tag: int) -> jax.Array:
+    # Evaluation keys come from their own stream, so evaluating never changes training.
+    return jax.random.fold_in(jax.random.PRNGKey(seed + 1_000_003), tag)
+
+
+def evaluate_both(evaluator, params: Any, seed: int, tag: int) -> dict[str, float]:
+    """Greedy and sampled evaluation, flattened as eval_{mode}_{metric}."""
+    out: dict[str, float] = {}
+    for mode, greedy in (("greedy", True), ("sampled", False)):
+        stats = summarise(evaluator(params, _eval_seed(seed, tag), greedy))
+        out.update({f"eval_{mode}_{k}": v for k, v in stats.items()})
+    return out

@@ -1,6 +1,16 @@
 """Neural networks, kept separate from the algorithms that train them."""
 
-from offmarl.networks.mlp import MLPPolicy, MLPValue, masked_logits
+from offmarl.networks.mlp import (
+    MLPActionValues,
+    MLPPolicy,
+    MLPValue,
+    MonotonicMixer,
+    masked_logits,
+    with_agent_id,
+)
 from offmarl.networks.recurrent import GRUPolicy
 
-__all__ = ["GRUPolicy", "MLPPolicy", "MLPValue", "masked_logits"]
+__all__ = [
+    "GRUPolicy", "MLPActionValues", "MLPPolicy", "MLPValue", "MonotonicMixer", "masked_logits",
+    "with_agent_id",
+]

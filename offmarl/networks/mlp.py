@@ -49,3 +49,39 @@ class MLPValue(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = _Torso(self.hidden_sizes)(x)
         return nn.Dense(1, kernel_init=nn.initializers.orthogonal(1.0))(x)[..., 0]
+
+
+def with_agent_id(obs: jax.Array) -> jax.Array:
+    """Append a one-hot agent id to [..., N, obs_dim] observations (shared networks)."""
+    num_agents = obs.shape[-2]
+    ids = jnp.broadcast_to(jnp.eye(num_agents, dtype=obs.dtype), obs.shape[:-2] + (num_agents,) * 2)
+    return jnp.concatenate([obs, ids], axis=-1)
+
+
+class MLPActionValues(nn.Module):
+    """Input vector -> one value per action (Q heads of the value-based learners)."""
+
+    hidden_sizes: Sequence[int]
+    num_actions: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = _Torso(self.hidden_sizes)(x)
+        return nn.Dense(self.num_actions, kernel_init=nn.initializers.orthogonal(1.0))(x)
+
+
+class MonotonicMixer(nn.Module):
+    """OMIGA's mixer: state -> non-negative per-agent weights w(s) and a bias b(s).
+
+    Q_tot = sum_i w_i(s) Q_i + b(s); one hidden layer, |.| keeps the weights >= 0.
+    """
+
+    num_agents: int
+    hidden_size: int = 64
+
+    @nn.compact
+    def __call__(self, state: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x = nn.relu(nn.Dense(self.hidden_size)(state))
+        weights = jnp.abs(nn.Dense(self.num_agents)(x))
+        bias = nn.Dense(1)(x)[..., 0]
+        return weights, bias

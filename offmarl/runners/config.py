@@ -71,3 +71,31 @@ class OnlineConfig:
             f"env_steps={self.env_steps} is smaller than one update "
             f"(num_envs x unroll_length = {self.steps_per_update})",
         )
+
+
+@dataclass(frozen=True)
+class OfflineConfig:
+    """How an offline run samples, evaluates and saves."""
+
+    steps: int = 20_000
+    """Training iterations (one minibatch each)."""
+    batch_size: int = 128
+    """Transitions per minibatch, sampled uniformly from the dataset."""
+    eval_interval: int = 2_000
+    """Iterations between evaluations."""
+    eval_episodes: int = 32
+    """Episodes per periodic evaluation (fresh environments and seeds)."""
+    final_eval_episodes: int = 256
+    """Episodes of the final evaluation."""
+    eval_mode: Literal["greedy", "sampled"] = "greedy"
+    """Which evaluation is the headline eval_win_rate/eval_return: greedy or sampled."""
+    checkpoint_interval: int = 10_000
+    """Iterations between checkpoints (one is always written at the end)."""
+    keep_checkpoints: int = 3
+    """How many of the newest checkpoints to keep."""
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "eval_interval", "eval_episodes", "final_eval_episodes",
+                     "checkpoint_interval", "keep_checkpoints"):
+            value = getattr(self, name)
+            require(value > 0, f"{name}={value} is invalid: must be a positive integer")

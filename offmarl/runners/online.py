@@ -4,7 +4,6 @@ checkpoints, progress display, resume, and a clean stop on Ctrl-C or NaN."""
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -12,40 +11,17 @@ from typing import Any
 import jax
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from offmarl.errors import ConfigError
-from offmarl.evaluation.evaluate import make_evaluator, summarise
+from offmarl.evaluation.evaluate import CLI_EVAL_TAG, FINAL_EVAL_TAG, evaluate_both, make_evaluator
 from offmarl.evaluation.plots import plot_learning_curve
 from offmarl.experiment import Experiment, experiment_from_dict
+from offmarl.runners.common import TrainingDiverged, check_finite, progress_display
 from offmarl.runners.fused import FusedTrainer
 from offmarl.utils.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from offmarl.utils.files import JsonlWriter, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 WIN_RATE_MILESTONE = 0.9
-# Evaluation seeds are fold_in(seed stream, tag): periodic ones use the env-step count.
-FINAL_EVAL_TAG = 2**32 - 1
-CLI_EVAL_TAG = 2**32 - 2
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss or parameter became NaN or inf."""
-
-
-def _eval_seed(seed: int, tag: int) -> jax.Array:
-    # Evaluation keys come from their own stream, so evaluating never changes training.
-    return jax.random.fold_in(jax.random.PRNGKey(seed + 1_000_003), tag)
-
-
-def evaluate_both(evaluator, params: Any, seed: int, env_steps: int) -> dict[str, float]:
-    """Greedy and sampled evaluation, flattened as eval_{mode}_{metric}."""
-    out: dict[str, float] = {}
-    for mode, greedy in (("greedy", True), ("sampled", False)):
-        stats = summarise(evaluator(params, _eval_seed(seed, env_steps), greedy))
-        out.update({f"eval_{mode}_{k}": v for k, v in stats.items()})
-    return out
-
-
 def load_run(run_dir: str | Path) -> tuple[Experiment, dict]:
     """The experiment and raw config.json of an existing run directory."""
     path = Path(run_dir) / "config.json"
@@ -112,7 +88,7 @@ class OnlineRun:
         updates_per_chunk = max(1, self.cfg.eval_interval // self.cfg.steps_per_update)
         last_ckpt = env_steps
         try:
-            with self._progress() as progress:
+            with progress_display(self.console, "steps") as progress:
                 task = progress.add_task("train", total=self.cfg.num_updates * self.cfg.steps_per_update,
                                          completed=env_steps, stats="compiling...")
                 while env_steps < self.cfg.num_updates * self.cfg.steps_per_update:
@@ -121,12 +97,8 @@ class OnlineRun:
                     chunk_start = time.perf_counter()
                     new_state, episodes, learner = trainer.train(state, n)
                     learner = {k: float(v) for k, v in learner.items()}
-                    if not all(math.isfinite(v) for v in learner.values()):
-                        bad = next(k for k, v in learner.items() if not math.isfinite(v))
-                        raise TrainingDiverged(
-                            f"{bad} became {learner[bad]} between env steps {env_steps:,} and "
-                            f"{env_steps + n * self.cfg.steps_per_update:,}"
-                        )
+                    check_finite(learner, f"between env steps {env_steps:,} and "
+                                          f"{env_steps + n * self.cfg.steps_per_update:,}")
                     state = new_state
                     chunk_seconds = time.perf_counter() - chunk_start
                     env_steps += n * self.cfg.steps_per_update
@@ -167,16 +139,6 @@ class OnlineRun:
         return summary
 
     # -- pieces ----------------------------------------------------------------
-    def _progress(self) -> Progress:
-        return Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed:,.0f}/{task.total:,.0f} steps"),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[stats]}"),
-            console=self.console,
-        )
-
     def _progress_text(self, r: dict) -> str:
         text = f"{r['steps_per_second']:,.0f} steps/s"
         if self.has_win:

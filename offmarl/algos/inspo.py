@@ -1,0 +1,245 @@
+"""InSPO: in-sample sequential policy optimisation (Liu et al., AAAI 2025).
+
+No code was released; this follows the derivation in docs/inspo.md. With temperatures
+alpha (reverse KL to the behaviour policy mu) and beta (entropy), tau = alpha + beta,
+each agent's improved policy is pi_i ∝ mu_i^(alpha/tau) exp(Q_i / tau), learned in-sample
+as weighted behaviour cloning on dataset actions with weight
+mu_i(a_i)^(-beta/tau) exp((Q_i(o_i, a_i) - V_i(o_i)) / tau).
+
+Every iteration: (1) fit mu by behaviour cloning; (2) draw a random order of the agents
+and update them one after another, agent i_m against the already-updated policies of
+i_1..i_{m-1}: its local value Q_i is regressed onto w_{<m} Q(s, a), with the importance
+weight w_{<m} = prod_{j<m} pi_j(a_j|o_j) / mu_j(a_j|o_j) of the updated teammates;
+(3) fit the joint Q(s, a) and V(s) and the local V_i in-sample (exponential loss);
+(4) move the target copies of the joint Q and V.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from offmarl.algos.offline_common import (
+    EXP_CLIP,
+    SharedActor,
+    StatelessPolicy,
+    exponential_value_loss,
+    gradient_step,
+    log_prob_taken,
+    make_optimizer,
+    soft_update,
+    taken,
+    validate_common,
+)
+from offmarl.config import require
+from offmarl.envs.base import EnvSpec
+from offmarl.networks import MLPActionValues, MLPPolicy, MLPValue, masked_logits, with_agent_id
+from offmarl.types import TransitionBatch
+
+
+@dataclass(frozen=True)
+class InSPOConfig:
+    """InSPO hyper-parameters (see docs/inspo.md for the derivation)."""
+
+    alpha: float = 0.1
+    """Temperature of the reverse-KL regulariser toward the behaviour policy mu.
+    Keep alpha + beta small next to the reward scale: with alpha + beta >= 1 on rewards of
+    order 1 the policy stays at behaviour cloning."""
+    beta: float = 0.0
+    """Temperature of the entropy bonus."""
+    gamma: float = 0.99
+    """Discount factor."""
+    tau: float = 0.005
+    """Soft target-update rate of the joint Q and V."""
+    lr: float = 5e-4
+    """Adam learning rate of every network."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip; 0 disables it."""
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """Hidden widths of every network."""
+    max_importance_weight: float = 10.0
+    """Upper clip of the teammates' importance weight w_{<m}."""
+    behaviour_warmup: int = 500
+    """Iterations that fit only mu and the critics before the policies start to move."""
+    sequential: bool = True
+    """Update agents in a random order against updated teammates; false = every agent
+    against the teammates' policies from before the iteration (the ablation)."""
+
+    def validate(self) -> None:
+        validate_common(self)
+        require(self.alpha > 0, f"alpha={self.alpha} is invalid: must be > 0")
+        require(self.beta >= 0, f"beta={self.beta} is invalid: must be >= 0")
+        require(0 < self.tau <= 1, f"tau={self.tau} is invalid: must be in (0, 1]")
+        require(self.max_importance_weight >= 1,
+                f"max_importance_weight={self.max_importance_weight} is invalid: must be >= 1")
+        require(self.behaviour_warmup >= 0, f"behaviour_warmup={self.behaviour_warmup} must be >= 0")
+
+
+class InSPOCritics(NamedTuple):
+    q_joint: Any  # Q(s, a): state and one-hot joint action -> scalar
+    v_joint: Any  # V(s)
+    q_local: Any  # Q_i(o_i, .) shared, with agent id
+    v_local: Any  # V_i(o_i) shared, with agent id
+
+
+class InSPOState(NamedTuple):
+    policy: Any  # one parameter set per agent, stacked on axis 0
+    policy_opt: Any
+    behaviour: Any
+    behaviour_opt: Any
+    critics: InSPOCritics
+    target: tuple[Any, Any]  # (q_joint, v_joint)
+    critic_opt: Any
+    step: jax.Array
+
+
+def policy_exponent(q: jax.Array, v: jax.Array, log_mu: jax.Array, alpha: float, beta: float) -> jax.Array:
+    """log of the weighted-BC weight mu^(-beta/tau) exp((Q - V)/tau), clipped to [-10, 10]."""
+    temperature = alpha + beta
+    return jnp.clip((q - v) / temperature - beta / temperature * log_mu, -EXP_CLIP, EXP_CLIP)
+
+
+def teammate_weights(log_ratios: jax.Array, before: jax.Array, max_weight: float) -> jax.Array:
+    """w = prod_{j in before} pi_j/mu_j per sample, clipped above: [B, N] x [N] -> [B]."""
+    log_w = jnp.sum(jnp.where(before, log_ratios, 0.0), axis=-1)
+    return jnp.minimum(jnp.exp(log_w), max_weight)
+
+
+class InSPO(StatelessPolicy):
+    def __init__(self, config: InSPOConfig, spec: EnvSpec) -> None:
+        self.config = config
+        self.spec = spec
+        self.temperature = config.alpha + config.beta
+        self.actor = MLPPolicy(config.hidden_sizes, spec.num_actions)
+        self.behaviour = SharedActor(config.hidden_sizes, spec)
+        self.q_joint = MLPValue(config.hidden_sizes)
+        self.v_joint = MLPValue(config.hidden_sizes)
+        self.q_local = MLPActionValues(config.hidden_sizes, spec.num_actions)
+        self.v_local = MLPValue(config.hidden_sizes)
+        self.optimizer = make_optimizer(config.lr, config.max_grad_norm)
+
+    # -- acting: one policy network per agent -------------------------------------
+    def logits(self, policy: Any, obs: jax.Array, avail: jax.Array) -> jax.Array:
+        per_agent = jax.vmap(self.actor.apply, in_axes=(0, -2), out_axes=-2)
+        return masked_logits(per_agent(policy, obs), avail)
+
+    def acting_params(self, state: InSPOState) -> Any:
+        return state.policy
+
+    # -- state ------------------------------------------------------------------------
+    def _joint_input(self, state: jax.Array, actions: jax.Array) -> jax.Array:
+        one_hot = jax.nn.one_hot(actions, self.spec.num_actions)
+        return jnp.concatenate([state, one_hot.reshape(*actions.shape[:-1], -1)], axis=-1)
+
+    def init(self, rng: jax.Array) -> InSPOState:
+        n, spec = self.spec.num_agents, self.spec
+        k_pi, k_mu, k_q, k_v, k_ql, k_vl = jax.random.split(rng, 6)
+        policy = jax.vmap(self.actor.init)(jax.random.split(k_pi, n), jnp.zeros((n, spec.obs_dim)))
+        behaviour = self.behaviour.init_actor(k_mu)
+        local_in = jnp.zeros((n, spec.obs_dim + n))
+        critics = InSPOCritics(
+            self.q_joint.init(k_q, self._joint_input(jnp.zeros(spec.state_dim), jnp.zeros(n, jnp.int32))),
+            self.v_joint.init(k_v, jnp.zeros(spec.state_dim)),
+            self.q_local.init(k_ql, local_in),
+            self.v_local.init(k_vl, local_in),
+        )
+        return InSPOState(
+            policy, jax.vmap(self.optimizer.init)(policy), behaviour, self.optimizer.init(behaviour),
+            critics, (critics.q_joint, critics.v_joint), self.optimizer.init(critics), jnp.zeros((), jnp.int32),
+        )
+
+    # -- losses -----------------------------------------------------------------------
+    def _behaviour_loss(self, params: Any, batch: TransitionBatch) -> tuple[jax.Array, dict]:
+        loss = -jnp.mean(log_prob_taken(self.behaviour.logits(params, batch.obs, batch.avail), batch.actions))
+        return loss, {"behaviour_loss": loss}
+
+    def _agent_policy_loss(self, policy: Any, batch: TransitionBatch, weights: jax.Array,
+                           agent_mask: jax.Array) -> tuple[jax.Array, dict]:
+        log_probs = log_prob_taken(self.logits(policy, batch.obs, batch.avail), batch.actions)
+        loss = -jnp.mean(jnp.sum(jnp.where(agent_mask, weights * log_probs, 0.0), axis=-1))
+        return loss, {}
+
+    def _critic_loss(self, critics: InSPOCritics, target: tuple[Any, Any], batch: TransitionBatch,
+                     log_mu: jax.Array, local_weights: jax.Array) -> tuple[jax.Array, dict]:
+        cfg, temp = self.config, self.temperature
+        joint_in = self._joint_input(batch.state, batch.actions)
+        q = self.q_joint.apply(critics.q_joint, joint_in)
+        q_target = jax.lax.stop_gradient(self.q_joint.apply(target[0], joint_in))
+        next_v = self.v_joint.apply(target[1], batch.next_state)
+        td_target = jax.lax.stop_gradient(batch.reward + cfg.gamma * (1.0 - batch.done) * next_v)
+        q_loss = jnp.sum(batch.valid * (q - td_target) ** 2) / jnp.maximum(jnp.sum(batch.valid), 1.0)
+
+        v = self.v_joint.apply(critics.v_joint, batch.state)
+        z_joint = policy_exponent(q_target, v, jnp.sum(log_mu, axis=-1), cfg.alpha, cfg.beta)
+        v_loss = exponential_value_loss(z_joint, v / temp)
+
+        local_in = with_agent_id(batch.obs)
+        q_local = taken(self.q_local.apply(critics.q_local, local_in), batch.actions)
+        local_target = jax.lax.stop_gradient(local_weights * q_target[:, None])
+        q_local_loss = jnp.mean((q_local - local_target) ** 2)
+
+        v_local = self.v_local.apply(critics.v_local, local_in)
+        z_local = policy_exponent(jax.lax.stop_gradient(q_local), v_local, log_mu, cfg.alpha, cfg.beta)
+        v_local_loss = exponential_value_loss(z_local, v_local / temp)
+        metrics = {"q_loss": q_loss, "v_loss": v_loss, "q_local_loss": q_local_loss,
+                   "v_local_loss": v_local_loss, "q_mean": jnp.mean(q)}
+        return q_loss + v_loss + q_local_loss + v_local_loss, metrics
+
+    # -- one iteration ----------------------------------------------------------------
+    def _policy_step(self, state: InSPOState, batch: TransitionBatch, agent: jax.Array,
+                     exponent: jax.Array, active: jax.Array) -> tuple[Any, Any]:
+        agent_mask = jnp.arange(self.spec.num_agents) == agent
+        weights = jnp.exp(exponent) * active
+        grads, _ = jax.grad(self._agent_policy_loss, has_aux=True)(state.policy, batch, weights, agent_mask)
+        updates, new_opt = jax.vmap(self.optimizer.update)(grads, state.policy_opt, state.policy)
+        new_policy = optax.apply_updates(state.policy, updates)
+
+        def only_agent(new: jax.Array, old: jax.Array) -> jax.Array:
+            mask = agent_mask.reshape((-1,) + (1,) * (new.ndim - 1))
+            return jnp.where(mask, new, old)
+
+        return jax.tree.map(only_agent, new_policy, state.policy), jax.tree.map(only_agent, new_opt, state.policy_opt)
+
+    def update(self, state: InSPOState, batch: TransitionBatch, rng: jax.Array) -> tuple[InSPOState, dict]:
+        cfg, n = self.config, self.spec.num_agents
+        behaviour, behaviour_opt, m_mu = gradient_step(
+            self.optimizer, state.behaviour, state.behaviour_opt, self._behaviour_loss, batch)
+        log_mu = jax.lax.stop_gradient(
+            log_prob_taken(self.behaviour.logits(behaviour, batch.obs, batch.avail), batch.actions))
+        local_in = with_agent_id(batch.obs)
+        q_local = taken(self.q_local.apply(state.critics.q_local, local_in), batch.actions)
+        v_local = self.v_local.apply(state.critics.v_local, local_in)
+        exponent = policy_exponent(q_local, v_local, log_mu, cfg.alpha, cfg.beta)
+        active = (state.step >= cfg.behaviour_warmup).astype(jnp.float32)
+
+        order = jax.random.permutation(rng, n)
+        position = jnp.argsort(order)
+
+        def log_ratios(policy: Any) -> jax.Array:
+            return log_prob_taken(self.logits(policy, batch.obs, batch.avail), batch.actions) - log_mu
+
+        old_log_ratios = log_ratios(state.policy)
+        local_weights = jnp.ones_like(log_mu)
+        for m in range(n):  # N is small and static: the loop unrolls
+            agent = order[m]
+            if cfg.sequential:
+                w = teammate_weights(log_ratios(state.policy), position < m, cfg.max_importance_weight)
+            else:
+                w = teammate_weights(old_log_ratios, jnp.arange(n) != agent, cfg.max_importance_weight)
+            local_weights = local_weights.at[:, agent].set(w)
+            policy, policy_opt = self._policy_step(state, batch, agent, exponent, active)
+            state = state._replace(policy=policy, policy_opt=policy_opt)
+
+        critics, critic_opt, m_critic = gradient_step(
+            self.optimizer, state.critics, state.critic_opt, self._critic_loss, state.target, batch,
+            log_mu, local_weights)
+        target = soft_update(state.target, (critics.q_joint, critics.v_joint), cfg.tau)
+        metrics = {**m_mu, **m_critic, "weight_mean": jnp.mean(jnp.exp(exponent)),
+                   "teammate_weight_mean": jnp.mean(local_weights)}
+        new_state = InSPOState(state.policy, state.policy_opt, behaviour, behaviour_opt, critics, target,
+                               critic_opt, state.step + 1)
+        return new_state, metrics

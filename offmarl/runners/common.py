@@ -1,0 +1,31 @@
+"""Pieces every runner's outer loop shares: the NaN guard and the progress display."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or parameter became NaN or inf."""
+
+
+def check_finite(metrics: dict[str, float], where: str) -> None:
+    """Raise TrainingDiverged naming the first metric that is NaN or inf."""
+    for key, value in metrics.items():
+        if not math.isfinite(value):
+            raise TrainingDiverged(f"{key} became {value} {where}")
+
+
+def progress_display(console: Console, unit: str) -> Progress:
+    """A progress bar with counts of `unit`, elapsed time and a free-text stats column."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f}/{task.total:,.0f} " + unit),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[stats]}"),
+        console=console,
+    )
