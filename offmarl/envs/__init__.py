@@ -1,45 +1,63 @@
-"""Environment adapters behind one name space: `family:scenario`, e.g. `smax:3m`.
+"""Environment adapters behind one name space: `family:scenario` (e.g. `smax:3m`) or a bare name.
 
 To add an environment family, write a module with `scenario_names()` and a
-`make_<family>(scenario)` returning a `MultiAgentEnv`, and register it below.
+`make_<family>(scenario)` returning a `MultiAgentEnv`, and register it below. A
+single environment without scenarios (like `bridge`) goes in `_standalone()`.
+`matrix:` also accepts a path to a game file ending in `.json`.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from offmarl.envs.base import EnvSpec, MultiAgentEnv
 from offmarl.errors import ConfigError
 
 
 def _families() -> dict[str, tuple[Callable[[], list[str]], Callable[[str], MultiAgentEnv]]]:
-    from offmarl.envs import mpe, smax
+    from offmarl.envs import matrix, mpe, smax
 
     return {
         "smax": (smax.scenario_names, smax.make_smax),
         "mpe": (mpe.scenario_names, mpe.make_mpe),
+        "matrix": (matrix.scenario_names, matrix.make_matrix),
     }
 
 
+def _standalone() -> dict[str, Callable[[], MultiAgentEnv]]:
+    from offmarl.envs import bridge
+
+    return {"bridge": bridge.make_bridge}
+
+
 def list_envs() -> list[str]:
-    """All environment names `make_env` accepts."""
-    return [f"{fam}:{s}" for fam, (names, _) in _families().items() for s in names()]
+    """All environment names `make_env` accepts (besides `matrix:<path>.json`)."""
+    families = [f"{fam}:{s}" for fam, (names, _) in _families().items() for s in names()]
+    return families + list(_standalone())
 
 
 def check_env_name(name: str) -> tuple[str, str]:
-    """Split and validate `family:scenario`; raises ConfigError naming the valid choices."""
+    """Split and validate `family:scenario` (a bare name has scenario "");
+    raises ConfigError naming the valid choices."""
+    if name in _standalone():
+        return name, ""
     families = _families()
     family, sep, scenario = name.partition(":")
     if not sep or family not in families:
+        choices = [f"{f}:<scenario>" for f in families] + ["matrix:<path>.json", *_standalone()]
         raise ConfigError(
-            f"unknown environment {name!r}; valid families: "
-            + ", ".join(f"{f}:<scenario>" for f in families)
-            + " (see `offmarl envs`)"
+            f"unknown environment {name!r}; valid: {', '.join(choices)} (see `offmarl envs`)"
         )
+    if family == "matrix" and scenario.endswith(".json"):
+        from offmarl.envs.matrix import load_game
+
+        load_game(scenario)  # raises ConfigError naming what is wrong with the file
+        return family, scenario
     valid = families[family][0]()
     if scenario not in valid:
+        path_hint = ", or a path ending in .json" if family == "matrix" else ""
         raise ConfigError(
-            f"unknown {family} scenario {scenario!r} in {name!r}; valid: {', '.join(valid)}"
+            f"unknown {family} scenario {scenario!r} in {name!r}; valid: {', '.join(valid)}{path_hint}"
         )
     return family, scenario
 
@@ -47,6 +65,8 @@ def check_env_name(name: str) -> tuple[str, str]:
 def make_env(name: str) -> MultiAgentEnv:
     """Build the environment called `name` (see `list_envs`)."""
     family, scenario = check_env_name(name)
+    if not scenario:
+        return _standalone()[family]()
     return _families()[family][1](scenario)
 
 
