@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import time
 from pathlib import Path
 
 import jax
@@ -23,6 +20,7 @@ import jax.numpy as jnp
 from offmarl.experiment import resolve_experiment
 from offmarl.runners.fused import FusedTrainer
 from offmarl.utils.files import atomic_write_json
+from timing import machine, time_it
 
 
 def random_rollout_fn(env, num_envs: int, unroll_length: int):
@@ -40,15 +38,6 @@ def random_rollout_fn(env, num_envs: int, unroll_length: int):
         return carry, rewards.sum()
 
     return jax.jit(rollout)
-
-
-def time_it(fn, repeats: int) -> float:
-    """Seconds per call, after one warm-up call."""
-    jax.block_until_ready(fn())
-    start = time.perf_counter()
-    for _ in range(repeats):
-        jax.block_until_ready(fn())
-    return (time.perf_counter() - start) / repeats
 
 
 def main() -> None:
@@ -103,9 +92,7 @@ def main() -> None:
         "random_env_steps_per_second": round(random_sps),
         "training_env_steps_per_second": round(train_sps),
         "ratio": round(train_sps / random_sps, 3),
-        "device": jax.devices()[0].device_kind,
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
+        **machine(),
     }
     print(json.dumps(result, indent=2))
     out = Path(args.out) / f"throughput_{args.env.replace(':', '_')}_{cfg.num_envs}.json"

@@ -21,7 +21,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from offmarl.algos.offline_common import (
     EXP_CLIP,
@@ -157,11 +156,14 @@ class InSPO(StatelessPolicy):
         loss = -jnp.mean(log_prob_taken(self.behaviour.logits(params, batch.obs, batch.avail), batch.actions))
         return loss, {"behaviour_loss": loss}
 
-    def _agent_policy_loss(self, policy: Any, batch: TransitionBatch, weights: jax.Array,
-                           agent_mask: jax.Array) -> tuple[jax.Array, dict]:
-        log_probs = log_prob_taken(self.logits(policy, batch.obs, batch.avail), batch.actions)
-        loss = -jnp.mean(jnp.sum(jnp.where(agent_mask, weights * log_probs, 0.0), axis=-1))
-        return loss, {}
+    def _agent_log_probs(self, agent_params: Any, agent: jax.Array, batch: TransitionBatch) -> jax.Array:
+        """log pi_agent(a_agent | o_agent) over the batch, from that agent's parameters only."""
+        obs, avail, actions = (jnp.take(x, agent, axis=1) for x in (batch.obs, batch.avail, batch.actions))
+        return log_prob_taken(masked_logits(self.actor.apply(agent_params, obs), avail), actions)
+
+    def _agent_policy_loss(self, agent_params: Any, agent: jax.Array, batch: TransitionBatch,
+                           weights: jax.Array) -> tuple[jax.Array, dict]:
+        return -jnp.mean(weights * self._agent_log_probs(agent_params, agent, batch)), {}
 
     def _critic_loss(self, critics: InSPOCritics, target: tuple[Any, Any], batch: TransitionBatch,
                      log_mu: jax.Array, local_weights: jax.Array) -> tuple[jax.Array, dict]:
@@ -190,19 +192,15 @@ class InSPO(StatelessPolicy):
         return q_loss + v_loss + q_local_loss + v_local_loss, metrics
 
     # -- one iteration ----------------------------------------------------------------
-    def _policy_step(self, state: InSPOState, batch: TransitionBatch, agent: jax.Array,
-                     exponent: jax.Array, active: jax.Array) -> tuple[Any, Any]:
-        agent_mask = jnp.arange(self.spec.num_agents) == agent
-        weights = jnp.exp(exponent) * active
-        grads, _ = jax.grad(self._agent_policy_loss, has_aux=True)(state.policy, batch, weights, agent_mask)
-        updates, new_opt = jax.vmap(self.optimizer.update)(grads, state.policy_opt, state.policy)
-        new_policy = optax.apply_updates(state.policy, updates)
-
-        def only_agent(new: jax.Array, old: jax.Array) -> jax.Array:
-            mask = agent_mask.reshape((-1,) + (1,) * (new.ndim - 1))
-            return jnp.where(mask, new, old)
-
-        return jax.tree.map(only_agent, new_policy, state.policy), jax.tree.map(only_agent, new_opt, state.policy_opt)
+    def _policy_step(self, policy: Any, policy_opt: Any, batch: TransitionBatch, agent: jax.Array,
+                     weights: jax.Array) -> tuple[Any, Any, jax.Array]:
+        """Update one agent's slice of the stacked parameters; returns its new log-probs too."""
+        params, opt_state = (jax.tree.map(lambda x: x[agent], tree) for tree in (policy, policy_opt))
+        params, opt_state, _ = gradient_step(self.optimizer, params, opt_state, self._agent_policy_loss,
+                                             agent, batch, weights)
+        policy, policy_opt = (jax.tree.map(lambda full, part: full.at[agent].set(part), full, part)
+                              for full, part in ((policy, params), (policy_opt, opt_state)))
+        return policy, policy_opt, self._agent_log_probs(params, agent, batch)
 
     def update(self, state: InSPOState, batch: TransitionBatch, rng: jax.Array) -> tuple[InSPOState, dict]:
         cfg, n = self.config, self.spec.num_agents
@@ -219,20 +217,20 @@ class InSPO(StatelessPolicy):
         order = jax.random.permutation(rng, n)
         position = jnp.argsort(order)
 
-        def log_ratios(policy: Any) -> jax.Array:
-            return log_prob_taken(self.logits(policy, batch.obs, batch.avail), batch.actions) - log_mu
-
-        old_log_ratios = log_ratios(state.policy)
+        old_log_ratios = log_prob_taken(self.logits(state.policy, batch.obs, batch.avail), batch.actions) - log_mu
+        log_ratios = old_log_ratios
         local_weights = jnp.ones_like(log_mu)
+        policy, policy_opt = state.policy, state.policy_opt
         for m in range(n):  # N is small and static: the loop unrolls
             agent = order[m]
             if cfg.sequential:
-                w = teammate_weights(log_ratios(state.policy), position < m, cfg.max_importance_weight)
+                w = teammate_weights(log_ratios, position < m, cfg.max_importance_weight)
             else:
                 w = teammate_weights(old_log_ratios, jnp.arange(n) != agent, cfg.max_importance_weight)
             local_weights = local_weights.at[:, agent].set(w)
-            policy, policy_opt = self._policy_step(state, batch, agent, exponent, active)
-            state = state._replace(policy=policy, policy_opt=policy_opt)
+            weights = jnp.exp(jnp.take(exponent, agent, axis=1)) * active
+            policy, policy_opt, new_log_probs = self._policy_step(policy, policy_opt, batch, agent, weights)
+            log_ratios = log_ratios.at[:, agent].set(new_log_probs - jnp.take(log_mu, agent, axis=1))
 
         critics, critic_opt, m_critic = gradient_step(
             self.optimizer, state.critics, state.critic_opt, self._critic_loss, state.target, batch,
@@ -240,6 +238,6 @@ class InSPO(StatelessPolicy):
         target = soft_update(state.target, (critics.q_joint, critics.v_joint), cfg.tau)
         metrics = {**m_mu, **m_critic, "weight_mean": jnp.mean(jnp.exp(exponent)),
                    "teammate_weight_mean": jnp.mean(local_weights)}
-        new_state = InSPOState(state.policy, state.policy_opt, behaviour, behaviour_opt, critics, target,
+        new_state = InSPOState(policy, policy_opt, behaviour, behaviour_opt, critics, target,
                                critic_opt, state.step + 1)
         return new_state, metrics
