@@ -1,0 +1,22 @@
+"""JAX's persistent compilation cache: a run that compiles what an earlier run (of any
+seed) compiled loads it from disk instead. On by default for the CLI; set
+OFFMARL_COMPILE_CACHE=off to disable it, or to a folder to move it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import jax
+
+
+def enable_compile_cache() -> Path | None:
+    """Point JAX's persistent cache at OFFMARL_COMPILE_CACHE (default ~/.cache/offmarl/jax)."""
+    setting = os.environ.get("OFFMARL_COMPILE_CACHE", "")
+    if setting.lower() in ("off", "0", "false", "no"):
+        return None
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "offmarl" / "jax"
+    path = Path(setting) if setting else default
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    return path
