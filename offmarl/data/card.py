@@ -1,0 +1,143 @@
+"""Dataset cards: a markdown summary and a return histogram of one vault dataset."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from offmarl.data.dataset import OfflineDataset
+from offmarl.data.vault import load_vault, vault_metadata
+from offmarl.utils.files import atomic_write_bytes
+
+# SMAX pays at most 1 in damage per episode and +1 on a win, so a last-step team reward
+# of at least 1 means a win (the rule of offmarl/envs/smax.py).
+SMAX_WIN_REWARD = 1.0
+
+
+def episode_wins(dataset: OfflineDataset, env_name: str | None) -> np.ndarray | None:
+    """[episodes] bool win flags for SMAX datasets; None for environments without wins."""
+    if not (env_name or "").startswith("smax:"):
+        return None
+    return dataset.rewards[dataset.episode_ends, 0] >= SMAX_WIN_REWARD
+
+
+def dataset_stats(dataset: OfflineDataset, env_name: str | None) -> dict[str, Any]:
+    """Size, returns, lengths, win rate and per-agent action frequencies of a dataset."""
+    returns = dataset.episode_returns()
+    lengths = dataset.episode_lengths()
+    wins = episode_wins(dataset, env_name)
+    num_actions = dataset.legals.shape[-1]
+    frequencies = np.stack([
+        np.bincount(dataset.actions[:, agent], minlength=num_actions) / dataset.num_transitions
+        for agent in range(dataset.actions.shape[1])
+    ])
+    return {
+        "episodes": dataset.num_episodes,
+        "transitions": dataset.num_transitions,
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+        "return_min": float(returns.min()),
+        "return_max": float(returns.max()),
+        "length_mean": float(lengths.mean()),
+        "win_rate": None if wins is None else float(wins.mean()),
+        "num_agents": int(dataset.actions.shape[1]),
+        "obs_dim": int(dataset.observations.shape[-1]),
+        "state_dim": int(dataset.states.shape[-1]),
+        "num_actions": int(num_actions),
+        "action_frequencies": frequencies.tolist(),
+    }
+
+
+def _histogram_png(returns: np.ndarray, title: str) -> bytes:
+    figure = Figure(figsize=(6, 3.5))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    axes.hist(returns, bins=min(40, max(5, returns.size // 10)), color="tab:blue", alpha=0.8)
+    axes.axvline(float(returns.mean()), color="black", linestyle="--", label="mean")
+    axes.set_xlabel("episode return")
+    axes.set_ylabel("episodes")
+    axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    return buffer.getvalue()
+
+
+def _cell(value: Any) -> str:
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return text.replace("|", "\\|")
+
+
+def _table(rows: list[tuple[str, Any]], header: tuple[str, str]) -> list[str]:
+    lines = [f"| {header[0]} | {header[1]} |", "| --- | --- |"]
+    return lines + [f"| {key} | {value} |" for key, value in rows]
+
+
+def _card_markdown(name: str, stats: dict[str, Any], metadata: dict[str, Any], image: str) -> str:
+    win_rate = stats["win_rate"]
+    summary = [
+        ("episodes", f"{stats['episodes']:,}"),
+        ("transitions", f"{stats['transitions']:,}"),
+        ("return, mean ± std", f"{stats['return_mean']:.3f} ± {stats['return_std']:.3f}"),
+        ("return, min / max", f"{stats['return_min']:.3f} / {stats['return_max']:.3f}"),
+        ("episode length, mean", f"{stats['length_mean']:.1f}"),
+        ("win rate", "n/a (no win condition known for this environment)"
+         if win_rate is None else f"{win_rate:.3f}"),
+        ("agents / obs dim / state dim / actions",
+         f"{stats['num_agents']} / {stats['obs_dim']} / {stats['state_dim']} / {stats['num_actions']}"),
+    ]
+    actions = range(stats["num_actions"])
+    frequency_rows = [
+        f"| {agent} | " + " | ".join(f"{p:.3f}" for p in row) + " |"
+        for agent, row in enumerate(stats["action_frequencies"])
+    ]
+    provenance = [(key, _cell(value)) for key, value in metadata.items()]
+    lines = [
+        f"# Dataset card: `{name}`",
+        "",
+        "OG-MARL vault layout (flashbax): observations, actions, rewards, terminals, truncations,",
+        "infos.state, infos.legals. Win rate: SMAX episodes whose last team reward is >= 1.",
+        "",
+        *_table(summary, ("statistic", "value")),
+        "",
+        f"![return histogram]({image})",
+        "",
+        "## Action frequencies",
+        "",
+        "Fraction of each agent's time steps on which it took each action.",
+        "",
+        "| agent | " + " | ".join(f"a{a}" for a in actions) + " |",
+        "| --- |" + " --- |" * len(actions),
+        *frequency_rows,
+        "",
+        "## Provenance",
+        "",
+        *(_table(provenance, ("field", "value")) if provenance else ["(none recorded)"]),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_dataset_card(path: str | Path, uid: str, out_dir: str | Path | None = None) -> Path:
+    """Write `<uid>.md` and `<uid>_returns.png` for dataset `uid` of the vault at `path`.
+
+    They go into `out_dir` (default: the vault directory, beside the uid directories).
+    Returns the markdown file's path. The vault itself is only read.
+    """
+    path = Path(path)
+    dataset = load_vault(path, uid)
+    metadata = vault_metadata(path, uid)
+    stats = dataset_stats(dataset, metadata.get("env"))
+    out = Path(out_dir) if out_dir is not None else path
+    name = f"{path.name}:{uid}"
+    image = f"{uid}_returns.png"
+    atomic_write_bytes(out / image, _histogram_png(dataset.episode_returns(), f"{name} returns"))
+    card = out / f"{uid}.md"
+    atomic_write_bytes(card, _card_markdown(name, stats, metadata, image).encode())
+    return card

@@ -1,0 +1,334 @@
+"""Record whole episodes of a policy into an OfflineDataset, and datasets from online runs.
+
+Environments run vmapped inside a jitted `lax.scan`; each one contributes its first k
+episodes (k fixed in advance, whatever their length), so short episodes are not
+over-represented. Acting is epsilon-mixed: with probability epsilon an agent takes a
+uniformly random *available* action instead of the policy's.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from offmarl.algos.base import OnlineAlgorithm, Policy
+from offmarl.data.dataset import OfflineDataset
+from offmarl.data.vault import check_uid_available, write_vault
+from offmarl.envs.base import MultiAgentEnv
+from offmarl.errors import ConfigError
+from offmarl.experiment import Experiment
+from offmarl.utils.checkpoint import (
+    list_checkpoints,
+    load_checkpoint,
+    resolve_checkpoint,
+)
+from offmarl.utils.files import read_jsonl
+
+DEFAULT_NUM_ENVS = 64
+
+ProgressCallback = Callable[[int, int], None]
+"""Called with (episodes recorded so far, episodes wanted)."""
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """`total` as `parts` near-equal non-negative integers, larger ones first."""
+    base, extra = divmod(total, parts)
+    return [base + (i < extra) for i in range(parts)]
+
+
+class CollectedEpisodes(NamedTuple):
+    """A dataset with each episode's outcome as the environment loop measured it."""
+
+    dataset: OfflineDataset
+    returns: np.ndarray  # [episodes] team return, summed on the device while acting
+    wins: np.ndarray | None  # [episodes] bool, the env's own win flag (None without one)
+
+    @property
+    def win_rate(self) -> float | None:
+        return None if self.wins is None else float(self.wins.mean())
+
+
+def check_epsilon(epsilon: float) -> None:
+    if not 0.0 <= epsilon <= 1.0:
+        raise ConfigError(f"epsilon={epsilon} is invalid: must be in [0, 1]")
+
+
+def check_episodes(episodes: int) -> None:
+    if episodes <= 0:
+        raise ConfigError(f"episodes={episodes} is invalid: must be a positive integer")
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _reset_envs(env: MultiAgentEnv, policy: Policy, num_envs: int, rng: jax.Array) -> tuple[Any, ...]:
+    """The rollout carry at fresh episodes of `num_envs` environments."""
+    env_state, ts = jax.vmap(env.reset)(jax.random.split(rng, num_envs))
+    memory = policy.initial_policy_state((num_envs,))
+    starts = jnp.ones((num_envs,), bool)
+    return env_state, ts, memory, starts, jnp.zeros((num_envs,)), jnp.zeros((num_envs,), jnp.int32)
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _rollout_chunk(
+    env: MultiAgentEnv, policy: Policy, num_envs: int, params: Any, carry: tuple[Any, ...],
+    rng: jax.Array, epsilon: jax.Array, greedy: jax.Array,
+) -> tuple[tuple[Any, ...], dict[str, jax.Array]]:
+    """`max_episode_steps` steps of every environment: the next carry and per-step records.
+
+    Compiled once per (env, policy, num_envs); params, epsilon and greedy are traced.
+    """
+    max_steps = env.spec.max_episode_steps
+
+    def step(carry, step_rng):
+        env_state, ts, memory, starts, ep_return, ep_length = carry
+        sample_rng, random_rng, explore_rng, env_rng = jax.random.split(step_rng, 4)
+        logits, memory = policy.policy_step(params, memory, ts.obs, ts.avail, starts)
+        policy_actions = jnp.where(
+            greedy, jnp.argmax(logits, axis=-1), jax.random.categorical(sample_rng, logits)
+        )
+        random_actions = jax.random.categorical(random_rng, jnp.where(ts.avail, 0.0, -jnp.inf))
+        explore = jax.random.uniform(explore_rng, policy_actions.shape) < epsilon
+        actions = jnp.where(explore, random_actions, policy_actions).astype(jnp.int32)
+        env_state, next_ts = jax.vmap(env.step)(jax.random.split(env_rng, num_envs), env_state, actions)
+        ep_return = ep_return + next_ts.reward
+        ep_length = ep_length + 1
+        done = next_ts.done
+        record = {
+            "obs": ts.obs, "state": ts.state, "avail": ts.avail, "actions": actions,
+            "reward": next_ts.reward, "done": done, "won": next_ts.won,
+            # JaxMARL reports a time limit as a plain done; a non-won episode that
+            # lasted the whole limit is recorded as truncated.
+            "truncated": done & (ep_length >= max_steps) & ~next_ts.won,
+            "episode_return": ep_return,
+        }
+        keep = ~done
+        carry = (env_state, next_ts, memory, done, ep_return * keep, ep_length * keep)
+        return carry, record
+
+    return jax.lax.scan(step, carry, jax.random.split(rng, max_steps))
+
+
+class EpisodeCollector:
+    """Collects episodes of one policy network on `num_envs` copies of one environment.
+
+    The rollout compiles once per (env, policy, num_envs), so collecting with other
+    parameters, seeds, epsilons or acting modes does not recompile.
+    """
+
+    def __init__(self, env: MultiAgentEnv, policy: Policy, num_envs: int = DEFAULT_NUM_ENVS) -> None:
+        if num_envs <= 0:
+            raise ConfigError(f"num_envs={num_envs} is invalid: must be a positive integer")
+        self.env, self.policy, self.num_envs = env, policy, num_envs
+
+    def collect(
+        self, params: Any, num_episodes: int, seed: int, epsilon: float = 0.0, greedy: bool = False,
+        on_progress: ProgressCallback | None = None,
+    ) -> CollectedEpisodes:
+        """Record `num_episodes` whole episodes (every environment its first few)."""
+        check_episodes(num_episodes)
+        check_epsilon(epsilon)
+        quotas = np.array(split_evenly(num_episodes, self.num_envs))
+        rng, reset_rng = jax.random.split(jax.random.PRNGKey(seed))
+        carry = _reset_envs(self.env, self.policy, self.num_envs, reset_rng)
+        chunks: list[dict[str, np.ndarray]] = []
+        finished = np.zeros(self.num_envs, np.int64)
+        while (finished < quotas).any():
+            rng, chunk_rng = jax.random.split(rng)
+            carry, record = _rollout_chunk(
+                self.env, self.policy, self.num_envs, params, carry, chunk_rng,
+                jnp.float32(epsilon), jnp.bool_(greedy),
+            )
+            chunks.append(jax.device_get(record))
+            finished += chunks[-1]["done"].sum(axis=0)
+            if on_progress is not None:
+                on_progress(int(np.minimum(finished, quotas).sum()), num_episodes)
+        steps = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
+        return self._assemble(steps, quotas)
+
+    def _assemble(self, steps: dict[str, np.ndarray], quotas: np.ndarray) -> CollectedEpisodes:
+        """Cut each environment's stream after its quota of episodes and join them."""
+        rows, ends = [], []
+        for env_index, quota in enumerate(quotas):
+            if quota == 0:
+                continue
+            done_rows = np.flatnonzero(steps["done"][:, env_index])
+            rows.append(np.arange(done_rows[quota - 1] + 1) * self.num_envs + env_index)
+            ends.append(done_rows[:quota] * self.num_envs + env_index)
+        take = np.concatenate(rows)
+        end_rows = np.concatenate(ends)
+
+        def flat(key: str) -> np.ndarray:
+            field = steps[key]
+            return field.reshape((-1,) + field.shape[2:])
+
+        def per_agent(team: np.ndarray) -> np.ndarray:
+            return np.repeat(team[take, None], self.env.spec.num_agents, axis=1).astype(np.float32)
+
+        truncated = flat("truncated")
+        dataset = OfflineDataset(
+            observations=flat("obs")[take].astype(np.float32),
+            actions=flat("actions")[take].astype(np.int32),
+            rewards=per_agent(flat("reward")),
+            terminals=per_agent(flat("done") & ~truncated),
+            truncations=per_agent(truncated),
+            states=flat("state")[take].astype(np.float32),
+            legals=flat("avail")[take].astype(np.float32),
+        )
+        wins = flat("won")[end_rows] if self.env.spec.has_win else None
+        return CollectedEpisodes(dataset, flat("episode_return")[end_rows].astype(np.float32), wins)
+
+
+def collect_episodes(
+    env: MultiAgentEnv, policy: Policy, params: Any, num_episodes: int, seed: int,
+    epsilon: float = 0.0, greedy: bool = False, num_envs: int = DEFAULT_NUM_ENVS,
+) -> OfflineDataset:
+    """`num_episodes` whole episodes of `policy` (epsilon-mixed with random available actions)."""
+    collector = EpisodeCollector(env, policy, num_envs)
+    return collector.collect(params, num_episodes, seed, epsilon, greedy).dataset
+
+
+# -- datasets from online runs ------------------------------------------------------
+
+
+@dataclass
+class SavedRun:
+    """An online run directory's environment, algorithm and saved parameters."""
+
+    run_dir: Path
+    experiment: Experiment
+    env: MultiAgentEnv
+    algo: OnlineAlgorithm
+    steps: list[int]
+    _template: Any
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> SavedRun:
+        from offmarl.runners.fused import FusedTrainer
+        from offmarl.runners.online import load_run
+
+        run_dir = Path(run_dir)
+        experiment, _ = load_run(run_dir)
+        steps = list_checkpoints(run_dir / "checkpoints")
+        if not steps:
+            raise ConfigError(f"no checkpoint in {str(run_dir / 'checkpoints')!r}")
+        env, algo = experiment.build()
+        trainer = FusedTrainer(experiment.run_config, algo, env)
+        shapes = jax.eval_shape(trainer.init, jax.random.PRNGKey(0))
+        template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+        return cls(run_dir, experiment, env, algo, steps, template)
+
+    def params(self, env_steps: int) -> Any:
+        """The policy parameters saved at `env_steps`."""
+        state, _ = load_checkpoint(self.run_dir / "checkpoints", env_steps, self._template)
+        return state.params
+
+
+def resolve_run_checkpoint(run_dir: str | Path, checkpoint: str | int) -> int:
+    """The env-step count of checkpoint `checkpoint` of a run: 'latest', 'best' or a step.
+
+    'best' is the saved checkpoint whose periodic evaluation in metrics.jsonl (the run's
+    headline eval_win_rate, or eval_return without a win condition) is highest; ties
+    go to the later checkpoint. No new evaluation is run.
+    """
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if checkpoint != "best":
+        return resolve_checkpoint(ckpt_dir, str(checkpoint))
+    saved = set(list_checkpoints(ckpt_dir))
+    if not saved:
+        raise ConfigError(f"no checkpoint in {str(ckpt_dir)!r}")
+    scored = []
+    for record in read_jsonl(Path(run_dir) / "metrics.jsonl"):
+        score = record.get("eval_win_rate")
+        score = record.get("eval_return") if score is None else score
+        if record.get("env_steps") in saved and score is not None:
+            scored.append((score, record["env_steps"]))
+    if not scored:
+        raise ConfigError(
+            f"checkpoint 'best': no saved checkpoint of {str(run_dir)!r} has an evaluation in "
+            "metrics.jsonl; use latest or one of " + ", ".join(map(str, sorted(saved)))
+        )
+    return max(scored)[1]
+
+
+def episode_progress(console: Console) -> Progress:
+    """A progress bar counting recorded episodes."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("episodes"), TimeElapsedColumn(), console=console,
+    )
+
+
+def provenance(
+    run: SavedRun, env_steps: int | None, greedy: bool, epsilon: float, seed: int
+) -> dict[str, Any]:
+    """Where a dataset's episodes came from (env_steps None: several checkpoints)."""
+    return {
+        "env": run.experiment.env,
+        "source_run": str(run.run_dir.resolve()),
+        "algo": run.experiment.algo,
+        "run_seed": run.experiment.seed,
+        "checkpoint_env_steps": env_steps,
+        "acting": "greedy" if greedy else "sampled",
+        "epsilon": float(epsilon),
+        "collection_seed": seed,
+    }
+
+
+def outcome_metadata(collected: CollectedEpisodes) -> dict[str, Any]:
+    """Size and outcome of collected episodes, for the vault metadata."""
+    return {
+        "episodes": collected.dataset.num_episodes,
+        "transitions": collected.dataset.num_transitions,
+        "mean_return": float(collected.returns.mean()),
+        "win_rate": collected.win_rate,
+        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def collect_from_run(
+    run_dir: str | Path, checkpoint: str | int, num_episodes: int, out: str | Path, uid: str,
+    epsilon: float = 0.0, seed: int = 0, greedy: bool = False, num_envs: int = DEFAULT_NUM_ENVS,
+    quiet: bool = False,
+) -> Path:
+    """Collect `num_episodes` episodes of a run's saved policy into vault `out`, dataset `uid`.
+
+    `checkpoint` is 'latest', 'best' (see `resolve_run_checkpoint`) or an env-step count.
+    Every argument is checked before anything is built or compiled.
+    """
+    from offmarl.runners.online import load_run
+
+    check_episodes(num_episodes)
+    check_epsilon(epsilon)
+    load_run(run_dir)
+    env_steps = resolve_run_checkpoint(run_dir, checkpoint)
+    check_uid_available(out, uid)
+    run = SavedRun.open(run_dir)
+    collector = EpisodeCollector(run.env, run.algo, min(num_envs, num_episodes))
+    console = Console(stderr=True, quiet=quiet)
+    with episode_progress(console) as progress:
+        task = progress.add_task(f"collect {run.experiment.env} @ {env_steps:,}", total=num_episodes)
+        collected = collector.collect(
+            run.params(env_steps), num_episodes, seed, epsilon, greedy,
+            on_progress=lambda done, _: progress.update(task, completed=done),
+        )
+    metadata = {
+        **provenance(run, env_steps, greedy, epsilon, seed),
+        "checkpoint": str(checkpoint),
+        **outcome_metadata(collected),
+    }
+    return write_vault(collected.dataset, out, uid, metadata)

@@ -1,0 +1,308 @@
+"""OG-MARL-compatible datasets on disk: flashbax vaults.
+
+A vault is a directory (`datasets/smax_3m.vlt`) holding one sub-directory per dataset
+(`good`, `medium`, ...), its *uid*. Each uid stores the experience of one flashbax
+trajectory buffer with batch size 1, exactly as OG-MARL lays it out:
+
+    observations (1, T, N, O)   actions (1, T, N)   rewards, terminals, truncations (1, T, N)
+    infos.state  (1, T, S)      infos.legals (1, T, N, A)
+
+Loading validates everything (keys, shapes, finite values, action range, whole episodes)
+and never writes to disk; extra keys (OG-MARL's infos.mask, ...) are ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from offmarl.data.dataset import OfflineDataset
+from offmarl.errors import ConfigError
+
+METADATA_FILE = "metadata.json"
+# The keys load_vault reads, with the axes each must have (B = 1 is the buffer's batch).
+EXPECTED_AXES: dict[str, str] = {
+    "observations": "(1, T, N, O)",
+    "actions": "(1, T, N)",
+    "rewards": "(1, T, N)",
+    "terminals": "(1, T, N)",
+    "truncations": "(1, T, N)",
+    "infos.state": "(1, T, S)",
+    "infos.legals": "(1, T, N, A)",
+}
+# Keys flashbax itself puts into a vault's metadata.json; user metadata may not use them.
+STRUCTURE_KEYS = ("structure_shape", "structure_dtype")
+FLASHBAX_METADATA_KEYS = ("version", *STRUCTURE_KEYS)
+
+
+def parse_dataset_arg(text: str) -> tuple[Path, str | None]:
+    """Split `VAULT:uid` (e.g. `datasets/smax_3m.vlt:good`) into (path, uid).
+
+    Without a `:uid` suffix the uid is None (meaning: not given).
+    """
+    path, sep, uid = text.rpartition(":")
+    if not sep or not uid or "/" in uid or not path:
+        return Path(text), None
+    return Path(path), uid
+
+
+def list_uids(path: str | Path) -> list[str]:
+    """The datasets (uids) in the vault at `path`, sorted; [] if it is not a vault."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return sorted(d.name for d in path.iterdir() if (d / METADATA_FILE).is_file())
+
+
+def _vault_name(path: Path, uid: str) -> str:
+    return f"{path}:{uid}"
+
+
+def _check_uid_exists(path: Path, uid: str) -> None:
+    if not path.is_dir():
+        raise ConfigError(f"vault {str(path)!r} does not exist")
+    if uid not in (uids := list_uids(path)):
+        raise ConfigError(
+            f"vault {str(path)!r} has no dataset {uid!r}; it holds: {', '.join(uids) or 'none'}"
+        )
+
+
+def vault_metadata(path: str | Path, uid: str) -> dict[str, Any]:
+    """The metadata stored with dataset `uid` (flashbax's structure entries left out)."""
+    path = Path(path)
+    _check_uid_exists(path, uid)
+    return {k: v for k, v in _read_metadata(path, uid).items() if k not in STRUCTURE_KEYS}
+
+
+def _read_metadata(path: Path, uid: str) -> dict[str, Any]:
+    file = path / uid / METADATA_FILE
+    try:
+        metadata = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"vault {_vault_name(path, uid)}: cannot read {file.name}: {err}") from err
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("structure_shape"), dict):
+        raise ConfigError(f"vault {_vault_name(path, uid)}: {file.name} lacks 'structure_shape'")
+    return metadata
+
+
+def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        keys.extend(_dotted_keys(value, f"{name}.") if isinstance(value, dict) else [name])
+    return keys
+
+
+def _open_vault(path: Path, uid: str) -> Any:
+    """flashbax's Vault for an existing dataset, its prints silenced; opening only reads."""
+    from flashbax.vault import Vault
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return Vault(vault_name=path.name, rel_dir=str(path.parent.resolve()), vault_uid=uid)
+    except Exception as err:  # tensorstore and flashbax raise many kinds; all mean a bad vault
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        missing = re.search(r'Metadata at "([^"]+?)\.?/\.zarray"', message)
+        if missing:
+            raise ConfigError(
+                f"vault {_vault_name(path, uid)}: the data of key {missing.group(1)!r} is missing"
+            ) from err
+        raise ConfigError(f"vault {_vault_name(path, uid)} cannot be opened: {message[:200]}") from err
+
+
+def _leaf(experience: dict[str, Any], key: str) -> np.ndarray:
+    node: Any = experience
+    for part in key.split("."):
+        node = node[part]
+    return np.asarray(node)
+
+
+def _check_shapes(name: str, arrays: dict[str, np.ndarray]) -> None:
+    obs = arrays["observations"]
+    if obs.ndim != 4 or obs.shape[0] != 1:
+        raise ConfigError(
+            f"vault {name}: key 'observations' has shape {obs.shape}, expected (1, T, N, O)"
+        )
+    _, t, n, _ = obs.shape
+    expected: dict[str, tuple[int | str, ...]] = {
+        "actions": (1, t, n),
+        "rewards": (1, t, n),
+        "terminals": (1, t, n),
+        "truncations": (1, t, n),
+        "infos.state": (1, t, "S"),
+        "infos.legals": (1, t, n, "A"),
+    }
+    for key, want in expected.items():
+        shape = arrays[key].shape
+        fits = len(shape) == len(want) and all(
+            isinstance(w, str) or s == w for s, w in zip(shape, want)
+        )
+        if not fits:
+            raise ConfigError(
+                f"vault {name}: key {key!r} has shape {shape}, expected "
+                f"({', '.join(map(str, want))}) to match observations {obs.shape}"
+            )
+
+
+def _check_values(name: str, arrays: dict[str, np.ndarray]) -> None:
+    for key, array in arrays.items():
+        if not np.issubdtype(array.dtype, np.number) and array.dtype != bool:
+            raise ConfigError(f"vault {name}: key {key!r} has non-numeric dtype {array.dtype}")
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            row = int(np.flatnonzero(~np.isfinite(array).reshape(array.shape[1], -1).all(axis=1))[0])
+            raise ConfigError(f"vault {name}: key {key!r} holds NaN or inf (first at time step {row})")
+    actions = arrays["actions"]
+    if np.issubdtype(actions.dtype, np.floating) and not (actions == np.round(actions)).all():
+        raise ConfigError(f"vault {name}: key 'actions' holds non-integer values")
+    num_actions = arrays["infos.legals"].shape[-1]
+    low, high = int(actions.min()), int(actions.max())
+    if low < 0 or high >= num_actions:
+        raise ConfigError(
+            f"vault {name}: key 'actions' holds {low if low < 0 else high}, out of range "
+            f"0..{num_actions - 1} (the last axis of infos.legals has {num_actions} actions)"
+        )
+
+
+def load_vault(path: str | Path, uid: str) -> OfflineDataset:
+    """Read and validate dataset `uid` of the vault at `path`; never writes to disk.
+
+    A trailing partial episode is dropped (with a warning) if a whole episode remains.
+    Every problem raises a one-line ConfigError naming the key at fault.
+    """
+    path = Path(path)
+    _check_uid_exists(path, uid)
+    name = _vault_name(path, uid)
+    stored = _dotted_keys(_read_metadata(path, uid)["structure_shape"])
+    missing = [key for key in EXPECTED_AXES if key not in stored]
+    if missing:
+        raise ConfigError(
+            f"vault {name} lacks the key {missing[0]!r}; OG-MARL's layout needs "
+            + ", ".join(EXPECTED_AXES)
+        )
+    vault = _open_vault(path, uid)
+    if vault.vault_index <= 0:
+        raise ConfigError(f"vault {name} is empty (it holds no time steps)")
+    # Read into host memory, not onto an accelerator.
+    with jax.default_device(jax.devices("cpu")[0]):
+        experience = vault.read().experience
+    arrays = {key: _leaf(experience, key) for key in EXPECTED_AXES}
+    _check_shapes(name, arrays)
+    _check_values(name, arrays)
+    dataset = OfflineDataset(
+        observations=arrays["observations"][0].astype(np.float32),
+        actions=arrays["actions"][0].astype(np.int32),
+        rewards=arrays["rewards"][0].astype(np.float32),
+        terminals=arrays["terminals"][0].astype(np.float32),
+        truncations=arrays["truncations"][0].astype(np.float32),
+        states=arrays["infos.state"][0].astype(np.float32),
+        legals=arrays["infos.legals"][0].astype(np.float32),
+    )
+    ends = np.flatnonzero(dataset.episode_ends)
+    if ends.size == 0:
+        raise ConfigError(
+            f"vault {name} holds no whole episode: no time step has a terminal or truncation flag"
+        )
+    keep = int(ends[-1]) + 1
+    if keep < dataset.num_transitions:
+        warnings.warn(
+            f"vault {name}: dropped a trailing partial episode of "
+            f"{dataset.num_transitions - keep} time steps",
+            stacklevel=2,
+        )
+        dataset = OfflineDataset(*(field[:keep] for field in dataset))
+    return dataset
+
+
+def _experience(dataset: OfflineDataset) -> dict[str, Any]:
+    """The dataset as one flashbax buffer's experience, batch axis 1 in front."""
+    return {
+        "observations": dataset.observations.astype(np.float32)[None],
+        "actions": dataset.actions.astype(np.int32)[None],
+        "rewards": dataset.rewards.astype(np.float32)[None],
+        "terminals": dataset.terminals.astype(np.float32)[None],
+        "truncations": dataset.truncations.astype(np.float32)[None],
+        "infos": {
+            "state": dataset.states.astype(np.float32)[None],
+            "legals": dataset.legals.astype(np.float32)[None],
+        },
+    }
+
+
+def check_uid_available(path: str | Path, uid: str) -> None:
+    """ConfigError unless `uid` is a valid dataset name not yet used in the vault at `path`."""
+    if not uid or uid.startswith(".") or "/" in uid or ":" in uid:
+        raise ConfigError(f"dataset uid {uid!r} is invalid: use a plain name such as 'good'")
+    if (Path(path) / uid).exists():
+        raise ConfigError(
+            f"vault {str(path)!r} already holds dataset {uid!r}; choose another uid "
+            "or delete that directory"
+        )
+
+
+def _check_dataset(dataset: OfflineDataset, metadata: dict[str, Any]) -> None:
+    reserved = [k for k in FLASHBAX_METADATA_KEYS if k in metadata]
+    if reserved:
+        raise ValueError(f"metadata key {reserved[0]!r} is reserved by flashbax")
+    t, n = dataset.actions.shape
+    if t == 0 or not dataset.episode_ends[-1]:
+        raise ValueError("a vault holds whole episodes only: the last row must end an episode")
+    if not (dataset.observations.shape[:2] == dataset.legals.shape[:2] == (t, n)
+            and dataset.states.shape[0] == t):
+        raise ValueError("dataset fields disagree on the number of time steps or agents")
+
+
+def write_vault(
+    dataset: OfflineDataset, path: str | Path, uid: str, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write `dataset` as dataset `uid` of the vault at `path`; returns `path / uid`.
+
+    The data goes into a hidden sibling directory first and is renamed into place, so a
+    crash never leaves a half-written dataset. An existing uid is never overwritten.
+    """
+    from flashbax.buffers.trajectory_buffer import TrajectoryBufferState
+    from flashbax.vault import Vault
+
+    path = Path(path)
+    metadata = dict(metadata or {})
+    target = path / uid
+    check_uid_available(path, uid)
+    _check_dataset(dataset, metadata)
+    path.mkdir(parents=True, exist_ok=True)
+    staging = path / f".{uid}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    experience = _experience(dataset)
+    buffer = TrajectoryBufferState(
+        experience=experience,
+        current_index=jnp.asarray(dataset.num_transitions, jnp.int32),
+        is_full=jnp.asarray(False),
+    )
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            vault = Vault(
+                vault_name=path.name,
+                rel_dir=str(path.parent.resolve()),
+                vault_uid=staging.name,
+                experience_structure=experience,
+                metadata=metadata,
+            )
+            written = vault.write(buffer)
+        del vault
+        if written != dataset.num_transitions:
+            raise RuntimeError(f"flashbax wrote {written} of {dataset.num_transitions} time steps")
+        if target.exists():
+            raise ConfigError(f"vault {str(path)!r} gained dataset {uid!r} while writing it")
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
