@@ -190,6 +190,9 @@ def _dataset_card(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    from offmarl.utils.compile_cache import enable_compile_cache
+
+    enable_compile_cache()
     try:
         if args.command == "envs":
             from offmarl.envs import list_envs
