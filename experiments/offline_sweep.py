@@ -29,7 +29,7 @@ PRESETS: dict[str, dict[str, tuple[str, str, int, int]]] = {
         "mne:balanced": ("matrix:mne", "balanced", 2000, 5),
         "mne:imbalanced": ("matrix:mne", "imbalanced", 2000, 5),
         "mne:uniform": ("matrix:mne", "uniform", 2000, 5),
-        "bridge:mix": ("bridge", "mix", 5000, 5),
+        "bridge:mix": ("bridge", "mix", 20000, 5),
     },
     "smax": {
         f"{m}:{level}": (f"smax:{m}", f"datasets/smax_{m}.vlt:{level}", 4000, 3)
@@ -103,12 +103,12 @@ def main() -> None:
                 raw[f"{game}/{algo}"] = summaries
                 rows.append(describe(game, algo, summaries))
                 print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+                if args.out:  # after every row, so an interrupted sweep keeps what it measured
+                    atomic_write_bytes(Path(args.out) / "results.md", markdown(rows).encode())
+                    atomic_write_json(Path(args.out) / "results.json", {"rows": rows, "runs": raw})
             shutil.rmtree(tmp, ignore_errors=True)
             Path(tmp).mkdir(exist_ok=True)
     print(markdown(rows))
-    if args.out:
-        atomic_write_bytes(Path(args.out) / "results.md", markdown(rows).encode())
-        atomic_write_json(Path(args.out) / "results.json", {"rows": rows, "runs": raw})
 
 
 if __name__ == "__main__":

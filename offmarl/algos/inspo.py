@@ -81,7 +81,7 @@ class InSPOConfig:
 class InSPOCritics(NamedTuple):
     q_joint: Any  # Q(s, a): state and one-hot joint action -> scalar
     v_joint: Any  # V(s)
-    q_local: Any  # Q_i(o_i, .) shared, with agent id
+    q_local: Any  # per action: E[w (Q - L) | o_i, a_i] and E[w | o_i, a_i]; shared, with agent id
     v_local: Any  # V_i(o_i) shared, with agent id
 
 
@@ -94,12 +94,26 @@ class InSPOState(NamedTuple):
     target: tuple[Any, Any]  # (q_joint, v_joint)
     critic_opt: Any
     step: jax.Array
+    value_floor: jax.Array  # L = min(0, lowest target Q(s, a) seen so far)
 
 
 def policy_exponent(q: jax.Array, v: jax.Array, log_mu: jax.Array, alpha: float, beta: float) -> jax.Array:
     """log of the weighted-BC weight mu^(-beta/tau) exp((Q - V)/tau), clipped to [-10, 10]."""
     temperature = alpha + beta
     return jnp.clip((q - v) / temperature - beta / temperature * log_mu, -EXP_CLIP, EXP_CLIP)
+
+
+def local_value(weighted_advantage: jax.Array, mean_weight: jax.Array, floor: jax.Array) -> jax.Array:
+    """Q_i(o_i, a_i) = L + E[w (Q - L)] / max(E[w], 1), both expectations given (o_i, a_i).
+
+    The importance-sampling estimate of E_{teammates ~ updated policies}[Q] over the
+    dataset's samples of (o_i, a_i). When the weights average below 1, the updated
+    teammates put that much probability on actions the dataset lacks; that missing
+    mass is valued at the floor L (pessimism). When they average above 1 (teammates'
+    actions correlated in the data), the estimate is self-normalised instead, so it
+    never leaves the range of the observed Q values.
+    """
+    return floor + weighted_advantage / jnp.maximum(mean_weight, 1.0)
 
 
 def teammate_weights(log_ratios: jax.Array, before: jax.Array, max_weight: float) -> jax.Array:
@@ -117,7 +131,7 @@ class InSPO(StatelessPolicy):
         self.behaviour = SharedActor(config.hidden_sizes, spec)
         self.q_joint = MLPValue(config.hidden_sizes)
         self.v_joint = MLPValue(config.hidden_sizes)
-        self.q_local = MLPActionValues(config.hidden_sizes, spec.num_actions)
+        self.q_local = MLPActionValues(config.hidden_sizes, 2 * spec.num_actions)
         self.v_local = MLPValue(config.hidden_sizes)
         self.optimizer = make_optimizer(config.lr, config.max_grad_norm)
 
@@ -149,6 +163,7 @@ class InSPO(StatelessPolicy):
         return InSPOState(
             policy, jax.vmap(self.optimizer.init)(policy), behaviour, self.optimizer.init(behaviour),
             critics, (critics.q_joint, critics.v_joint), self.optimizer.init(critics), jnp.zeros((), jnp.int32),
+            jnp.zeros(()),
         )
 
     # -- losses -----------------------------------------------------------------------
@@ -166,7 +181,7 @@ class InSPO(StatelessPolicy):
         return -jnp.mean(weights * self._agent_log_probs(agent_params, agent, batch)), {}
 
     def _critic_loss(self, critics: InSPOCritics, target: tuple[Any, Any], batch: TransitionBatch,
-                     log_mu: jax.Array, local_weights: jax.Array) -> tuple[jax.Array, dict]:
+                     log_mu: jax.Array, local_weights: jax.Array, floor: jax.Array) -> tuple[jax.Array, dict]:
         cfg, temp = self.config, self.temperature
         joint_in = self._joint_input(batch.state, batch.actions)
         q = self.q_joint.apply(critics.q_joint, joint_in)
@@ -180,9 +195,10 @@ class InSPO(StatelessPolicy):
         v_loss = exponential_value_loss(z_joint, v / temp)
 
         local_in = with_agent_id(batch.obs)
-        q_local = taken(self.q_local.apply(critics.q_local, local_in), batch.actions)
-        local_target = jax.lax.stop_gradient(local_weights * q_target[:, None])
-        q_local_loss = jnp.mean((q_local - local_target) ** 2)
+        weighted_advantage, mean_weight = self._local_regressions(critics.q_local, local_in, batch.actions)
+        q_local_loss = (jnp.mean((weighted_advantage - local_weights * (q_target[:, None] - floor)) ** 2)
+                        + jnp.mean((mean_weight - local_weights) ** 2))
+        q_local = local_value(weighted_advantage, mean_weight, floor)
 
         v_local = self.v_local.apply(critics.v_local, local_in)
         z_local = policy_exponent(jax.lax.stop_gradient(q_local), v_local, log_mu, cfg.alpha, cfg.beta)
@@ -202,6 +218,11 @@ class InSPO(StatelessPolicy):
                               for full, part in ((policy, params), (policy_opt, opt_state)))
         return policy, policy_opt, self._agent_log_probs(params, agent, batch)
 
+    def _local_regressions(self, params: Any, local_in: jax.Array, actions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = self.q_local.apply(params, local_in)
+        a = self.spec.num_actions
+        return taken(out[..., :a], actions), taken(out[..., a:], actions)
+
     def update(self, state: InSPOState, batch: TransitionBatch, rng: jax.Array) -> tuple[InSPOState, dict]:
         cfg, n = self.config, self.spec.num_agents
         behaviour, behaviour_opt, m_mu = gradient_step(
@@ -209,7 +230,8 @@ class InSPO(StatelessPolicy):
         log_mu = jax.lax.stop_gradient(
             log_prob_taken(self.behaviour.logits(behaviour, batch.obs, batch.avail), batch.actions))
         local_in = with_agent_id(batch.obs)
-        q_local = taken(self.q_local.apply(state.critics.q_local, local_in), batch.actions)
+        q_local = local_value(*self._local_regressions(state.critics.q_local, local_in, batch.actions),
+                              state.value_floor)
         v_local = self.v_local.apply(state.critics.v_local, local_in)
         exponent = policy_exponent(q_local, v_local, log_mu, cfg.alpha, cfg.beta)
         active = (state.step >= cfg.behaviour_warmup).astype(jnp.float32)
@@ -232,12 +254,14 @@ class InSPO(StatelessPolicy):
             policy, policy_opt, new_log_probs = self._policy_step(policy, policy_opt, batch, agent, weights)
             log_ratios = log_ratios.at[:, agent].set(new_log_probs - jnp.take(log_mu, agent, axis=1))
 
+        q_target = self.q_joint.apply(state.target[0], self._joint_input(batch.state, batch.actions))
+        value_floor = jnp.minimum(state.value_floor, jnp.min(q_target))
         critics, critic_opt, m_critic = gradient_step(
             self.optimizer, state.critics, state.critic_opt, self._critic_loss, state.target, batch,
-            log_mu, local_weights)
+            log_mu, local_weights, value_floor)
         target = soft_update(state.target, (critics.q_joint, critics.v_joint), cfg.tau)
         metrics = {**m_mu, **m_critic, "weight_mean": jnp.mean(jnp.exp(exponent)),
                    "teammate_weight_mean": jnp.mean(local_weights)}
         new_state = InSPOState(policy, policy_opt, behaviour, behaviour_opt, critics, target,
-                               critic_opt, state.step + 1)
+                               critic_opt, state.step + 1, value_floor)
         return new_state, metrics
