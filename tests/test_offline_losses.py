@@ -1,0 +1,365 @@
+"""The offline learners' pure losses against float64 NumPy hand computations, InSPO's
+closed form on a one-state game, and the update/acting contract of every registered
+offline algorithm on a small fake environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from oracles import log_softmax
+
+from offmarl.algos import ALGORITHMS
+from offmarl.algos.bc import bc_loss
+from offmarl.algos.inspo import InSPOConfig, policy_exponent, teammate_weights
+from offmarl.algos.iql_cql import iql_cql_loss
+from offmarl.algos.offline_common import exponential_value_loss
+from offmarl.algos.omiga import local_advantage_exponent, omiga_q_loss, omiga_v_loss, weighted_bc_loss
+from offmarl.envs.base import EnvSpec
+from offmarl.errors import ConfigError
+from offmarl.types import TransitionBatch
+
+B, N, A = 3, 2, 3
+RTOL, ATOL = 1e-5, 1e-6
+OFFLINE = [name for name, entry in ALGORITHMS.items() if entry.kind == "offline"]
+SPEC = EnvSpec(name="fake", num_agents=3, obs_dim=5, state_dim=7, num_actions=4,
+               max_episode_steps=10, has_win=False)
+
+
+def f32(x: np.ndarray) -> jax.Array:
+    return jnp.asarray(x, jnp.float32)
+
+
+def np_exponential_value_loss(z: np.ndarray, linear: np.ndarray) -> float:
+    """mean(exp(z - m) + exp(-m) linear), m = max(max z, -1)."""
+    m = max(z.max(), -1.0)
+    return float(np.mean(np.exp(z - m) + np.exp(-m) * linear))
+
+
+# -- the in-sample exponential value loss ----------------------------------------------
+
+
+@pytest.mark.parametrize("offset", [-4.0, 0.0, 3.0], ids=["m=-1", "m=max z", "large z"])
+def test_exponential_value_loss_matches_numpy(offset: float) -> None:
+    """Both branches of the shift m = max(max z, -1): max z below and above -1."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(B, N)) * 0.5 + offset
+    linear = rng.normal(size=(B, N))
+    assert (z.max() < -1.0) == (offset < -1.0)
+    got = float(exponential_value_loss(f32(z), f32(linear)))
+    np.testing.assert_allclose(got, np_exponential_value_loss(z, linear), rtol=RTOL)
+
+
+def test_exponential_value_loss_minimiser_is_the_soft_value() -> None:
+    """With z = (target - V)/temp and linear = V/temp, dL/dV = exp(-m)/temp (1 - mean exp(z)):
+    zero exactly at V* = temp log mean exp(target/temp), negative below it, positive above."""
+    rng = np.random.default_rng(1)
+    target = rng.normal(size=(B, N))
+    temp = 0.5
+    v_star = temp * np.log(np.mean(np.exp(target / temp)))
+
+    def loss(v: jax.Array) -> jax.Array:
+        return exponential_value_loss((f32(target) - v) / temp, jnp.full((B, N), v / temp))
+
+    grad = jax.grad(loss)
+    for v in [v_star - 1.0, v_star - 0.1, v_star + 0.1, v_star + 1.0]:
+        z = (target - v) / temp
+        m = max(z.max(), -1.0)
+        want = np.exp(-m) / temp * (1.0 - np.mean(np.exp(z)))
+        got = float(grad(jnp.float32(v)))
+        np.testing.assert_allclose(got, want, rtol=1e-4)
+        assert np.sign(got) == np.sign(v - v_star) and abs(got) > 1e-2
+    assert abs(float(grad(jnp.float32(v_star)))) < 1e-5
+
+
+# -- OMIGA -------------------------------------------------------------------------------
+
+
+def omiga_inputs(seed: int) -> dict[str, np.ndarray]:
+    """Mixer weights >= 0, one terminal and one time-limit-cut (invalid) sample."""
+    rng = np.random.default_rng(seed)
+    return {
+        "q_taken": rng.normal(size=(B, N)),
+        "w": np.abs(rng.normal(size=(B, N))),
+        "b": rng.normal(size=B),
+        "reward": rng.normal(size=B),
+        "done": np.array([0.0, 1.0, 0.0]),
+        "next_v_target": rng.normal(size=(B, N)),
+        "next_w_target": np.abs(rng.normal(size=(B, N))),
+        "next_b_target": rng.normal(size=B),
+        "valid": np.array([1.0, 1.0, 0.0]),
+    }
+
+
+def test_local_advantage_exponent_matches_numpy_and_clips() -> None:
+    rng = np.random.default_rng(2)
+    w, q, v = np.abs(rng.normal(size=(B, N))) * 3, rng.normal(size=(B, N)), rng.normal(size=(B, N))
+    alpha = 0.1
+    raw = (w * q - w * v) / alpha
+    assert raw.max() > 10 and raw.min() < -10 and (np.abs(raw) < 10).any()  # both clips bind
+    got = np.asarray(local_advantage_exponent(f32(w), f32(q), f32(v), alpha))
+    np.testing.assert_allclose(got, np.clip(raw, -10, 10), rtol=RTOL, atol=ATOL)
+
+
+def test_omiga_q_loss_matches_numpy_with_no_gradient_into_the_target() -> None:
+    x = omiga_inputs(3)
+    gamma = 0.9
+    q_tot = np.sum(x["w"] * x["q_taken"], axis=-1) + x["b"]
+    next_v_tot = np.sum(x["next_w_target"] * x["next_v_target"], axis=-1) + x["next_b_target"]
+    target = x["reward"] + gamma * (1 - x["done"]) * next_v_tot
+    want = np.sum(x["valid"] * (q_tot - target) ** 2) / x["valid"].sum()
+
+    def loss(q_taken: jax.Array, next_v: jax.Array) -> jax.Array:
+        args = {k: f32(v) for k, v in x.items()} | {"q_taken": q_taken, "next_v_target": next_v}
+        return omiga_q_loss(**args, gamma=gamma)
+
+    got = float(loss(f32(x["q_taken"]), f32(x["next_v_target"])))
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+    d_q, d_next = jax.grad(loss, argnums=(0, 1))(f32(x["q_taken"]), f32(x["next_v_target"]))
+    want_d_q = 2 * (x["valid"] * (q_tot - target))[:, None] * x["w"] / x["valid"].sum()
+    np.testing.assert_allclose(np.asarray(d_q), want_d_q, rtol=1e-4, atol=ATOL)
+    assert np.all(np.asarray(d_q)[2] == 0.0)  # the invalid sample
+    assert np.all(np.asarray(d_next) == 0.0)
+
+
+def test_omiga_q_loss_without_valid_samples_is_zero() -> None:
+    x = omiga_inputs(4) | {"valid": np.zeros(B)}
+    assert float(omiga_q_loss(**{k: f32(v) for k, v in x.items()}, gamma=0.9)) == 0.0
+
+
+def test_omiga_v_loss_matches_numpy_with_clipped_exponent() -> None:
+    rng = np.random.default_rng(5)
+    q, v, w = rng.normal(size=(B, N)), rng.normal(size=(B, N)), np.abs(rng.normal(size=(B, N)))
+    alpha = 0.15
+    raw = (w * q - w * v) / alpha
+    assert np.abs(raw).max() > 10  # the clip binds for some sample
+    want = np_exponential_value_loss(np.clip(raw, -10, 10), w * v / alpha)
+    got = float(omiga_v_loss(f32(q), f32(v), f32(w), alpha))
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+
+
+def test_weighted_bc_loss_matches_numpy_and_holds_weights_constant() -> None:
+    rng = np.random.default_rng(6)
+    log_probs, z = -np.abs(rng.normal(size=(B, N))), rng.normal(size=(B, N))
+    got = float(weighted_bc_loss(f32(log_probs), f32(z)))
+    np.testing.assert_allclose(got, -np.mean(np.exp(z) * log_probs), rtol=RTOL)
+    d_logp, d_z = jax.grad(weighted_bc_loss, argnums=(0, 1))(f32(log_probs), f32(z))
+    np.testing.assert_allclose(np.asarray(d_logp), -np.exp(z) / z.size, rtol=RTOL)
+    assert np.all(np.asarray(d_z) == 0.0)
+
+
+def test_bc_loss_is_the_mean_negative_log_likelihood() -> None:
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(B, N, A))
+    actions = rng.integers(A, size=(B, N))
+    log_probs = np.take_along_axis(log_softmax(logits), actions[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(float(bc_loss(f32(log_probs))), -log_probs.mean(), rtol=RTOL)
+
+
+# -- InSPO -------------------------------------------------------------------------------
+
+
+def test_policy_exponent_matches_numpy_and_clips() -> None:
+    rng = np.random.default_rng(8)
+    q, v = rng.normal(size=(B, N)) * 2, rng.normal(size=(B, N))
+    log_mu = np.log(rng.uniform(0.05, 1.0, size=(B, N)))
+    alpha, beta = 0.2, 0.1
+    tau = alpha + beta
+    raw = (q - v) / tau - beta / tau * log_mu
+    assert np.abs(raw).max() > 10 and (np.abs(raw) < 10).any()
+    got = np.asarray(policy_exponent(f32(q), f32(v), f32(log_mu), alpha, beta))
+    np.testing.assert_allclose(got, np.clip(raw, -10, 10), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("before", [[0, 0, 0], [1, 0, 0], [0, 1, 1], [1, 1, 1]])
+def test_teammate_weights_are_clipped_products_of_ratios(before: list[int]) -> None:
+    """w = min(prod_{j in before} pi_j/mu_j, max_weight), the ratios multiplied one by one."""
+    rng = np.random.default_rng(9)
+    log_ratios = rng.normal(size=(5, 3)) * 1.5
+    max_weight = 2.5
+    want = np.ones(5)
+    for j in range(3):
+        if before[j]:
+            want = want * np.exp(log_ratios[:, j])
+    want = np.minimum(want, max_weight)
+    got = np.asarray(teammate_weights(f32(log_ratios), jnp.asarray(before, bool), max_weight))
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+    if sum(before) >= 2:
+        assert (want == max_weight).any() and (want < max_weight).any()
+
+
+# One state, three actions; the "dataset" holds each action in proportion to mu exactly.
+MU = np.array([0.5, 0.3, 0.2])
+DATA_ACTIONS = np.array([0, 0, 0, 0, 0, 1, 1, 1, 2, 2])
+Q = np.array([0.1, 0.35, -0.2])
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.1, 0.0), (0.1, 0.1), (0.3, 0.2)])
+def test_inspo_closed_form_on_a_one_state_game(alpha: float, beta: float) -> None:
+    """The weighted-BC fixed point pi ∝ mu exp(policy_exponent) equals
+    mu^(alpha/tau) exp(Q/tau) normalised (tau = alpha + beta); the in-sample V loss is
+    minimised at the normaliser V* = tau log sum mu^(alpha/tau) exp(Q/tau), where the
+    weights are exactly pi*/mu; and weighted BC on the dataset is stationary at pi*."""
+    tau = alpha + beta
+    closed = MU ** (alpha / tau) * np.exp(Q / tau)
+    closed /= closed.sum()
+    v_star = tau * np.log(np.sum(MU ** (alpha / tau) * np.exp(Q / tau)))
+
+    def exponent(v: float) -> np.ndarray:
+        return np.asarray(policy_exponent(f32(Q), jnp.float32(v), f32(np.log(MU)), alpha, beta), np.float64)
+
+    assert np.abs(exponent(v_star)).max() < 10  # the clip does not bind
+    np.testing.assert_allclose(MU * np.exp(exponent(v_star)), closed, rtol=1e-5)
+    fixed_point = MU * np.exp(exponent(0.37))  # any V: the fixed point is the normalised weight
+    np.testing.assert_allclose(fixed_point / fixed_point.sum(), closed, rtol=1e-5)
+    assert np.abs(closed - MU).max() > 0.05  # the update really moves away from BC
+
+    q_d, log_mu_d = f32(Q[DATA_ACTIONS]), f32(np.log(MU[DATA_ACTIONS]))
+
+    def v_loss(v: jax.Array) -> jax.Array:
+        z = policy_exponent(q_d, v, log_mu_d, alpha, beta)
+        return exponential_value_loss(z, jnp.full(z.shape, v / tau))
+
+    assert abs(float(jax.grad(v_loss)(jnp.float32(v_star)))) < 1e-5
+    for v in (v_star - 0.05, v_star + 0.05):
+        assert np.sign(float(jax.grad(v_loss)(jnp.float32(v)))) == np.sign(v - v_star)
+
+    weights_d = policy_exponent(q_d, jnp.float32(v_star), log_mu_d, alpha, beta)
+
+    def bc_objective(logits: jax.Array) -> jax.Array:
+        return weighted_bc_loss(jax.nn.log_softmax(logits)[DATA_ACTIONS], weights_d)
+
+    at_fixed_point = np.asarray(jax.grad(bc_objective)(f32(np.log(closed))))
+    np.testing.assert_allclose(at_fixed_point, 0.0, atol=1e-6)
+    assert np.abs(np.asarray(jax.grad(bc_objective)(f32(np.log(MU))))).max() > 1e-2
+
+
+# -- IQL + CQL ---------------------------------------------------------------------------
+
+
+def test_iql_cql_loss_matches_numpy_over_available_actions_only() -> None:
+    """logsumexp runs over available actions (unavailable ones hold large Q values that
+    would dominate it otherwise); the TD part skips the invalid sample."""
+    rng = np.random.default_rng(10)
+    q = rng.normal(size=(B, N, A))
+    avail = np.array([[[1, 1, 0], [0, 1, 1]], [[1, 1, 1], [1, 0, 1]], [[0, 0, 1], [1, 1, 0]]], bool)
+    q = np.where(avail, q, 8.0)
+    actions = np.array([[0, 2], [1, 0], [2, 1]])
+    assert avail[np.arange(B)[:, None], np.arange(N)[None], actions].all()
+    target = rng.normal(size=(B, N))
+    valid = np.array([1.0, 0.0, 1.0])
+    cql_weight = 2.0
+
+    q_taken = np.take_along_axis(q, actions[..., None], axis=-1)[..., 0]
+    td = np.sum(valid[:, None] * (q_taken - target) ** 2) / (valid.sum() * N)
+    lse = np.array([[np.log(np.sum(np.exp(q[b, i][avail[b, i]]))) for i in range(N)] for b in range(B)])
+    cql = np.mean(lse - q_taken)
+    total, got_td, got_cql = iql_cql_loss(f32(q), jnp.asarray(avail), jnp.asarray(actions, jnp.int32),
+                                          f32(target), f32(valid), cql_weight)
+    np.testing.assert_allclose(float(got_td), td, rtol=RTOL)
+    np.testing.assert_allclose(float(got_cql), cql, rtol=RTOL)
+    np.testing.assert_allclose(float(total), td + cql_weight * cql, rtol=RTOL)
+
+
+# -- every registered offline algorithm ----------------------------------------------------
+
+
+def random_batch(seed: int, size: int = 16) -> TransitionBatch:
+    """Some actions unavailable; the taken actions always available; a terminal and a cut."""
+    rng = np.random.default_rng(seed)
+    n, a = SPEC.num_agents, SPEC.num_actions
+
+    def availability() -> np.ndarray:
+        avail = rng.uniform(size=(size, n, a)) > 0.4
+        np.put_along_axis(avail, rng.integers(a, size=(size, n, 1)), True, axis=-1)
+        return avail
+
+    avail = availability()
+    actions = np.where(avail, rng.uniform(size=avail.shape), -1.0).argmax(axis=-1)
+    assert (~avail).any()
+    return TransitionBatch(
+        obs=f32(rng.normal(size=(size, n, SPEC.obs_dim))),
+        state=f32(rng.normal(size=(size, SPEC.state_dim))),
+        avail=jnp.asarray(avail),
+        actions=jnp.asarray(actions, jnp.int32),
+        reward=f32(rng.normal(size=size)),
+        done=f32(np.arange(size) % 5 == 0),
+        next_obs=f32(rng.normal(size=(size, n, SPEC.obs_dim))),
+        next_state=f32(rng.normal(size=(size, SPEC.state_dim))),
+        next_avail=jnp.asarray(availability()),
+        valid=f32(np.arange(size) % 7 != 3),
+    )
+
+
+def small_config(name: str) -> object:
+    """Hidden 16-16; InSPO's policies start moving after 5 updates."""
+    config = ALGORITHMS[name].config_class(hidden_sizes=(16, 16))
+    if isinstance(config, InSPOConfig):
+        config = dataclasses.replace(config, behaviour_warmup=5)
+    return config
+
+
+UPDATES = 6
+
+
+@functools.cache
+def trained(name: str) -> tuple[object, list, list[dict]]:
+    """The algorithm, its states after 0..UPDATES updates on fresh random batches, and the
+    metrics of each update (one compilation per algorithm, shared by the tests)."""
+    algo = ALGORITHMS[name].build(small_config(name), SPEC)
+    update = jax.jit(algo.update)
+    states, metrics = [jax.jit(algo.init)(jax.random.PRNGKey(0))], []
+    for step in range(1, UPDATES + 1):
+        state, step_metrics = update(states[-1], random_batch(100 + step), jax.random.PRNGKey(step))
+        states.append(state)
+        metrics.append({k: float(v) for k, v in step_metrics.items()})
+    return algo, states, metrics
+
+
+def all_leaves_differ(a: object, b: object) -> bool:
+    pairs = list(zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    return bool(pairs) and all(np.any(np.asarray(x) != np.asarray(y)) for x, y in pairs)
+
+
+@pytest.mark.parametrize("name", OFFLINE)
+def test_offline_algorithm_updates_and_acts(name: str) -> None:
+    """Updates give finite metrics and new acting parameters; policy_step on them gives
+    [B, N, A] logits whose argmax is always an available action."""
+    algo, states, metrics = trained(name)
+    assert all(m and all(np.isfinite(v) for v in m.values()) for m in metrics), metrics
+    assert all_leaves_differ(algo.acting_params(states[0]), algo.acting_params(states[-1]))
+
+    batch = random_batch(11)
+    size = batch.obs.shape[0]
+    memory = algo.initial_policy_state((size,))
+    logits, _ = algo.policy_step(algo.acting_params(states[-1]), memory, batch.obs, batch.avail,
+                                 jnp.ones(size, bool))
+    assert logits.shape == (size, SPEC.num_agents, SPEC.num_actions)
+    greedy = np.asarray(jnp.argmax(logits, axis=-1))
+    avail = np.asarray(batch.avail)
+    assert avail[np.arange(size)[:, None], np.arange(SPEC.num_agents)[None], greedy].all()
+    assert np.isfinite(np.asarray(logits)[avail]).all()
+
+
+@pytest.mark.parametrize("name", OFFLINE)
+def test_offline_config_rejects_a_zero_learning_rate(name: str) -> None:
+    config = ALGORITHMS[name].config_class()
+    config.validate()
+    with pytest.raises(ConfigError, match="lr=0.0 is invalid"):
+        dataclasses.replace(config, lr=0.0).validate()
+
+
+def test_inspo_policies_stay_still_during_the_behaviour_warmup() -> None:
+    """behaviour_warmup=5: updates 1-5 leave the policies exactly as initialised while mu
+    moves from the first update; update 6 moves every policy parameter."""
+    _, states, _ = trained("inspo")
+    initial = jax.tree.leaves(states[0].policy)
+    for step in range(1, 6):
+        assert all(np.array_equal(x, y) for x, y in zip(initial, jax.tree.leaves(states[step].policy))), step
+    assert all_leaves_differ(states[0].behaviour, states[1].behaviour)
+    assert all_leaves_differ(states[5].policy, states[6].policy)
+    assert int(states[6].step) == 6

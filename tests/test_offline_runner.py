@@ -1,0 +1,201 @@
+"""Offline training end to end, kept small: coordination on the XOR game, the run
+directory, interrupt and resume, and bad input to `offmarl offline`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import serialization
+
+import offmarl.runners.offline as offline_runner
+from offmarl.algos.inspo import InSPO, InSPOConfig
+from offmarl.cli import main
+from offmarl.data.builtin import load_builtin_dataset
+from offmarl.data.source import load_dataset
+from offmarl.data.vault import write_vault
+from offmarl.envs import make_env
+from offmarl.evaluation.matrix_games import matrix_game_report
+from offmarl.utils.files import read_jsonl
+
+# BC on XOR "02_20": 4 chunks of 100 iterations, checkpoints at 200 and 400.
+BC_XOR = [
+    "offline", "--algo", "bc", "--env", "matrix:xor", "--dataset", "02_20", "--steps", "400",
+    "--seed", "1", "--quiet", "hidden_sizes=32,32", "batch_size=64", "eval_interval=100",
+    "eval_episodes=4", "final_eval_episodes=8", "checkpoint_interval=200",
+]
+SUMMARY_KEYS = {"algo", "env", "dataset", "seed", "steps", "updates_per_second", "eval_return",
+                "eval_episodes", "joint_action_distribution"}
+TIMING_KEYS = {"wall_seconds", "updates_per_second"}
+XOR_JOINT_ACTIONS = {"0,0", "0,1", "1,0", "1,1"}
+
+
+@pytest.fixture(scope="module")
+def bc_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("offline") / "bc_xor"
+    assert main([*BC_XOR, "--out", str(out)]) == 0
+    return out
+
+
+def checkpoint_leaves(run_dir: Path, steps: int) -> list[np.ndarray]:
+    raw = serialization.msgpack_restore((run_dir / "checkpoints" / f"step_{steps:012d}.msgpack").read_bytes())
+    return [raw[str(i)] for i in range(len(raw))]
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
+
+
+def test_inspo_coordinates_on_xor() -> None:
+    """XOR "02_20", 3 seeds: InSPO's greedy joint action is (0,1) or (1,0) with expected
+    return above 0.9. Trained with the runner's own jitted chunk (compiled once)."""
+    env = make_env("matrix:xor")
+    algo = InSPO(InSPOConfig(hidden_sizes=(32, 32), behaviour_warmup=200), env.spec)
+    data = offline_runner.to_device(load_dataset("matrix:xor", "02_20")[0])
+    train = offline_runner.make_train_chunk(algo, batch_size=128)
+    init = jax.jit(algo.init)
+    for seed in range(3):
+        init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
+        state, _, metrics = train(init(init_rng), rng, 1500, data)
+        assert all(np.isfinite(float(v)) for v in metrics.values())
+        report = matrix_game_report(algo, algo.acting_params(state), env)
+        assert report["greedy_joint_action"] in ("0,1", "1,0"), (seed, report)
+        assert report["expected_return"] > 0.9, (seed, report)
+
+
+def test_bc_on_xor_keeps_mass_on_the_unseen_joint_action(bc_run: Path) -> None:
+    """Independent behaviour cloning of 50/50 marginals puts about 1/4 on (1,1), never in the data."""
+    summary = json.loads((bc_run / "summary.json").read_text())
+    assert 0.15 <= summary["joint_action_distribution"]["1,1"] <= 0.35, summary
+    assert summary["expected_return"] < 0.5
+
+
+def test_run_directory_holds_every_artifact(bc_run: Path) -> None:
+    config = json.loads((bc_run / "config.json").read_text())
+    identity = ("bc", "matrix:xor", "02_20", 1)
+    assert (config["algo"], config["env"], config["dataset"], config["seed"]) == identity
+    assert config["algo_config"]["hidden_sizes"] == [32, 32] and config["run_config"]["steps"] == 400
+    assert config["dataset_info"] == {"source": "builtin", "name": "02_20"}
+
+    records = read_jsonl(bc_run / "metrics.jsonl")
+    assert [r["steps"] for r in records] == [100, 200, 300, 400]
+    for record in records:
+        assert np.isfinite(record["policy_loss"]) and record["updates_per_second"] > 0
+        assert set(record["joint_action_distribution"]) == XOR_JOINT_ACTIONS
+        assert sum(record["joint_action_distribution"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert (bc_run / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (bc_run / "checkpoints").iterdir()) == [
+        "step_000000000200.json", "step_000000000200.msgpack",
+        "step_000000000400.json", "step_000000000400.msgpack",
+    ]
+
+    summary = json.loads((bc_run / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary), SUMMARY_KEYS - set(summary)
+    assert (summary["algo"], summary["env"], summary["dataset"], summary["seed"]) == identity
+    assert summary["status"] == "completed" and summary["steps"] == 400 and summary["eval_episodes"] == 8
+    assert summary["updates_per_second"] > 0
+    assert summary["eval_return"] == summary["final_eval_greedy_return"]
+    distribution = summary["joint_action_distribution"]
+    assert set(distribution) == XOR_JOINT_ACTIONS
+    assert sum(distribution.values()) == pytest.approx(1.0, abs=1e-5)
+    assert min(distribution.values()) >= 0.0
+
+
+def test_interrupt_crash_and_resume_match_an_uninterrupted_run(
+    bc_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during the 4th chunk, then the checkpoint at 300 is lost as in a crash (metrics
+    of iteration 300 are on disk, the newest checkpoint is 200). Resuming drops the orphan
+    record and retrains from 200: steps 100..400 once each, and the same records, final
+    parameters and evaluation as the uninterrupted run with the same seed."""
+    out = tmp_path / "resumed"
+    original = offline_runner.make_train_chunk
+
+    def interrupting_chunk(*args, **kwargs):
+        train = original(*args, **kwargs)
+        calls = {"n": 0}
+
+        def chunk(*chunk_args):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise KeyboardInterrupt
+            return train(*chunk_args)
+
+        return chunk
+
+    monkeypatch.setattr(offline_runner, "make_train_chunk", interrupting_chunk)
+    assert main([*BC_XOR, "--out", str(out)]) == 130
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] == 300
+    assert [r["steps"] for r in read_jsonl(out / "metrics.jsonl")] == [100, 200, 300]
+    for path in (out / "checkpoints").glob("step_000000000300.*"):
+        path.unlink()
+    (out / "summary.json").unlink()
+
+    monkeypatch.setattr(offline_runner, "make_train_chunk", original)
+    assert main(["offline", "--resume", str(out), "--quiet"]) == 0
+    records = read_jsonl(out / "metrics.jsonl")
+    assert [r["steps"] for r in records] == [100, 200, 300, 400]
+    assert without_timing(records) == without_timing(read_jsonl(bc_run / "metrics.jsonl"))
+    for got, want in zip(checkpoint_leaves(out, 400), checkpoint_leaves(bc_run, 400), strict=True):
+        np.testing.assert_array_equal(got, want)
+    resumed = json.loads((out / "summary.json").read_text())
+    reference = json.loads((bc_run / "summary.json").read_text())
+    assert resumed["status"] == "completed" and resumed["steps"] == 400
+    for key in ("eval_return", "final_eval_sampled_return", "joint_action_distribution"):
+        assert resumed[key] == reference[key], key
+
+
+OFFLINE_BAD_INPUT = [
+    (["--algo", "qmix", "--env", "matrix:xor", "--dataset", "02_20"],
+     "unknown algorithm 'qmix'", "valid choices: bc, omiga, inspo, iql_cql"),
+    (["--algo", "matrace", "--env", "matrix:xor", "--dataset", "02_20"],
+     "algorithm 'matrace' is online", "`offmarl train`"),
+    (["--algo", "bc", "--env", "matrix:xor", "--dataset", "02_21"],
+     "dataset '02_21' is neither a built-in dataset of matrix:xor", "02_20"),
+    (["--algo", "bc", "--env", "matrix:xor", "--dataset", "02_20", "--steps", "0"],
+     "steps=0 is invalid", "positive integer"),
+    (["--algo", "bc", "--env", "matrix:xor", "--dataset", "02_20", "temperature=0.1"],
+     "unknown config key 'temperature'", "lr"),
+    (["--algo", "omiga", "--env", "matrix:xor", "--dataset", "02_20", "alpha=0"],
+     "alpha=0.0 is invalid", "must be > 0"),
+    (["--algo", "bc", "--env", "matrix:xor"], "--dataset required", ""),
+]
+
+
+@pytest.mark.parametrize("argv,problem,hint", OFFLINE_BAD_INPUT, ids=[c[1][:30] for c in OFFLINE_BAD_INPUT])
+def test_bad_offline_input_is_one_line_exit_2(
+    argv: list[str], problem: str, hint: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    assert main(["offline", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("offmarl: error: ") and problem in err and hint in err, err
+    assert not out.exists()
+
+
+def test_dataset_that_does_not_fit_the_env_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An XOR dataset (2 actions) for the M-NE game (3 actions) is refused before training."""
+    vault = tmp_path / "xor.vlt"
+    write_vault(load_builtin_dataset("matrix:xor", "02_20", num_episodes=10), vault, "tiny")
+    out = tmp_path / "run"
+    argv = ["offline", "--algo", "bc", "--env", "matrix:mne", "--dataset", f"{vault}:tiny", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [
+        f"offmarl: error: dataset '{vault}:tiny' does not fit matrix:mne: it has num_actions=2, "
+        "the environment has 3"
+    ]
+    assert not out.exists()
+
+
+def test_resume_of_a_missing_run_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["offline", "--resume", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a run directory" in err
