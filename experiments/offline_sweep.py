@@ -29,7 +29,7 @@ PRESETS: dict[str, dict[str, tuple[str, str, int, int]]] = {
         "mne:balanced": ("matrix:mne", "balanced", 2000, 5),
         "mne:imbalanced": ("matrix:mne", "imbalanced", 2000, 5),
         "mne:uniform": ("matrix:mne", "uniform", 2000, 5),
-        "bridge:mix": ("bridge", "mix", 20000, 5),
+        "bridge:mix": ("bridge", "mix", 10000, 5),
     },
     "smax": {
         f"{m}:{level}": (f"smax:{m}", f"datasets/smax_{m}.vlt:{level}", 4000, 3)

@@ -15,7 +15,7 @@ from oracles import log_softmax
 
 from offmarl.algos import ALGORITHMS
 from offmarl.algos.bc import bc_loss
-from offmarl.algos.inspo import InSPOConfig, policy_exponent, teammate_weights
+from offmarl.algos.inspo import InSPOConfig, local_value, policy_exponent, teammate_weights
 from offmarl.algos.iql_cql import iql_cql_loss
 from offmarl.algos.offline_common import exponential_value_loss
 from offmarl.algos.omiga import local_advantage_exponent, omiga_q_loss, omiga_v_loss, weighted_bc_loss
@@ -363,3 +363,15 @@ def test_inspo_policies_stay_still_during_the_behaviour_warmup() -> None:
     assert all_leaves_differ(states[0].behaviour, states[1].behaviour)
     assert all_leaves_differ(states[5].policy, states[6].policy)
     assert int(states[6].step) == 6
+
+
+def test_local_value_values_missing_teammate_mass_at_the_floor_and_self_normalises_above_one() -> None:
+    """XOR "02_20" for agent 2 when agent 1 now plays action 0 with probability 0.9 (mu = 0.49/0.51):
+    a2 = 1 only appears with a1 = 0 (w = 0.9/0.49 > 1: self-normalised to Q = 1); a2 = 0 only
+    with a1 = 1 (w = 0.1/0.51: the missing 0.8 of teammate mass is valued at the floor)."""
+    q, floor = 1.0, -2.0
+    w = np.array([0.9 / 0.49, 0.1 / 0.51])
+    got = np.asarray(local_value(jnp.asarray(w * (q - floor)), jnp.asarray(w), jnp.asarray(floor)))
+    expected = np.array([q, floor + w[1] * (q - floor)])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert got[0] > got[1]
