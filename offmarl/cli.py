@@ -6,9 +6,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from offmarl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from offmarl.runners.offline import OfflineRun
+    from offmarl.runners.online import OnlineRun
 
 EXIT_BAD_INPUT = 2
 
@@ -101,6 +105,13 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, object]:
     return out
 
 
+def _execute(run: "OnlineRun | OfflineRun") -> int:
+    """Run to the end, print summary.json, and exit 0, 130 (interrupted) or 3 (diverged)."""
+    summary = run.execute()
+    print(json.dumps(summary, indent=2))
+    return {"completed": 0, "interrupted": 130, "diverged": 3}[summary["status"]]
+
+
 def _train(args: argparse.Namespace) -> int:
     from offmarl.config import load_config_file, parse_overrides
     from offmarl.experiment import resolve_experiment
@@ -121,9 +132,7 @@ def _train(args: argparse.Namespace) -> int:
         from offmarl.runners.online import OnlineRun
 
         run = OnlineRun.create(experiment, out, quiet=args.quiet)
-    summary = run.execute()
-    print(json.dumps(summary, indent=2))
-    return {"completed": 0, "interrupted": 130, "diverged": 3}[summary["status"]]
+    return _execute(run)
 
 
 def _offline(args: argparse.Namespace) -> int:
@@ -145,9 +154,7 @@ def _offline(args: argparse.Namespace) -> int:
         )
         out = args.out or f"runs/offline_{args.algo}_{args.env.replace(':', '_')}_s{args.seed}"
         run = OfflineRun.create(experiment, out, quiet=args.quiet)
-    summary = run.execute()
-    print(json.dumps(summary, indent=2))
-    return {"completed": 0, "interrupted": 130, "diverged": 3}[summary["status"]]
+    return _execute(run)
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -38,19 +38,26 @@ class Experiment:
         return env, get_algorithm(self.algo).build(self.algo_config, env.spec)
 
 
-def resolve_experiment(algo: str, env: str, seed: int, *layers: dict[str, Any]) -> Experiment:
-    """Validate names, apply override layers in order (later wins) and check every value."""
-    entry = get_algorithm(algo, "online")
+def _resolve_configs(
+    algo: str, kind: str, run_config_class: type, env: str, seed: int, layers: tuple[dict[str, Any], ...]
+) -> tuple[Any, Any]:
+    """The algorithm's and the runner's configs after the override layers, both validated."""
+    entry = get_algorithm(algo, kind)
     check_env_name(env)
     if seed < 0:
         raise ConfigError(f"seed={seed} is invalid: must be >= 0")
-    configs = [entry.config_class(), OnlineConfig()]
+    configs = [entry.config_class(), run_config_class()]
     for layer in layers:
         configs = apply_overrides(configs, layer)
     algo_config, run_config = configs
     algo_config.validate()
     run_config.validate()
-    return Experiment(algo, env, seed, algo_config, run_config)
+    return algo_config, run_config
+
+
+def resolve_experiment(algo: str, env: str, seed: int, *layers: dict[str, Any]) -> Experiment:
+    """Validate names, apply override layers in order (later wins) and check every value."""
+    return Experiment(algo, env, seed, *_resolve_configs(algo, "online", OnlineConfig, env, seed, layers))
 
 
 def experiment_from_dict(data: dict) -> Experiment:
@@ -95,17 +102,8 @@ def resolve_offline_experiment(
     algo: str, env: str, dataset: str, seed: int, *layers: dict[str, Any]
 ) -> OfflineExperiment:
     """Validate names, apply override layers in order (later wins) and check every value."""
-    entry = get_algorithm(algo, "offline")
-    check_env_name(env)
-    if seed < 0:
-        raise ConfigError(f"seed={seed} is invalid: must be >= 0")
-    configs = [entry.config_class(), OfflineConfig()]
-    for layer in layers:
-        configs = apply_overrides(configs, layer)
-    algo_config, run_config = configs
-    algo_config.validate()
-    run_config.validate()
-    return OfflineExperiment(algo, env, dataset, seed, algo_config, run_config)
+    configs = _resolve_configs(algo, "offline", OfflineConfig, env, seed, layers)
+    return OfflineExperiment(algo, env, dataset, seed, *configs)
 
 
 def offline_experiment_from_dict(data: dict) -> OfflineExperiment:

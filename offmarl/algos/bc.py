@@ -29,8 +29,6 @@ class BCConfig:
     """Adam learning rate."""
     max_grad_norm: float = 1.0
     """Global gradient-norm clip; 0 disables it."""
-    gamma: float = 0.99
-    """Unused by the loss; kept so every offline config validates the same way."""
 
     def validate(self) -> None:
         validate_common(self)

@@ -181,11 +181,10 @@ class InSPO(StatelessPolicy):
         return -jnp.mean(weights * self._agent_log_probs(agent_params, agent, batch)), {}
 
     def _critic_loss(self, critics: InSPOCritics, target: tuple[Any, Any], batch: TransitionBatch,
-                     log_mu: jax.Array, local_weights: jax.Array, floor: jax.Array) -> tuple[jax.Array, dict]:
+                     joint_in: jax.Array, q_target: jax.Array, log_mu: jax.Array, local_weights: jax.Array,
+                     floor: jax.Array) -> tuple[jax.Array, dict]:
         cfg, temp = self.config, self.temperature
-        joint_in = self._joint_input(batch.state, batch.actions)
         q = self.q_joint.apply(critics.q_joint, joint_in)
-        q_target = jax.lax.stop_gradient(self.q_joint.apply(target[0], joint_in))
         next_v = self.v_joint.apply(target[1], batch.next_state)
         td_target = jax.lax.stop_gradient(batch.reward + cfg.gamma * (1.0 - batch.done) * next_v)
         q_loss = jnp.sum(batch.valid * (q - td_target) ** 2) / jnp.maximum(jnp.sum(batch.valid), 1.0)
@@ -254,11 +253,12 @@ class InSPO(StatelessPolicy):
             policy, policy_opt, new_log_probs = self._policy_step(policy, policy_opt, batch, agent, weights)
             log_ratios = log_ratios.at[:, agent].set(new_log_probs - jnp.take(log_mu, agent, axis=1))
 
-        q_target = self.q_joint.apply(state.target[0], self._joint_input(batch.state, batch.actions))
+        joint_in = self._joint_input(batch.state, batch.actions)
+        q_target = jax.lax.stop_gradient(self.q_joint.apply(state.target[0], joint_in))
         value_floor = jnp.minimum(state.value_floor, jnp.min(q_target))
         critics, critic_opt, m_critic = gradient_step(
             self.optimizer, state.critics, state.critic_opt, self._critic_loss, state.target, batch,
-            log_mu, local_weights, value_floor)
+            joint_in, q_target, log_mu, local_weights, value_floor)
         target = soft_update(state.target, (critics.q_joint, critics.v_joint), cfg.tau)
         metrics = {**m_mu, **m_critic, "weight_mean": jnp.mean(jnp.exp(exponent)),
                    "teammate_weight_mean": jnp.mean(local_weights)}

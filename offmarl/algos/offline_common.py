@@ -58,9 +58,10 @@ def exponential_value_loss(z: jax.Array, linear: jax.Array) -> jax.Array:
 
 
 def validate_common(config: Any) -> None:
-    """Checks shared by every offline config: learning rate, discount, clip, widths."""
+    """Checks shared by every offline config: learning rate, discount (if any), clip, widths."""
     require(config.lr > 0, f"lr={config.lr} is invalid: must be > 0")
-    require(0 <= config.gamma <= 1, f"gamma={config.gamma} is invalid: must be in [0, 1]")
+    gamma = getattr(config, "gamma", None)  # behaviour cloning has no discount
+    require(gamma is None or 0 <= gamma <= 1, f"gamma={gamma} is invalid: must be in [0, 1]")
     require(config.max_grad_norm >= 0, f"max_grad_norm={config.max_grad_norm} must be >= 0")
     require(
         len(config.hidden_sizes) > 0 and all(h > 0 for h in config.hidden_sizes),

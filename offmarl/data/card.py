@@ -12,18 +12,14 @@ from matplotlib.figure import Figure
 
 from offmarl.data.dataset import OfflineDataset
 from offmarl.data.vault import load_vault, vault_metadata
+from offmarl.envs import smax
 from offmarl.utils.files import atomic_write_bytes
-
-# SMAX pays at most 1 in damage per episode and +1 on a win, so a last-step team reward
-# of at least 1 means a win (the rule of offmarl/envs/smax.py).
-SMAX_WIN_REWARD = 1.0
-
 
 def episode_wins(dataset: OfflineDataset, env_name: str | None) -> np.ndarray | None:
     """[episodes] bool win flags for SMAX datasets; None for environments without wins."""
     if not (env_name or "").startswith("smax:"):
         return None
-    return dataset.rewards[dataset.episode_ends, 0] >= SMAX_WIN_REWARD
+    return smax.won(dataset.rewards[dataset.episode_ends, 0], True)
 
 
 def dataset_stats(dataset: OfflineDataset, env_name: str | None) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,23 +18,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
-from offmarl.algos.base import OnlineAlgorithm, Policy
+from offmarl.algos.base import Policy
 from offmarl.data.dataset import OfflineDataset
 from offmarl.data.vault import check_uid_available, write_vault
 from offmarl.envs.base import MultiAgentEnv
 from offmarl.errors import ConfigError
-from offmarl.experiment import Experiment
+from offmarl.runners.common import progress_display
+from offmarl.runners.online import SavedRun
 from offmarl.utils.checkpoint import (
     list_checkpoints,
-    load_checkpoint,
     resolve_checkpoint,
 )
 from offmarl.utils.files import read_jsonl
@@ -205,39 +197,6 @@ def collect_episodes(
 # -- datasets from online runs ------------------------------------------------------
 
 
-@dataclass
-class SavedRun:
-    """An online run directory's environment, algorithm and saved parameters."""
-
-    run_dir: Path
-    experiment: Experiment
-    env: MultiAgentEnv
-    algo: OnlineAlgorithm
-    steps: list[int]
-    _template: Any
-
-    @classmethod
-    def open(cls, run_dir: str | Path) -> SavedRun:
-        from offmarl.runners.fused import FusedTrainer
-        from offmarl.runners.online import load_run
-
-        run_dir = Path(run_dir)
-        experiment, _ = load_run(run_dir)
-        steps = list_checkpoints(run_dir / "checkpoints")
-        if not steps:
-            raise ConfigError(f"no checkpoint in {str(run_dir / 'checkpoints')!r}")
-        env, algo = experiment.build()
-        trainer = FusedTrainer(experiment.run_config, algo, env)
-        shapes = jax.eval_shape(trainer.init, jax.random.PRNGKey(0))
-        template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-        return cls(run_dir, experiment, env, algo, steps, template)
-
-    def params(self, env_steps: int) -> Any:
-        """The policy parameters saved at `env_steps`."""
-        state, _ = load_checkpoint(self.run_dir / "checkpoints", env_steps, self._template)
-        return state.params
-
-
 def resolve_run_checkpoint(run_dir: str | Path, checkpoint: str | int) -> int:
     """The env-step count of checkpoint `checkpoint` of a run: 'latest', 'best' or a step.
 
@@ -263,14 +222,6 @@ def resolve_run_checkpoint(run_dir: str | Path, checkpoint: str | int) -> int:
             "metrics.jsonl; use latest or one of " + ", ".join(map(str, sorted(saved)))
         )
     return max(scored)[1]
-
-
-def episode_progress(console: Console) -> Progress:
-    """A progress bar counting recorded episodes."""
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("episodes"), TimeElapsedColumn(), console=console,
-    )
 
 
 def provenance(
@@ -320,8 +271,8 @@ def collect_from_run(
     run = SavedRun.open(run_dir)
     collector = EpisodeCollector(run.env, run.algo, min(num_envs, num_episodes))
     console = Console(stderr=True, quiet=quiet)
-    with episode_progress(console) as progress:
-        task = progress.add_task(f"collect {run.experiment.env} @ {env_steps:,}", total=num_episodes)
+    with progress_display(console, "episodes") as progress:
+        task = progress.add_task(f"collect {run.experiment.env} @ {env_steps:,}", total=num_episodes, stats="")
         collected = collector.collect(
             run.params(env_steps), num_episodes, seed, epsilon, greedy,
             on_progress=lambda done, _: progress.update(task, completed=done),

@@ -35,9 +35,7 @@ from offmarl.data.card import write_dataset_card
 from offmarl.data.collect import (
     CollectedEpisodes,
     EpisodeCollector,
-    SavedRun,
     check_episodes,
-    episode_progress,
     outcome_metadata,
     provenance,
     split_evenly,
@@ -47,6 +45,8 @@ from offmarl.data.vault import list_uids, vault_metadata, write_vault
 from offmarl.envs import check_env_name
 from offmarl.errors import ConfigError
 from offmarl.experiment import Experiment, resolve_experiment
+from offmarl.runners.common import progress_display
+from offmarl.runners.online import SavedRun
 from offmarl.utils.files import atomic_write_json
 
 QUALITY_BANDS: dict[str, tuple[float, float]] = {
@@ -318,9 +318,10 @@ def _build_levels(
     write each uid in `todo` with its card."""
     collector = EpisodeCollector(run.env, run.algo)
     evaluator = _Evaluator(run, collector, eval_episodes, seed)
-    with episode_progress(console) as progress:
+    with progress_display(console, "episodes") as progress:
         if any(uid in QUALITY_BANDS for uid in todo):
-            task = progress.add_task("evaluate checkpoints", total=2 * len(run.steps) * eval_episodes)
+            task = progress.add_task("evaluate checkpoints", total=2 * len(run.steps) * eval_episodes,
+                                     stats="")
             candidates = evaluator.checkpoints(lambda: progress.advance(task, eval_episodes))
             atomic_write_json(vault / EVALUATIONS_FILE, {
                 "source_run": str(run.run_dir.resolve()),
@@ -329,7 +330,7 @@ def _build_levels(
                 "evaluations": [asdict(b) for b in candidates],
             })
         for uid in todo:
-            task = progress.add_task(f"collect {uid}", total=episodes)
+            task = progress.add_task(f"collect {uid}", total=episodes, stats="")
 
             def report(done: int, task: Any = task) -> None:
                 progress.update(task, completed=done)

@@ -17,6 +17,12 @@ DEFAULT_SETTINGS: dict[str, Any] = {
 }
 
 
+def won(team_reward: Any, done: Any) -> Any:
+    """The win flag JaxMARL does not give: per-step damage reward is below 1 and the +1 win
+    bonus only comes on the last step. Works on jax and NumPy arrays alike."""
+    return done & (team_reward >= 1.0)
+
+
 def scenario_names() -> list[str]:
     """Every SMAX scenario JaxMARL ships."""
     quiet_import_jaxmarl()
@@ -39,16 +45,12 @@ def make_smax(map_name: str) -> JaxMARLAdapter:
         masks = env.get_avail_actions(env_state)
         return jnp.stack([masks[a] for a in agents])
 
-    def won_fn(team_reward: jax.Array, done: jax.Array) -> jax.Array:
-        # Per-step damage reward is below 1; the +1 win bonus only comes on the last step.
-        return done & (team_reward >= 1.0)
-
     return JaxMARLAdapter(
         name=f"smax:{map_name}",
         env=env,
         settings={"scenario": map_name, **DEFAULT_SETTINGS},
         state_fn=lambda obs, stacked: obs["world_state"],
         avail_fn=avail_fn,
-        won_fn=won_fn,
+        won_fn=won,
         has_win=True,
     )

@@ -1,11 +1,16 @@
-"""Pieces every runner's outer loop shares: the NaN guard and the progress display."""
+"""Pieces every runner's outer loop shares: the NaN guard, the progress display and
+reading a run directory's config."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from offmarl.errors import ConfigError
 
 
 class TrainingDiverged(RuntimeError):
@@ -29,3 +34,11 @@ def progress_display(console: Console, unit: str) -> Progress:
         TextColumn("{task.fields[stats]}"),
         console=console,
     )
+
+
+def read_run_config(run_dir: str | Path) -> dict:
+    """The raw config.json of an existing run directory."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.json)")
+    return json.loads(path.read_text())

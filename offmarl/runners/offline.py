@@ -4,7 +4,6 @@ Ctrl-C or NaN. Works with any registered offline algorithm."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,7 +21,7 @@ from offmarl.evaluation.evaluate import FINAL_EVAL_TAG, evaluate_both, make_eval
 from offmarl.evaluation.matrix_games import matrix_game_report
 from offmarl.evaluation.plots import plot_learning_curve
 from offmarl.experiment import OfflineExperiment, offline_experiment_from_dict
-from offmarl.runners.common import TrainingDiverged, check_finite, progress_display
+from offmarl.runners.common import TrainingDiverged, check_finite, progress_display, read_run_config
 from offmarl.types import TransitionBatch
 from offmarl.utils.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from offmarl.utils.files import JsonlWriter, atomic_write_json, atomic_write_jsonl, read_jsonl
@@ -95,10 +94,7 @@ def dataset_summary(data: OfflineDataset) -> dict[str, float]:
 
 
 def load_offline_run(run_dir: str | Path) -> OfflineExperiment:
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.json)")
-    return offline_experiment_from_dict(json.loads(path.read_text()))
+    return offline_experiment_from_dict(read_run_config(run_dir))
 
 
 class OfflineRun:

@@ -3,8 +3,8 @@ checkpoints, progress display, resume, and a clean stop on Ctrl-C or NaN."""
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,23 +12,55 @@ import jax
 import numpy as np
 from rich.console import Console
 
+from offmarl.algos.base import OnlineAlgorithm
+from offmarl.envs.base import MultiAgentEnv
 from offmarl.errors import ConfigError
 from offmarl.evaluation.evaluate import CLI_EVAL_TAG, FINAL_EVAL_TAG, evaluate_both, make_evaluator
 from offmarl.evaluation.plots import plot_learning_curve
 from offmarl.experiment import Experiment, experiment_from_dict
-from offmarl.runners.common import TrainingDiverged, check_finite, progress_display
+from offmarl.runners.common import TrainingDiverged, check_finite, progress_display, read_run_config
 from offmarl.runners.fused import FusedTrainer
-from offmarl.utils.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from offmarl.utils.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from offmarl.utils.files import JsonlWriter, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 WIN_RATE_MILESTONE = 0.9
+
+
 def load_run(run_dir: str | Path) -> tuple[Experiment, dict]:
     """The experiment and raw config.json of an existing run directory."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{str(run_dir)!r} is not a run directory (no config.json)")
-    data = json.loads(path.read_text())
+    data = read_run_config(run_dir)
     return experiment_from_dict(data), data
+
+
+@dataclass
+class SavedRun:
+    """An online run directory's environment, algorithm and saved parameters."""
+
+    run_dir: Path
+    experiment: Experiment
+    env: MultiAgentEnv
+    algo: OnlineAlgorithm
+    steps: list[int]
+    """Env-step counts of the saved checkpoints, oldest first."""
+    _template: Any
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> SavedRun:
+        run_dir = Path(run_dir)
+        experiment, _ = load_run(run_dir)
+        steps = list_checkpoints(run_dir / "checkpoints")
+        if not steps:
+            raise ConfigError(f"no checkpoint in {str(run_dir / 'checkpoints')!r}")
+        env, algo = experiment.build()
+        trainer = FusedTrainer(experiment.run_config, algo, env)
+        shapes = jax.eval_shape(trainer.init, jax.random.PRNGKey(0))
+        template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+        return cls(run_dir, experiment, env, algo, steps, template)
+
+    def params(self, env_steps: int) -> Any:
+        """The policy parameters saved at `env_steps`."""
+        state, _ = load_checkpoint(self.run_dir / "checkpoints", env_steps, self._template)
+        return state.params
 
 
 class OnlineRun:
@@ -196,15 +228,11 @@ class OnlineRun:
 
 def evaluate_run(run_dir: str | Path, episodes: int, checkpoint: str = "latest", seed: int | None = None) -> dict:
     """Evaluate a saved policy (greedy and sampled) on fresh episodes."""
-    experiment, _ = load_run(run_dir)
-    ckpt_dir = Path(run_dir) / "checkpoints"
-    step = resolve_checkpoint(ckpt_dir, checkpoint)
-    env, algo = experiment.build()
-    trainer = FusedTrainer(experiment.run_config, algo, env)
-    template = jax.eval_shape(trainer.init, jax.random.PRNGKey(0))
-    template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), template)
-    state, _ = load_checkpoint(ckpt_dir, step, template)
-    evaluator = make_evaluator(env, algo, episodes)
-    result = evaluate_both(evaluator, state.params, experiment.seed if seed is None else seed, CLI_EVAL_TAG)
+    load_run(run_dir)
+    step = resolve_checkpoint(Path(run_dir) / "checkpoints", checkpoint)
+    run = SavedRun.open(run_dir)
+    evaluator = make_evaluator(run.env, run.algo, episodes)
+    experiment = run.experiment
+    result = evaluate_both(evaluator, run.params(step), experiment.seed if seed is None else seed, CLI_EVAL_TAG)
     return {"run": str(run_dir), "algo": experiment.algo, "env": experiment.env,
             "checkpoint_env_steps": step, **result}
