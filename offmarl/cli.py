@@ -39,6 +39,10 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--critic", help="critic input: obs, state or decentralised")
     train.add_argument("--num-envs", type=int, help="parallel environments")
     train.add_argument("--policy-lag", type=int, help="act with parameters K updates old")
+    train.add_argument("--workers", type=int,
+                       help="Ray rollout workers feeding one learner (default 0: fused single process)")
+    train.add_argument("--ray-address", help="join the Ray cluster at HOST:PORT or 'auto' "
+                       "(default: start a local Ray instance); also with --resume")
     train.add_argument("--no-importance-weights", action="store_true",
                        help="set every importance ratio to 1 (ablation)")
     train.add_argument("--config", help="JSON or TOML file of config fields")
@@ -98,7 +102,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, object]:
     flags = {"env_steps": args.env_steps, "critic": args.critic, "num_envs": args.num_envs,
-             "policy_lag": args.policy_lag}
+             "policy_lag": args.policy_lag, "workers": args.workers}
     out = {k: v for k, v in flags.items() if v is not None}
     if args.no_importance_weights:
         out["importance_weights"] = False
@@ -116,10 +120,14 @@ def _train(args: argparse.Namespace) -> int:
     from offmarl.config import load_config_file, parse_overrides
     from offmarl.experiment import resolve_experiment
 
+    if args.ray_address is not None:
+        from offmarl.runners.distributed import check_ray_address
+
+        check_ray_address(args.ray_address)
     if args.resume:
         from offmarl.runners.online import OnlineRun
 
-        run = OnlineRun.resume(args.resume, quiet=args.quiet)
+        run = OnlineRun.resume(args.resume, quiet=args.quiet, ray_address=args.ray_address)
     else:
         if not args.env:
             raise ConfigError("--env is required (see `offmarl envs`)")
@@ -131,7 +139,7 @@ def _train(args: argparse.Namespace) -> int:
         out = args.out or f"runs/{args.algo}_{args.env.replace(':', '_')}_s{args.seed}"
         from offmarl.runners.online import OnlineRun
 
-        run = OnlineRun.create(experiment, out, quiet=args.quiet)
+        run = OnlineRun.create(experiment, out, quiet=args.quiet, ray_address=args.ray_address)
     return _execute(run)
 
 

@@ -7,6 +7,8 @@ from typing import Literal
 
 from offmarl.config import require
 
+MAX_WORKERS = 1024
+
 
 @dataclass(frozen=True)
 class OnlineConfig:
@@ -31,7 +33,11 @@ class OnlineConfig:
     adam_eps: float = 1e-5
     """Adam epsilon."""
     policy_lag: int = 0
-    """Act with parameters this many updates old, to exercise the off-policy correction."""
+    """Act with parameters this many updates old, to exercise the off-policy correction
+    (with workers, on top of the lag the asynchronous workers create)."""
+    workers: int = 0
+    """0: the fused single-process runner. N > 0: N Ray rollout workers feed one learner;
+    each unroll (num_envs x unroll_length steps) is one update's batch."""
     eval_interval: int = 500_000
     """Environment steps between evaluations."""
     eval_episodes: int = 64
@@ -62,6 +68,8 @@ class OnlineConfig:
         require(self.lr > 0, f"lr={self.lr} is invalid: must be > 0")
         require(self.max_grad_norm >= 0, f"max_grad_norm={self.max_grad_norm} must be >= 0")
         require(self.policy_lag >= 0, f"policy_lag={self.policy_lag} is invalid: must be >= 0")
+        require(0 <= self.workers <= MAX_WORKERS,
+                f"workers={self.workers} is invalid: 0 (fused runner) or 1..{MAX_WORKERS} Ray workers")
         require(
             self.num_envs % self.num_minibatches == 0,
             f"num_minibatches={self.num_minibatches} must divide num_envs={self.num_envs}",

@@ -3,6 +3,7 @@ jitted update, in the PureJaxRL style. Works with any `OnlineAlgorithm`."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import distrax
@@ -152,10 +153,9 @@ class FusedTrainer:
         slot = jnp.maximum(state.update - self.cfg.policy_lag, 0) % (self.cfg.policy_lag + 1)
         return jax.tree.map(lambda h: h[slot], state.param_history)
 
-    def update(self, state: TrainState) -> tuple[TrainState, EpisodeStats, dict]:
-        """One update: unroll with the (possibly lagged) behaviour policy, then learn."""
+    def apply_rollout(self, state: TrainState, rollout: Rollout) -> tuple[TrainState, dict]:
+        """The learner's half of an update: learn from `rollout`, then advance the version."""
         slots = self.cfg.policy_lag + 1
-        state, rollout, episodes = self.collect(state, self.behaviour_params(state))
         rng, learn_rng = jax.random.split(state.rng)
         progress = state.update / self.cfg.num_updates
         params, opt_state, metrics = self.learn(state.params, state.opt_state, rollout, learn_rng, progress)
@@ -166,7 +166,26 @@ class FusedTrainer:
         state = state._replace(
             params=params, opt_state=opt_state, param_history=history, rng=rng, update=update
         )
+        return state, metrics
+
+    def update(self, state: TrainState) -> tuple[TrainState, EpisodeStats, dict]:
+        """One update: unroll with the (possibly lagged) behaviour policy, then learn."""
+        state, rollout, episodes = self.collect(state, self.behaviour_params(state))
+        state, metrics = self.apply_rollout(state, rollout)
         return state, episodes, metrics
+
+    # -- what OnlineRun asks of every trainer; the fused one has nothing extra to keep -----
+    def checkpoint_meta(self) -> dict:
+        return {}
+
+    def restore(self, meta: dict) -> None:
+        """Take back what `checkpoint_meta` saved."""
+
+    def summary(self) -> dict:
+        return {}
+
+    def close(self, run_dir: Path) -> None:
+        """Release workers and write the trainer's own artefacts into `run_dir`."""
 
     def _train(self, state: TrainState, num_updates: jax.Array):
         """Run `num_updates` updates; returns summed episode stats and mean learner metrics."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
@@ -20,6 +20,9 @@ from offmarl.evaluation.plots import plot_learning_curve
 from offmarl.experiment import Experiment, experiment_from_dict
 from offmarl.runners.common import TrainingDiverged, check_finite, progress_display, read_run_config
 from offmarl.runners.fused import FusedTrainer
+
+if TYPE_CHECKING:
+    from offmarl.runners.distributed import DistributedTrainer
 from offmarl.utils.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from offmarl.utils.files import JsonlWriter, atomic_write_json, atomic_write_jsonl, read_jsonl
 
@@ -64,39 +67,53 @@ class SavedRun:
 
 
 class OnlineRun:
-    """Trains one experiment into `out_dir` with the fused runner."""
+    """Trains one experiment into `out_dir`: with the fused runner, or with Ray workers
+    when the config asks for `workers` (joining the cluster at `ray_address` if given)."""
 
-    def __init__(self, experiment: Experiment, out_dir: str | Path, quiet: bool = False) -> None:
+    def __init__(self, experiment: Experiment, out_dir: str | Path, quiet: bool = False,
+                 ray_address: str | None = None) -> None:
         self.exp = experiment
         self.dir = Path(out_dir)
         self.cfg = experiment.run_config
         self.console = Console(quiet=quiet, stderr=True)
+        self.ray_address = ray_address
+        if ray_address is not None and self.cfg.workers == 0:
+            raise ConfigError("--ray-address needs Ray workers: add --workers N")
 
     # -- entry points ----------------------------------------------------------
     @classmethod
-    def create(cls, experiment: Experiment, out_dir: str | Path, quiet: bool = False) -> "OnlineRun":
+    def create(cls, experiment: Experiment, out_dir: str | Path, quiet: bool = False,
+               ray_address: str | None = None) -> "OnlineRun":
         out = Path(out_dir)
         if out.exists() and any(out.iterdir()):
             raise ConfigError(
                 f"output directory {str(out)!r} already holds files; choose a new --out "
                 "or continue it with --resume"
             )
-        return cls(experiment, out, quiet)
+        return cls(experiment, out, quiet, ray_address)
 
     @classmethod
-    def resume(cls, run_dir: str | Path, quiet: bool = False) -> "OnlineRun":
+    def resume(cls, run_dir: str | Path, quiet: bool = False, ray_address: str | None = None) -> "OnlineRun":
         experiment, _ = load_run(run_dir)
         resolve_checkpoint(Path(run_dir) / "checkpoints")  # fails early if there is none
-        return cls(experiment, run_dir, quiet)
+        return cls(experiment, run_dir, quiet, ray_address)
+
+    def _make_trainer(self, algo: OnlineAlgorithm, env: MultiAgentEnv) -> FusedTrainer | DistributedTrainer:
+        learner = FusedTrainer(self.cfg, algo, env)
+        if self.cfg.workers == 0:
+            return learner
+        from offmarl.runners.distributed import DistributedTrainer
+
+        return DistributedTrainer(self.exp, env.settings, learner, self.ray_address, self.dir)
 
     def execute(self) -> dict:
         """Train to the step budget (or from the last checkpoint); returns summary.json."""
         env, algo = self.exp.build()
         self.has_win = env.spec.has_win
-        trainer = FusedTrainer(self.cfg, algo, env)
+        self.trainer = trainer = self._make_trainer(algo, env)  # joins Ray: may fail on a bad address
+        self.dir.mkdir(parents=True, exist_ok=True)
         periodic_eval = make_evaluator(env, algo, self.cfg.eval_episodes)
         final_eval = make_evaluator(env, algo, self.cfg.final_eval_episodes)
-        self.dir.mkdir(parents=True, exist_ok=True)
         ckpt_dir = self.dir / "checkpoints"
         state = trainer.init(jax.random.PRNGKey(self.exp.seed))
         records: list[dict] = []
@@ -105,6 +122,7 @@ class OnlineRun:
             env_steps = resolve_checkpoint(ckpt_dir)
             state, meta = load_checkpoint(ckpt_dir, env_steps, state)
             wall_offset = float(meta.get("wall_seconds", 0.0))
+            trainer.restore(meta)
             records = [r for r in read_jsonl(self.dir / "metrics.jsonl") if r["env_steps"] <= env_steps]
             self.console.print(f"resuming {self.dir} from env step {env_steps:,}")
         else:
@@ -155,10 +173,11 @@ class OnlineRun:
         finally:
             metrics_file.close()
             tb.close()
+            trainer.close(self.dir)  # before the last checkpoint, so it holds the final counts
         if env_steps > last_ckpt or not (ckpt_dir.exists()):
             self._checkpoint(ckpt_dir, env_steps, state, start)
         wall_seconds = time.perf_counter() - start
-        summary = self._summary(status, env_steps, wall_seconds, records)
+        summary = {**self._summary(status, env_steps, wall_seconds, records), **trainer.summary()}
         if status == "completed":
             final = evaluate_both(final_eval, state.params, self.exp.seed, FINAL_EVAL_TAG)
             summary.update({k.replace("eval_", "final_eval_", 1): v for k, v in final.items()})
@@ -175,7 +194,8 @@ class OnlineRun:
         text = f"{r['steps_per_second']:,.0f} steps/s"
         if self.has_win:
             text += f" | win {r['eval_win_rate']:.2f} (greedy {r['eval_greedy_win_rate']:.2f}, sampled {r['eval_sampled_win_rate']:.2f})"
-        return text + f" | return {r['eval_return']:.2f}"
+        text += f" | return {r['eval_return']:.2f}"
+        return text + (f" | lag {r['lag_mean']:.1f}" if "lag_mean" in r else "")
 
     def _headline(self, record: dict) -> None:
         mode = self.cfg.eval_mode
@@ -197,7 +217,7 @@ class OnlineRun:
 
     def _checkpoint(self, ckpt_dir: Path, env_steps: int, state: Any, start: float) -> None:
         meta = {"algo": self.exp.algo, "env": self.exp.env, "seed": self.exp.seed,
-                "wall_seconds": time.perf_counter() - start}
+                "wall_seconds": time.perf_counter() - start, **self.trainer.checkpoint_meta()}
         save_checkpoint(ckpt_dir, env_steps, state, meta, self.cfg.keep_checkpoints)
 
     def _summary(self, status: str, env_steps: int, wall_seconds: float, records: list[dict]) -> dict:
