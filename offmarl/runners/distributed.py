@@ -275,7 +275,12 @@ class DistributedTrainer:
         }
 
     def close(self, run_dir: Path) -> None:
-        """Count the unrolls still in flight, stop the workers, and plot the lag histogram."""
+        """Stop the workers (see `shutdown`) and plot the lag histogram into `run_dir`."""
+        self.shutdown()
+        plot_lag_histogram(self.counts.lag_histogram, run_dir / "lag_histogram.png")
+
+    def shutdown(self) -> None:
+        """Count the unrolls still in flight, stop the workers and leave Ray."""
         import ray
 
         if self.in_flight:
@@ -294,7 +299,6 @@ class DistributedTrainer:
             ray.kill(worker)
         self.workers = []
         ray.shutdown()
-        plot_lag_histogram(self.counts.lag_histogram, run_dir / "lag_histogram.png")
 
     # -- pieces ----------------------------------------------------------------
     def _publish(self, params: Any, version: int) -> None:

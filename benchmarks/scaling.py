@@ -1,0 +1,124 @@
+"""Throughput of the Ray runner against the number of rollout workers, in one run.
+
+For each K in 1..max_workers, K workers (each with num_envs environments) feed one
+learner; after a warm-up (worker start-up and compilation), `--updates` updates are
+timed. SPS(K) is environment steps learned from per second; the efficiency is
+SPS(K) / (K x SPS(1)). The fused single-process runner is timed at the same num_envs
+for reference. Writes scaling.json, scaling.md and scaling.png under --out. Usage:
+
+    python benchmarks/scaling.py --env smax:3m                          # 1..cores-1 workers, local Ray
+    python benchmarks/scaling.py --max-workers 32 --ray-address HEAD:6379   # on a cluster
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import time
+from pathlib import Path
+
+import jax
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from offmarl.config import parse_overrides  # noqa: E402
+from offmarl.experiment import resolve_experiment  # noqa: E402
+from offmarl.runners.distributed import DistributedTrainer  # noqa: E402
+from offmarl.runners.fused import FusedTrainer  # noqa: E402
+from offmarl.utils.files import atomic_write_bytes, atomic_write_json  # noqa: E402
+from timing import machine  # noqa: E402
+
+
+def ray_throughput(env: str, workers: int, overrides: dict, updates: int, warmup: int,
+                   address: str | None) -> dict:
+    """Learned env steps/s, and the mean of the workers' own steps/s, with `workers` workers."""
+    experiment = resolve_experiment("matrace", env, 0, overrides, {"workers": workers})
+    built_env, algo = experiment.build()
+    learner = FusedTrainer(experiment.run_config, algo, built_env)
+    trainer = DistributedTrainer(experiment, built_env.settings, learner, address)
+    try:
+        state = trainer.init(jax.random.PRNGKey(0))
+        state, _, _ = trainer.train(state, warmup)
+        start = time.perf_counter()
+        state, _, metrics = trainer.train(state, updates)
+        seconds = time.perf_counter() - start
+    finally:
+        trainer.shutdown()
+    steps = updates * experiment.run_config.steps_per_update
+    per_worker = [v for k, v in metrics.items() if k.startswith("worker")]
+    return {"workers": workers, "steps_per_second": steps / seconds, "lag_mean": metrics["lag_mean"],
+            "queue_depth_mean": metrics["queue_depth_mean"],
+            "worker_steps_per_second_mean": sum(per_worker) / len(per_worker),
+            "learner_steps_per_second": metrics["learner_steps_per_second"]}
+
+
+def fused_throughput(env: str, overrides: dict, updates: int) -> float:
+    experiment = resolve_experiment("matrace", env, 0, overrides)
+    built_env, algo = experiment.build()
+    trainer = FusedTrainer(experiment.run_config, algo, built_env)
+    state = trainer.init(jax.random.PRNGKey(0))
+    jax.block_until_ready(trainer.train(state, updates))
+    start = time.perf_counter()
+    jax.block_until_ready(trainer.train(state, updates))
+    return updates * experiment.run_config.steps_per_update / (time.perf_counter() - start)
+
+
+def write_outputs(rows: list[dict], fused_sps: float, out: Path, info: dict) -> None:
+    base = rows[0]["steps_per_second"]
+    for row in rows:
+        row["efficiency"] = row["steps_per_second"] / (row["workers"] * base)
+    lines = [f"Fused single-process runner at the same num_envs: {fused_sps:,.0f} env steps/s.", "",
+             "| workers | learned env steps/s | efficiency SPS(K)/(K SPS(1)) | mean lag | queue depth "
+             "| steps/s per worker | learner steps/s |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['workers']} | {r['steps_per_second']:,.0f} | {r['efficiency']:.2f} | {r['lag_mean']:.2f} "
+              f"| {r['queue_depth_mean']:.2f} | {r['worker_steps_per_second_mean']:,.0f} "
+              f"| {r['learner_steps_per_second']:,.0f} |" for r in rows]
+    atomic_write_bytes(out / "scaling.md", ("\n".join(lines) + "\n").encode())
+    atomic_write_json(out / "scaling.json", {**info, "fused_steps_per_second": fused_sps, "rows": rows})
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ks = [r["workers"] for r in rows]
+    ax.plot(ks, [r["steps_per_second"] for r in rows], marker="o", label="Ray workers")
+    ax.plot(ks, [k * base for k in ks], ls="--", color="grey", label="linear in SPS(1)")
+    ax.axhline(fused_sps, color="tab:green", ls=":", label="fused, one process")
+    ax.set_xlabel("workers")
+    ax.set_ylabel("learned env steps / s")
+    ax.set_xticks(ks)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(out / "scaling.png", buffer.getvalue())
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="smax:3m")
+    parser.add_argument("--max-workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                        help="largest worker count (default: cores - 1)")
+    parser.add_argument("--updates", type=int, default=60, help="timed updates per worker count")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed updates first (start-up, compile)")
+    parser.add_argument("--ray-address", help="join this Ray cluster instead of a local instance")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides")
+    args = parser.parse_args()
+    if args.max_workers < 1:
+        parser.error(f"--max-workers={args.max_workers} is invalid: must be >= 1")
+    overrides = parse_overrides(args.overrides)
+    out = Path(args.out)
+    info = {"env": args.env, "updates": args.updates, "overrides": overrides,
+            "ray_address": args.ray_address or "local", **machine()}
+    rows = []
+    for workers in range(1, args.max_workers + 1):
+        rows.append(ray_throughput(args.env, workers, overrides, args.updates, args.warmup, args.ray_address))
+        print(f"{workers} workers: {rows[-1]['steps_per_second']:,.0f} env steps/s", flush=True)
+    write_outputs(rows, fused_throughput(args.env, overrides, args.updates), out, info)
+
+
+if __name__ == "__main__":
+    main()
