@@ -1,18 +1,29 @@
 """Datasets of several qualities from one MA-Trace run, in OG-MARL's vault layout.
 
 One MA-Trace run with dense checkpoints is trained (or an existing one reused). Every
-saved checkpoint is evaluated, greedy and sampled; each quality level takes the policy
-whose win rate lies in its band (closest to the band's target):
+saved checkpoint is evaluated, greedy and sampled, and scored; each quality level takes
+the policy whose score lies in its band (closest to the band's target):
 
-    good    win rate >= 0.80 (the highest available if no policy reaches 0.8)
-    medium  0.30 <= win rate <= 0.60, target 0.45
-    poor    win rate <= 0.15, target 0.10
+    good    score >= 0.80 (the highest available if no policy reaches 0.8)
+    medium  0.30 <= score <= 0.60, target 0.45
+    poor    score <= 0.15, target 0.10
+
+The score is the win rate ("win_rate" scoring) if the environment has a win condition
+and the best checkpoint's win rate reaches the medium band's lower edge (0.3). Otherwise
+the win rate cannot separate the levels (no win condition, as in MPE, or a run that
+never learned to win, as MA-Trace on smax:5m_vs_6m), and the score is the mean return
+rescaled between two anchors ("return" scoring, OG-MARL's practice of grading SMAC
+datasets by episode return): 0 is the mean return of the uniform-random policy
+(epsilon = 1: uniform over the available actions, measured on its own seed), 1 that of
+the best evaluated checkpoint. In return units a band [a, b] is then
+[R_random + a (R_best - R_random), R_random + b (R_best - R_random)], so good is the best
+checkpoint itself.
 
 If no checkpoint lands in the medium or poor band, the weakest policy above the band is
 epsilon-mixed with random available actions, epsilon found by bisection on fresh
 evaluations. A band that still cannot be hit gets the closest policy found, and the
-vault metadata says so. Environments without a win condition use the mean return
-rescaled to [0, 1] over the evaluated policies instead of the win rate.
+vault metadata says so. The metadata of every level and checkpoint_evaluations.json
+record the scoring and, for "return", both anchors.
 
 The `replay` dataset spreads its episodes evenly over every saved checkpoint (sampled
 acting), like the replay buffer of the whole run.
@@ -61,7 +72,9 @@ DEFAULT_CHECKPOINTS = 20
 DEFAULT_EVAL_EPISODES = 128
 EPSILON_SEARCH_STEPS = 6
 # Seed offsets, so evaluation, the epsilon search and each dataset use their own streams.
-EVAL_SEED, SEARCH_SEED, LEVEL_SEED, REPLAY_SEED = 1_000, 2_000, 3_000, 4_000
+EVAL_SEED, SEARCH_SEED, LEVEL_SEED, REPLAY_SEED, RANDOM_SEED = 1_000, 2_000, 3_000, 4_000, 5_000
+# Below this best checkpoint win rate (the medium band's lower edge), score by return.
+WIN_SCORING_MIN = QUALITY_BANDS["medium"][0]
 
 
 @dataclass(frozen=True)
@@ -71,7 +84,7 @@ class Behaviour:
     env_steps: int
     greedy: bool
     epsilon: float
-    score: float  # win rate, or rescaled mean return without a win condition
+    score: float  # win rate, or mean return rescaled random -> 0, best checkpoint -> 1
     win_rate: float | None
     mean_return: float
 
@@ -122,7 +135,10 @@ class _Evaluator:
         """`seed` is the base seed; evaluations and the epsilon search offset it."""
         self.run, self.collector, self.episodes, self.seed = run, collector, episodes, seed
         self.has_win = run.env.spec.has_win
-        self.return_range = (0.0, 1.0)
+        self.scoring = "win_rate" if self.has_win else "return"
+        self.random_return: float | None = None  # the "return" anchors: score 0 ...
+        self.best_return: float | None = None  # ... and score 1
+        self.random_win_rate: float | None = None
 
     def measure(self, env_steps: int, greedy: bool, epsilon: float, seed: int) -> tuple[float | None, float]:
         collected = self.collector.collect(
@@ -131,9 +147,11 @@ class _Evaluator:
         return collected.win_rate, float(collected.returns.mean())
 
     def score(self, win_rate: float | None, mean_return: float) -> float:
-        if win_rate is not None:
+        if self.scoring == "win_rate":
+            assert win_rate is not None
             return win_rate
-        low, high = self.return_range
+        assert self.random_return is not None and self.best_return is not None
+        low, high = self.random_return, self.best_return
         return (mean_return - low) / max(high - low, 1e-8)
 
     def behaviour(self, env_steps: int, greedy: bool, epsilon: float, seed: int) -> Behaviour:
@@ -142,17 +160,47 @@ class _Evaluator:
                          mean_return)
 
     def checkpoints(self, on_done: Callable[[], None]) -> list[Behaviour]:
-        """Greedy and sampled acting of every saved checkpoint, all on the same seed."""
+        """Greedy and sampled acting of every saved checkpoint, all on the same seed, scored.
+
+        Then chooses the scoring (see the module docstring); "return" scoring also
+        measures the uniform-random policy, calling `on_done` once more.
+        """
         raw = []
         for env_steps in self.run.steps:
             for greedy in (True, False):
                 measured = self.measure(env_steps, greedy, 0.0, self.seed + EVAL_SEED)
                 raw.append((env_steps, greedy, *measured))
                 on_done()
-        if not self.has_win:
-            returns = [mean_return for *_, mean_return in raw]
-            self.return_range = (min(returns), max(returns))
+        best_win = max((w for _, _, w, _ in raw if w is not None), default=None)
+        if best_win is None or best_win < WIN_SCORING_MIN:
+            self.scoring = "return"
+            # epsilon = 1: every action uniform over the available ones, whatever the params.
+            self.random_win_rate, self.random_return = self.measure(
+                self.run.steps[-1], True, 1.0, self.seed + RANDOM_SEED
+            )
+            on_done()
+            self.best_return = max(mean_return for *_, mean_return in raw)
         return [Behaviour(s, g, 0.0, self.score(w, r), w, r) for s, g, w, r in raw]
+
+    def scoring_metadata(self) -> dict[str, Any]:
+        """How behaviours were scored: "win_rate", or "return" with its two anchors."""
+        if self.scoring == "win_rate":
+            return {"scoring": "win_rate"}
+        return {
+            "scoring": "return",
+            "score_0_return": self.random_return,  # the uniform-random policy
+            "score_1_return": self.best_return,  # the best evaluated checkpoint
+            "random_policy_win_rate": self.random_win_rate,
+            "random_policy_seed": self.seed + RANDOM_SEED,
+        }
+
+    def band_in_returns(self, band: tuple[float, float]) -> list[float] | None:
+        """A score band in mean-return units, rounded to 4 decimals ("return" scoring only)."""
+        if self.scoring == "win_rate":
+            return None
+        assert self.random_return is not None and self.best_return is not None
+        span = self.best_return - self.random_return
+        return [round(self.random_return + edge * span, 4) for edge in band]
 
 
 def _in_band(score: float, band: tuple[float, float]) -> bool:
@@ -202,12 +250,18 @@ def _search_epsilon(
     return best
 
 
-def _level_metadata(level: str, behaviour: Behaviour, note: str, eval_episodes: int) -> dict[str, Any]:
+def _level_metadata(
+    level: str, behaviour: Behaviour, note: str, evaluator: _Evaluator
+) -> dict[str, Any]:
+    returns_band = evaluator.band_in_returns(QUALITY_BANDS[level])
     return {
         "quality": level,
         "quality_band": list(QUALITY_BANDS[level]),
+        **({} if returns_band is None else {"quality_band_return": returns_band}),
+        **evaluator.scoring_metadata(),
         "selection": note,
-        "selection_eval_episodes": eval_episodes,
+        "selection_eval_episodes": evaluator.episodes,
+        "selection_eval_score": behaviour.score,
         "selection_eval_win_rate": behaviour.win_rate,
         "selection_eval_return": behaviour.mean_return,
     }
@@ -240,10 +294,11 @@ def _fmt(value: float | None) -> str:
 def _print_results(vault: Path) -> None:
     """A table of the datasets with their measured win rates, then how each was chosen."""
     table = Table(title=f"datasets in {vault}")
-    for column in ("uid", "band", "checkpoint", "acting", "eps", "eval win", "data win",
-                   "return", "episodes"):
+    for column in ("uid", "band", "checkpoint", "acting", "eps", "eval score", "eval win",
+                   "data win", "return", "episodes"):
         table.add_column(column)
     notes = []
+    scoring = None
     for uid in [*QUALITY_BANDS, REPLAY_UID]:
         if uid not in list_uids(vault):
             continue
@@ -256,6 +311,7 @@ def _print_results(vault: Path) -> None:
             f"all {len(meta.get('checkpoints', []))}" if checkpoint is None else f"{checkpoint:,}",
             str(meta.get("acting")),
             f"{meta.get('epsilon', 0.0):.2f}",
+            _fmt(meta.get("selection_eval_score")),
             _fmt(meta.get("selection_eval_win_rate")),
             _fmt(meta.get("win_rate")),
             _fmt(meta.get("mean_return")),
@@ -263,6 +319,13 @@ def _print_results(vault: Path) -> None:
         )
         if "selection" in meta:
             notes.append(f"{uid}: {meta['selection']}")
+            scoring = scoring or meta
+    if scoring is not None and scoring.get("scoring") == "return":
+        notes.insert(0, "score: mean return rescaled, uniform-random policy "
+                        f"{scoring['score_0_return']:.3f} -> 0, best checkpoint "
+                        f"{scoring['score_1_return']:.3f} -> 1")
+    elif scoring is not None and scoring.get("scoring") == "win_rate":
+        notes.insert(0, "score: win rate")
     # Wide enough for every column when stdout is a file or pipe (rich assumes 80 there).
     console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(table)
@@ -323,10 +386,17 @@ def _build_levels(
             task = progress.add_task("evaluate checkpoints", total=2 * len(run.steps) * eval_episodes,
                                      stats="")
             candidates = evaluator.checkpoints(lambda: progress.advance(task, eval_episodes))
+            if evaluator.scoring == "return":
+                progress.update(task, total=(2 * len(run.steps) + 1) * eval_episodes)
+                span = (evaluator.best_return or 0.0) - (evaluator.random_return or 0.0)
+                if span <= 0:
+                    console.print("[yellow]no checkpoint beats the uniform-random policy's mean "
+                                  "return: the quality levels cannot be told apart")
             atomic_write_json(vault / EVALUATIONS_FILE, {
                 "source_run": str(run.run_dir.resolve()),
                 "episodes_each": eval_episodes,
                 "seed": seed + EVAL_SEED,
+                **evaluator.scoring_metadata(),
                 "evaluations": [asdict(b) for b in candidates],
             })
         for uid in todo:
@@ -352,7 +422,7 @@ def _build_levels(
                 origin = {
                     **provenance(run, behaviour.env_steps, behaviour.greedy, behaviour.epsilon,
                                  level_seed),
-                    **_level_metadata(uid, behaviour, note, eval_episodes),
+                    **_level_metadata(uid, behaviour, note, evaluator),
                 }
             write_vault(collected.dataset, vault, uid, {**origin, **outcome_metadata(collected)})
             write_dataset_card(vault, uid)
