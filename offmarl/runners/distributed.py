@@ -32,6 +32,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import ray
 
 from offmarl.errors import ConfigError
 from offmarl.experiment import Experiment, experiment_from_dict
@@ -64,8 +65,6 @@ def connect_ray(address: str | None, workers: int) -> None:
     Fails with a ConfigError within about CONNECT_TIMEOUT_S when the address does not
     answer, and when the cluster has fewer CPUs than workers.
     """
-    import ray
-
     if ray.is_initialized():
         return
     quiet = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
@@ -205,8 +204,6 @@ class DistributedTrainer:
 
     def train(self, state: TrainState, num_updates: int) -> tuple[TrainState, EpisodeStats, dict]:
         """`num_updates` learner updates, each on the next unroll any worker delivers."""
-        import ray
-
         version = int(state.update)
         if not self.published or self.published[-1][0] != version:
             self._publish(state.params, version)
@@ -220,7 +217,7 @@ class DistributedTrainer:
         before = self.counts.copy()
         try:
             for _ in range(num_updates):
-                (rollout, unroll_episodes, behaviour_version, seconds), worker, depth = self._next_unroll(ray)
+                (rollout, unroll_episodes, behaviour_version, seconds), worker, depth = self._next_unroll()
                 self.counts.produced += 1
                 lag = version - behaviour_version
                 start = time.perf_counter()
@@ -281,8 +278,6 @@ class DistributedTrainer:
 
     def shutdown(self) -> None:
         """Count the unrolls still in flight, stop the workers and leave Ray."""
-        import ray
-
         if self.in_flight:
             ready, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight),
                                 timeout=DRAIN_TIMEOUT_S)
@@ -302,20 +297,16 @@ class DistributedTrainer:
 
     # -- pieces ----------------------------------------------------------------
     def _publish(self, params: Any, version: int) -> None:
-        import ray
-
         self.published.append((version, ray.put(jax.device_get(params))))
 
     def _start_workers(self, version: int) -> None:
-        import ray
-
-        self.workers = [self._new_worker(ray, index, version) for index in range(self.cfg.workers)]
+        self.workers = [self._new_worker(index, version) for index in range(self.cfg.workers)]
         self.pids = ray.get([worker.pid.remote() for worker in self.workers])
         self._write_pids()
         for index in range(self.cfg.workers):
             self._submit(index)
 
-    def _new_worker(self, ray: Any, index: int, version: int) -> Any:
+    def _new_worker(self, index: int, version: int) -> Any:
         actor = ray.remote(num_cpus=1, max_restarts=0)(RolloutWorker)
         return actor.remote(self.experiment, index, version + 1_000_003 * self.restarts[index])
 
@@ -329,17 +320,17 @@ class DistributedTrainer:
         self.in_flight[self.workers[index].unroll.remote(params, version)] = index
         self.counts.submitted += 1
 
-    def _restart(self, ray: Any, index: int) -> None:
+    def _restart(self, index: int) -> None:
         self.restarts[index] += 1
         self.counts.worker_restarts += 1
         if self.restarts[index] > MAX_RESTARTS_PER_WORKER:
             raise RuntimeError(f"worker {index} died {self.restarts[index]} times; giving up")
         ray.kill(self.workers[index])
-        self.workers[index] = self._new_worker(ray, index, self.published[-1][0])
+        self.workers[index] = self._new_worker(index, self.published[-1][0])
         self.pids[index] = ray.get(self.workers[index].pid.remote())
         self._write_pids()
 
-    def _next_unroll(self, ray: Any) -> tuple[tuple, int, int]:
+    def _next_unroll(self) -> tuple[tuple, int, int]:
         """The first finished unroll, its worker and the queue depth (how many other
         finished unrolls wait for the learner). Dead workers are replaced on the way."""
         while True:
@@ -350,7 +341,7 @@ class DistributedTrainer:
                 result = ray.get(ready[0])
             except ray.exceptions.RayActorError:
                 self.counts.lost += 1
-                self._restart(ray, index)
+                self._restart(index)
                 self._submit(index)
                 continue
             self._submit(index)
