@@ -14,8 +14,6 @@ Writes is_ablation.json, is_ablation.md and is_ablation.png under --out. Usage:
 from __future__ import annotations
 
 import argparse
-import io
-import json
 from pathlib import Path
 
 import matplotlib
@@ -25,7 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from offmarl.experiment import resolve_experiment  # noqa: E402
-from offmarl.runners.online import OnlineRun  # noqa: E402
+from offmarl.runners.online import train_or_resume  # noqa: E402
+from offmarl.evaluation.plots import save_figure  # noqa: E402
 from offmarl.utils.files import atomic_write_bytes, atomic_write_json  # noqa: E402
 from timing import machine  # noqa: E402
 
@@ -36,15 +35,8 @@ def run_setting(env: str, setting: dict, weights: bool, seed: int, budget: dict,
     """Train (or reuse) one run; returns its summary."""
     name = "_".join(f"{k}{v}" for k, v in setting.items())
     run_dir = runs / f"{env.replace(':', '_')}_{name}_{'is' if weights else 'nois'}_s{seed}"
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file() and json.loads(summary_path.read_text()).get("status") == "completed":
-        return json.loads(summary_path.read_text())
-    layers = {**budget, **setting, "importance_weights": weights}
-    if (run_dir / "config.json").is_file():
-        run = OnlineRun.resume(run_dir, quiet=True)
-    else:
-        run = OnlineRun.create(resolve_experiment("matrace", env, seed, layers), run_dir, quiet=True)
-    return run.execute()
+    experiment = resolve_experiment("matrace", env, seed, {**budget, **setting, "importance_weights": weights})
+    return train_or_resume(experiment, run_dir, quiet=True)[0]
 
 
 def describe(setting: str, arm: str, summaries: list[dict], fused_lag: int | None) -> dict:
@@ -86,10 +78,7 @@ def write_outputs(rows: list[dict], out: Path, info: dict) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(out / "is_ablation.png", buffer.getvalue())
+    save_figure(fig, out / "is_ablation.png")
     print("\n".join(lines), flush=True)
 
 

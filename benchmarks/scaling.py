@@ -13,7 +13,6 @@ for reference. Writes scaling.json, scaling.md and scaling.png under --out. Usag
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import time
 from pathlib import Path
@@ -27,9 +26,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from offmarl.config import parse_overrides  # noqa: E402
 from offmarl.experiment import resolve_experiment  # noqa: E402
 from offmarl.runners.distributed import DistributedTrainer  # noqa: E402
+from offmarl.evaluation.plots import save_figure  # noqa: E402
 from offmarl.runners.fused import FusedTrainer  # noqa: E402
 from offmarl.utils.files import atomic_write_bytes, atomic_write_json  # noqa: E402
-from timing import machine  # noqa: E402
+from timing import machine, time_it  # noqa: E402
 
 
 def ray_throughput(env: str, workers: int, overrides: dict, updates: int, warmup: int,
@@ -60,10 +60,8 @@ def fused_throughput(env: str, overrides: dict, updates: int) -> float:
     built_env, algo = experiment.build()
     trainer = FusedTrainer(experiment.run_config, algo, built_env)
     state = trainer.init(jax.random.PRNGKey(0))
-    jax.block_until_ready(trainer.train(state, updates))
-    start = time.perf_counter()
-    jax.block_until_ready(trainer.train(state, updates))
-    return updates * experiment.run_config.steps_per_update / (time.perf_counter() - start)
+    seconds = time_it(lambda: trainer.train(state, updates), repeats=1)
+    return updates * experiment.run_config.steps_per_update / seconds
 
 
 def write_outputs(rows: list[dict], fused_sps: float, out: Path, info: dict) -> None:
@@ -89,10 +87,7 @@ def write_outputs(rows: list[dict], fused_sps: float, out: Path, info: dict) -> 
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(out / "scaling.png", buffer.getvalue())
+    save_figure(fig, out / "scaling.png")
     print("\n".join(lines))
 
 

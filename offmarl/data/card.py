@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from offmarl.data.dataset import OfflineDataset
 from offmarl.data.vault import load_vault, vault_metadata
 from offmarl.envs import smax
+from offmarl.evaluation.plots import plt, save_figure
 from offmarl.utils.files import atomic_write_bytes
 
 def episode_wins(dataset: OfflineDataset, env_name: str | None) -> np.ndarray | None:
@@ -49,10 +47,8 @@ def dataset_stats(dataset: OfflineDataset, env_name: str | None) -> dict[str, An
     }
 
 
-def _histogram_png(returns: np.ndarray, title: str) -> bytes:
-    figure = Figure(figsize=(6, 3.5))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
+def _plot_histogram(returns: np.ndarray, title: str, path: Path) -> None:
+    figure, axes = plt.subplots(figsize=(6, 3.5))
     axes.hist(returns, bins=min(40, max(5, returns.size // 10)), color="tab:blue", alpha=0.8)
     axes.axvline(float(returns.mean()), color="black", linestyle="--", label="mean")
     axes.set_xlabel("episode return")
@@ -60,9 +56,7 @@ def _histogram_png(returns: np.ndarray, title: str) -> bytes:
     axes.set_title(title)
     axes.legend()
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    return buffer.getvalue()
+    save_figure(figure, path, dpi=110)
 
 
 def _cell(value: Any) -> str:
@@ -133,7 +127,7 @@ def write_dataset_card(path: str | Path, uid: str, out_dir: str | Path | None = 
     out = Path(out_dir) if out_dir is not None else path
     name = f"{path.name}:{uid}"
     image = f"{uid}_returns.png"
-    atomic_write_bytes(out / image, _histogram_png(dataset.episode_returns(), f"{name} returns"))
+    _plot_histogram(dataset.episode_returns(), f"{name} returns", out / image)
     card = out / f"{uid}.md"
     atomic_write_bytes(card, _card_markdown(name, stats, metadata, image).encode())
     return card

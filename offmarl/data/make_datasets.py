@@ -31,7 +31,6 @@ acting), like the replay buffer of the whole run.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -111,16 +110,13 @@ def dense_checkpoint_experiment(
 
 def train_run(experiment: Experiment, run_dir: Path, console: Console, quiet: bool) -> None:
     """Train `experiment` into `run_dir`, resuming it if it was interrupted before."""
-    from offmarl.runners.online import OnlineRun
+    from offmarl.runners.online import train_or_resume
 
-    summary = run_dir / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text()).get("status") == "completed":
+    summary, reused = train_or_resume(experiment, run_dir, quiet)
+    if reused:
         console.print(f"reusing the finished run {run_dir}")
         return
-    if (run_dir / "config.json").is_file():
-        status = OnlineRun.resume(run_dir, quiet=quiet).execute()["status"]
-    else:
-        status = OnlineRun.create(experiment, run_dir, quiet=quiet).execute()["status"]
+    status = summary["status"]
     if status == "interrupted":
         console.print("interrupted: run the same command again to resume training")
         raise SystemExit(130)

@@ -1,8 +1,9 @@
-"""Learning-curve plots from a run's metrics.jsonl."""
+"""Plots of runs (learning curves, policy-lag histograms), written atomically as PNG."""
 
 from __future__ import annotations
 
 import io
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +12,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from offmarl.utils.files import atomic_write_bytes  # noqa: E402
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 100) -> None:
+    """Write `fig` as a PNG at `path` atomically, then release it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
 
 _SERIES = [("eval_greedy", "eval (greedy)"), ("eval_sampled", "eval (sampled)"), ("train", "train episodes")]
 
@@ -37,7 +46,17 @@ def plot_learning_curve(
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(fig, path)
+
+
+def plot_lag_histogram(histogram: Counter, path: str | Path) -> None:
+    """Bar chart of how many updates saw each policy lag."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    if histogram:
+        lags = sorted(histogram)
+        ax.bar(lags, [histogram[k] for k in lags])
+    ax.set_xlabel("policy lag (learner version - behaviour version)")
+    ax.set_ylabel("updates")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    save_figure(fig, path)

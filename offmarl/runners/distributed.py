@@ -18,7 +18,6 @@ from: drained at the end, or part of an update chunk cut short by Ctrl-C).
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import socket
@@ -35,9 +34,10 @@ import numpy as np
 import ray
 
 from offmarl.errors import ConfigError
+from offmarl.evaluation.plots import plot_lag_histogram
 from offmarl.experiment import Experiment, experiment_from_dict
 from offmarl.runners.fused import EpisodeStats, FusedTrainer, TrainState
-from offmarl.utils.files import atomic_write_bytes, atomic_write_json
+from offmarl.utils.files import atomic_write_json
 
 CONNECT_TIMEOUT_S = 15.0
 """A Ray address that does not answer within this time is reported as bad input."""
@@ -185,7 +185,6 @@ class DistributedTrainer:
                  ray_address: str | None = None, run_dir: Path | None = None) -> None:
         self.cfg = experiment.run_config
         self.learner = learner
-        self.steps_per_update = self.cfg.steps_per_update
         self.experiment = experiment.to_dict(env_settings)
         self.ray_address = ray_address
         self.run_dir = run_dir
@@ -229,7 +228,7 @@ class DistributedTrainer:
                 self._publish(state.params, version)
                 lags.append(lag)
                 depths.append(depth)
-                worker_steps[worker] += self.steps_per_update
+                worker_steps[worker] += self.cfg.steps_per_update
                 worker_seconds[worker] += seconds
                 episodes = EpisodeStats(*(a + float(b) for a, b in zip(episodes, unroll_episodes)))
                 for key, value in metrics.items():
@@ -244,7 +243,7 @@ class DistributedTrainer:
         metrics.update(
             lag_mean=float(np.mean(lags)), lag_max=float(np.max(lags)),
             queue_depth_mean=float(np.mean(depths)),
-            learner_steps_per_second=num_updates * self.steps_per_update / max(learn_seconds, 1e-9),
+            learner_steps_per_second=num_updates * self.cfg.steps_per_update / max(learn_seconds, 1e-9),
         )
         for index in range(self.cfg.workers):
             if worker_seconds[index] > 0:
@@ -260,15 +259,17 @@ class DistributedTrainer:
             self.counts.settle_in_flight()
 
     def summary(self) -> dict:
+        counts = self.counts.to_dict()
+        lag_histogram = counts.pop("lag_histogram")
         hist = self.counts.lag_histogram
         total = sum(hist.values())
         return {
             "workers": self.cfg.workers,
             "ray_address": self.ray_address or "local",
-            "unrolls": {k: v for k, v in self.counts.to_dict().items() if k != "lag_histogram"},
+            "unrolls": counts,
             "lag_mean": sum(k * v for k, v in hist.items()) / total if total else None,
             "lag_max": max(hist) if hist else None,
-            "lag_histogram": self.counts.to_dict()["lag_histogram"],
+            "lag_histogram": lag_histogram,
         }
 
     def close(self, run_dir: Path) -> None:
@@ -347,23 +348,3 @@ class DistributedTrainer:
             self._submit(index)
             return result, index, len(waiting) - 1
 
-
-def plot_lag_histogram(histogram: Counter, path: Path) -> None:
-    """Bar chart of how many updates saw each policy lag."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    if histogram:
-        lags = sorted(histogram)
-        ax.bar(lags, [histogram[k] for k in lags])
-    ax.set_xlabel("policy lag (learner version - behaviour version)")
-    ax.set_ylabel("updates")
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())

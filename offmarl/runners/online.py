@@ -3,6 +3,7 @@ checkpoints, progress display, resume, and a clean stop on Ctrl-C or NaN."""
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,6 +245,18 @@ class OnlineRun:
             ),
             "device": jax.devices()[0].device_kind,
         }
+
+
+def train_or_resume(experiment: Experiment, run_dir: Path, quiet: bool = False) -> tuple[dict, bool]:
+    """The summary of the run in `run_dir`, and whether it was reused: a completed run is
+    reused, a started one resumed from its last checkpoint, otherwise `experiment` is
+    trained there."""
+    summary = run_dir / "summary.json"
+    if summary.is_file() and (finished := json.loads(summary.read_text())).get("status") == "completed":
+        return finished, True
+    if (run_dir / "config.json").is_file():
+        return OnlineRun.resume(run_dir, quiet=quiet).execute(), False
+    return OnlineRun.create(experiment, run_dir, quiet=quiet).execute(), False
 
 
 def evaluate_run(run_dir: str | Path, episodes: int, checkpoint: str = "latest", seed: int | None = None) -> dict:
