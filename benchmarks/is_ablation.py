@@ -8,7 +8,9 @@ compared. The paper's claim (section 3.3): without the weights, learning degrade
 lag grows. Finished runs are reused, so an interrupted sweep continues where it stopped.
 Writes is_ablation.json, is_ablation.md and is_ablation.png under --out. Usage:
 
-    python benchmarks/is_ablation.py --env smax:3m --lags 0,8,32 --workers 2 --seeds 3
+    python benchmarks/is_ablation.py --env smax:3m --lags 0,8,32 --workers 2 --seeds 3 [key=value ...]
+
+Trailing key=value words override config fields for every run, as in `offmarl train`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from offmarl.config import parse_overrides  # noqa: E402
 from offmarl.experiment import resolve_experiment  # noqa: E402
 from offmarl.runners.online import train_or_resume  # noqa: E402
 from offmarl.evaluation.plots import save_figure  # noqa: E402
@@ -91,14 +94,16 @@ def main() -> None:
     parser.add_argument("--env-steps", type=int, default=3_000_000)
     parser.add_argument("--final-eval-episodes", type=int, default=128)
     parser.add_argument("--out", default="benchmarks/results/is_ablation")
+    parser.add_argument("overrides", nargs="*", help="config fields for every run, e.g. lr=5e-4")
     args = parser.parse_args()
     settings = [{"policy_lag": int(lag)} for lag in args.lags.split(",") if lag]
     settings += [{"workers": int(k)} for k in args.workers.split(",") if k]
     if args.seeds < 1 or not settings:
         parser.error("need --seeds >= 1 and at least one lag or worker setting")
     out = Path(args.out)
-    budget = {"env_steps": args.env_steps, "final_eval_episodes": args.final_eval_episodes}
-    info = {"env": args.env, "env_steps": args.env_steps, "seeds": args.seeds, **machine()}
+    overrides = parse_overrides(args.overrides)
+    budget = {**overrides, "env_steps": args.env_steps, "final_eval_episodes": args.final_eval_episodes}
+    info = {"env": args.env, "env_steps": args.env_steps, "seeds": args.seeds, "overrides": overrides, **machine()}
     rows = []
     for setting in settings:
         label = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in setting.items())

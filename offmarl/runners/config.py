@@ -14,17 +14,17 @@ MAX_WORKERS = 1024
 class OnlineConfig:
     """How an online run collects data, optimises, evaluates and saves."""
 
-    env_steps: int = 20_000_000
+    env_steps: int = 16_000_000
     """Budget of training environment steps (summed over parallel environments)."""
     num_envs: int = 128
     """Parallel environments stepped in one vmapped batch."""
     unroll_length: int = 32
     """Steps per unroll; each update consumes num_envs x unroll_length transitions."""
-    num_epochs: int = 1
-    """Passes over each batch of unrolls."""
+    num_epochs: int = 2
+    """Passes over each batch of unrolls; V-trace corrects the staleness of later passes."""
     num_minibatches: int = 8
     """Minibatches per pass, split along the environment axis (unrolls stay whole)."""
-    lr: float = 5e-4
+    lr: float = 1e-3
     """Adam learning rate."""
     anneal_lr: bool = True
     """Decay the learning rate linearly to zero over the run."""
