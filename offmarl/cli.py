@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
-from typing import TYPE_CHECKING, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from offmarl import __version__
 from offmarl.errors import ConfigError
 
 if TYPE_CHECKING:
-    from offmarl.runners.offline import OfflineRun
-    from offmarl.runners.online import OnlineRun
+    from offmarl.runners.loop import RunLoop
 
 EXIT_BAD_INPUT = 2
 
@@ -23,59 +26,103 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except where the default is 'not given'."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _count(flag: str):
+    """An argparse type for step and episode counts: 300000, 3e5 and 300_000 alike."""
+    def parse(text: str) -> int:
+        from offmarl.config import parse_count
+
+        try:
+            return parse_count(flag, text)
+        except ConfigError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return parse
+
+
+def _defaults() -> tuple[Any, Any]:
+    from offmarl.runners.config import OfflineConfig, OnlineConfig
+
+    return OnlineConfig(), OfflineConfig()
+
+
 def _build_parser() -> argparse.ArgumentParser:
+    online, offline_cfg = _defaults()
     parser = _Parser(prog="offmarl", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"offmarl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    sub.add_parser("envs", help="list environment names")
-    sub.add_parser("algos", help="list algorithms")
+    def command(name: str, text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=text, description=text, formatter_class=_Help)
 
-    train = sub.add_parser("train", help="train online (MA-Trace) into a run directory")
-    train.add_argument("--algo", default="matrace", help="algorithm name (see `offmarl algos`)")
+    command("envs", "list environment names")
+    command("algos", "list algorithms")
+    config = command("config", "print every config key of an algorithm and its runner, with "
+                               "default and docstring")
+    config.add_argument("--algo", required=True, help="algorithm name (see `offmarl algos`)")
+
+    train = command("train", "train online (MA-Trace) into a run directory")
+    train.add_argument("--algo", help="algorithm name (see `offmarl algos`); default matrace")
     train.add_argument("--env", help="environment, e.g. smax:3m (see `offmarl envs`)")
-    train.add_argument("--env-steps", type=int, help="training environment-step budget")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--env-steps", type=_count("--env-steps"),
+                       help=f"training environment-step budget, e.g. 16e6 (default {online.env_steps:,}; "
+                            "rounded down to whole updates of num_envs x unroll_length). With --resume: "
+                            "a new budget for the run")
+    train.add_argument("--seed", type=int, help="random seed (default 0)")
     train.add_argument("--out", help="new run directory (default runs/<algo>_<env>_s<seed>)")
-    train.add_argument("--critic", help="critic input: obs, state or decentralised")
-    train.add_argument("--num-envs", type=int, help="parallel environments")
-    train.add_argument("--policy-lag", type=int, help="act with parameters K updates old")
+    train.add_argument("--critic", help="critic input: obs, state or decentralised (MA-Trace)")
+    train.add_argument("--num-envs", type=int, help=f"parallel environments (default {online.num_envs})")
+    train.add_argument("--policy-lag", type=int, help="act with parameters K updates old (default 0)")
     train.add_argument("--workers", type=int,
                        help="Ray rollout workers feeding one learner (default 0: fused single process)")
     train.add_argument("--ray-address", help="join the Ray cluster at HOST:PORT or 'auto' "
                        "(default: start a local Ray instance); also with --resume")
     train.add_argument("--no-importance-weights", action="store_true",
                        help="set every importance ratio to 1 (ablation)")
-    train.add_argument("--config", help="JSON or TOML file of config fields")
-    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
-    train.add_argument("--quiet", action="store_true", help="no progress display")
-    train.add_argument("overrides", nargs="*", metavar="key=value", help="config field overrides")
+    train.add_argument("--config", help="JSON or TOML file of config fields ([algo] and [run] sections)")
+    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress display (errors still show)")
+    train.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config field overrides (see `offmarl config --algo NAME`)")
 
-    evaluate = sub.add_parser("eval", help="evaluate a run's saved policy (greedy and sampled)")
+    evaluate = command("eval", "evaluate a run's saved policy (greedy and sampled), online or offline")
     evaluate.add_argument("--run", required=True, help="run directory")
-    evaluate.add_argument("--episodes", type=int, default=256)
-    evaluate.add_argument("--checkpoint", default="latest", help="latest or an env-step count")
+    evaluate.add_argument("--episodes", type=_count("--episodes"), default=256)
+    evaluate.add_argument("--checkpoint", default="latest", help="latest or a step count")
     evaluate.add_argument("--seed", type=int, help="evaluation seed (default: the run's)")
 
-    offline = sub.add_parser("offline", help="train from a fixed dataset into a run directory")
+    offline = command("offline", "train from a fixed dataset into a run directory")
     offline.add_argument("--algo", help="offline algorithm (see `offmarl algos`)")
     offline.add_argument("--dataset", help="VAULT[:uid], or a built-in dataset name of the game")
-    offline.add_argument("--env", help="environment the policy is evaluated in, e.g. smax:3m")
-    offline.add_argument("--steps", type=int, help="training iterations")
-    offline.add_argument("--seed", type=int, default=0)
-    offline.add_argument("--out", help="new run directory (default runs/offline_<algo>_<env>_s<seed>)")
-    offline.add_argument("--config", help="JSON or TOML file of config fields")
-    offline.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
-    offline.add_argument("--quiet", action="store_true", help="no progress display")
-    offline.add_argument("overrides", nargs="*", metavar="key=value", help="config field overrides")
+    offline.add_argument("--env", help="environment the policy is evaluated in, e.g. smax:3m "
+                         "(default: the env recorded in the vault)")
+    offline.add_argument("--steps", type=_count("--steps"),
+                         help=f"training iterations (default {offline_cfg.steps:,}). With --resume: a new "
+                              "budget for the run")
+    offline.add_argument("--seed", type=int, help="random seed (default 0)")
+    offline.add_argument("--out", help="new run directory (default runs/offline_<algo>_<env>_<dataset>_s<seed>)")
+    offline.add_argument("--config", help="JSON or TOML file of config fields ([algo] and [run] sections)")
+    offline.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint")
+    offline.add_argument("--quiet", action="store_true", help="no progress display (errors still show)")
+    offline.add_argument("overrides", nargs="*", metavar="key=value",
+                         help="config field overrides (see `offmarl config --algo NAME`)")
 
-    report = sub.add_parser("report", help="mean and 95%% CI of finished runs (e.g. several seeds)")
+    report = command("report", "statistics of runs per algorithm and environment (e.g. several seeds)")
     report.add_argument("runs", nargs="+", help="run directories")
+    report.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    collect = sub.add_parser("collect", help="record a run's saved policy into an OG-MARL vault")
-    collect.add_argument("--run", required=True, help="online run directory")
+    collect = command("collect", "record a run's saved policy into an OG-MARL vault")
+    collect.add_argument("--run", required=True, help="run directory (online or offline)")
     collect.add_argument("--checkpoint", default="latest",
-                         help="latest, best (highest periodic eval in metrics.jsonl) or an env-step count")
-    collect.add_argument("--episodes", type=int, required=True, help="whole episodes to record")
+                         help="latest, best (highest periodic eval in metrics.jsonl) or a step count")
+    collect.add_argument("--episodes", type=_count("--episodes"), required=True, help="whole episodes to record")
     collect.add_argument("--out", required=True, help="vault directory, e.g. datasets/smax_3m.vlt")
     collect.add_argument("--uid", required=True, help="dataset name inside the vault, e.g. good")
     collect.add_argument("--epsilon", type=float, default=0.0,
@@ -84,20 +131,36 @@ def _build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--seed", type=int, default=0)
     collect.add_argument("--quiet", action="store_true", help="no progress display")
 
-    make_data = sub.add_parser("make-datasets",
-                               help="train MA-Trace and record good/medium/poor/replay datasets")
+    make_data = command("make-datasets", "train MA-Trace and record good/medium/poor/replay datasets")
     make_data.add_argument("--env", required=True, help="environment, e.g. smax:3m")
     make_data.add_argument("--out", required=True, help="directory for <env>.vlt (and the run)")
     make_data.add_argument("--run", help="use this finished online run instead of training one")
-    make_data.add_argument("--episodes", type=int, default=1000, help="episodes per dataset")
-    make_data.add_argument("--env-steps", type=int, help="training budget of the new run")
+    make_data.add_argument("--episodes", type=_count("--episodes"), default=1000, help="episodes per dataset")
+    make_data.add_argument("--env-steps", type=_count("--env-steps"), help="training budget of the new run")
     make_data.add_argument("--seed", type=int, default=0)
     make_data.add_argument("--quiet", action="store_true", help="no progress display")
 
-    card = sub.add_parser("dataset-card", help="write the markdown card and return histogram of a dataset")
+    card = command("dataset-card", "write the markdown card and return histogram of a dataset")
     card.add_argument("dataset", help="VAULT[:uid]; without uid, every dataset of the vault")
     card.add_argument("--out", help="directory for the card (default: the vault directory)")
     return parser
+
+
+# -- train and offline -------------------------------------------------------------------
+RESUME_KEEPS = {"train": ("env_steps", "quiet", "ray_address"), "offline": ("steps", "quiet")}
+"""What a resumed run takes from the command line; the saved config.json has the rest."""
+
+
+def _refuse_ignored_flags(args: argparse.Namespace) -> None:
+    """With --resume, every other flag would be ignored: refuse it instead."""
+    keep = RESUME_KEEPS[args.command]
+    given = [name for name, value in vars(args).items()
+             if name not in (*keep, "command", "resume", "overrides") and value not in (None, False)]
+    if given or args.overrides:
+        what = f"--{given[0].replace('_', '-')}" if given else repr(args.overrides[0])
+        allowed = ", ".join(f"--{k.replace('_', '-')}" for k in keep)
+        raise ConfigError(f"{what} cannot be changed when resuming: {args.resume!r} keeps its saved "
+                          f"configuration (with --resume only {allowed} apply; start a new run to change it)")
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -109,68 +172,128 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, object]:
     return out
 
 
-def _execute(run: "OnlineRun | OfflineRun") -> int:
-    """Run to the end, print summary.json, and exit 0, 130 (interrupted) or 3 (diverged)."""
+def _check_seed(seed: int | None, flag: str = "--seed") -> int:
+    if seed is not None and seed < 0:
+        raise ConfigError(f"{flag}={seed} is invalid: must be >= 0")
+    return 0 if seed is None else seed
+
+
+def _execute(run: RunLoop) -> int:
+    """Run to the end, print summary.json; exit 0, 3 (diverged), 130 (SIGINT) or 143 (SIGTERM)."""
+    from offmarl.runners.loop import exit_code
+
     summary = run.execute()
     print(json.dumps(summary, indent=2))
-    return {"completed": 0, "interrupted": 130, "diverged": 3}[summary["status"]]
+    return exit_code(summary)
 
 
 def _train(args: argparse.Namespace) -> int:
     from offmarl.config import load_config_file, parse_overrides
-    from offmarl.experiment import resolve_experiment
 
     if args.ray_address is not None:
         from offmarl.runners.distributed import check_ray_address
 
         check_ray_address(args.ray_address)
     if args.resume:
+        _refuse_ignored_flags(args)
         from offmarl.runners.online import OnlineRun
 
-        run = OnlineRun.resume(args.resume, quiet=args.quiet, ray_address=args.ray_address)
-    else:
-        if not args.env:
-            raise ConfigError("--env is required (see `offmarl envs`)")
-        file_layer = load_config_file(args.config) if args.config else {}
-        experiment = resolve_experiment(
-            args.algo, args.env, args.seed, file_layer, _flag_overrides(args),
-            parse_overrides(args.overrides),
-        )
-        out = args.out or f"runs/{args.algo}_{args.env.replace(':', '_')}_s{args.seed}"
-        from offmarl.runners.online import OnlineRun
+        return _execute(OnlineRun.resume(args.resume, quiet=args.quiet, ray_address=args.ray_address,
+                                         env_steps=args.env_steps))
+    if not args.env:
+        raise ConfigError("--env is required (see `offmarl envs`)")
+    from offmarl.experiment import resolve_experiment
 
-        run = OnlineRun.create(experiment, out, quiet=args.quiet, ray_address=args.ray_address)
-    return _execute(run)
+    algo, seed = args.algo or "matrace", _check_seed(args.seed)
+    file_layer = load_config_file(args.config) if args.config else {}
+    experiment = resolve_experiment(algo, args.env, seed, file_layer, _flag_overrides(args),
+                                    parse_overrides(args.overrides))
+    out = args.out or f"runs/{algo}_{_slug(args.env)}_s{seed}"
+    from offmarl.runners.online import OnlineRun
+
+    return _execute(OnlineRun.create(experiment, out, quiet=args.quiet, ray_address=args.ray_address))
+
+
+def _slug(text: str) -> str:
+    """A flat file-name part: 'matrix:/tmp/g.json' -> 'matrix_g', 'datasets/smax_3m.vlt:good'
+    -> 'smax_3m_good'."""
+    parts = []
+    for part in text.split(":"):
+        path = Path(part)
+        parts.append(path.stem if path.suffix in (".json", ".vlt") or "/" in part else part)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(p for p in parts if p)).strip("_")
+
+
+def _vault_env(dataset: str) -> str | None:
+    """The environment a vault's metadata records for `dataset` (VAULT[:uid]), if any."""
+    from offmarl.data.vault import list_uids, parse_dataset_arg, vault_metadata
+
+    path, uid = parse_dataset_arg(dataset)
+    if not path.is_dir():
+        return None
+    uids = [uid] if uid is not None else list_uids(path)
+    envs = {vault_metadata(path, u).get("env") for u in uids if u in list_uids(path)}
+    return envs.pop() if len(envs) == 1 else None
 
 
 def _offline(args: argparse.Namespace) -> int:
     from offmarl.config import load_config_file, parse_overrides
-    from offmarl.experiment import resolve_offline_experiment
     from offmarl.runners.offline import OfflineRun
 
     if args.resume:
-        run = OfflineRun.resume(args.resume, quiet=args.quiet)
-    else:
-        missing = [flag for flag, value in (("--algo", args.algo), ("--env", args.env),
-                                            ("--dataset", args.dataset)) if not value]
-        if missing:
-            raise ConfigError(f"{', '.join(missing)} required (see `offmarl algos`, `offmarl envs`)")
-        file_layer = load_config_file(args.config) if args.config else {}
-        flags = {"steps": args.steps} if args.steps is not None else {}
-        experiment = resolve_offline_experiment(
-            args.algo, args.env, args.dataset, args.seed, file_layer, flags, parse_overrides(args.overrides)
-        )
-        out = args.out or f"runs/offline_{args.algo}_{args.env.replace(':', '_')}_s{args.seed}"
-        run = OfflineRun.create(experiment, out, quiet=args.quiet)
-    return _execute(run)
+        _refuse_ignored_flags(args)
+        return _execute(OfflineRun.resume(args.resume, quiet=args.quiet, steps=args.steps))
+    env = args.env or (_vault_env(args.dataset) if args.dataset else None)
+    missing = [flag for flag, value in (("--algo", args.algo), ("--dataset", args.dataset), ("--env", env))
+               if not value]
+    if missing:
+        hint = " (the vault records no env)" if missing == ["--env"] else ""
+        raise ConfigError(f"{', '.join(missing)} required{hint} (see `offmarl algos`, `offmarl envs`)")
+    from offmarl.experiment import resolve_offline_experiment
+
+    seed = _check_seed(args.seed)
+    file_layer = load_config_file(args.config) if args.config else {}
+    flags = {"steps": args.steps} if args.steps is not None else {}
+    experiment = resolve_offline_experiment(args.algo, env, args.dataset, seed, file_layer, flags,
+                                            parse_overrides(args.overrides))
+    out = args.out or f"runs/offline_{args.algo}_{_slug(env)}_{_slug(args.dataset)}_s{seed}"
+    return _execute(OfflineRun.create(experiment, out, quiet=args.quiet))
 
 
+# -- the other commands ---------------------------------------------------------------
 def _eval(args: argparse.Namespace) -> int:
     if args.episodes <= 0:
         raise ConfigError(f"--episodes={args.episodes} is invalid: must be a positive integer")
-    from offmarl.runners.online import evaluate_run
+    _check_seed(args.seed)
+    from offmarl.runners.saved import evaluate_run
 
     print(json.dumps(evaluate_run(args.run, args.episodes, args.checkpoint, args.seed), indent=2))
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from offmarl.algos import get_algorithm
+    from offmarl.config import field_docs
+    from offmarl.runners.config import OfflineConfig, OnlineConfig
+
+    entry = get_algorithm(args.algo)
+    run_class = OnlineConfig if entry.kind == "online" else OfflineConfig
+    for cls in (entry.config_class, run_class):
+        print(f"# {cls.__name__} ({cls.__module__})")
+        defaults, docs = cls(), field_docs(cls)
+        for name, doc in docs.items():
+            print(f"{name} = {getattr(defaults, name)!r}")
+            if doc:
+                print("    " + " ".join(doc.split()))
+        print()
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from offmarl.evaluation.aggregate import format_report, report_runs
+
+    report = report_runs(args.runs)
+    print(json.dumps(report, indent=2) if args.json else format_report(report), end="" if not args.json else "\n")
     return 0
 
 
@@ -178,7 +301,7 @@ def _collect(args: argparse.Namespace) -> int:
     from offmarl.data.collect import collect_from_run
 
     path = collect_from_run(args.run, args.checkpoint, args.episodes, args.out, args.uid,
-                            args.epsilon, args.seed, greedy=args.greedy, quiet=args.quiet)
+                            args.epsilon, _check_seed(args.seed), greedy=args.greedy, quiet=args.quiet)
     print(path)
     return 0
 
@@ -186,7 +309,7 @@ def _collect(args: argparse.Namespace) -> int:
 def _make_datasets(args: argparse.Namespace) -> int:
     from offmarl.data.make_datasets import make_datasets
 
-    make_datasets(args.env, args.out, run_dir=args.run, episodes=args.episodes, seed=args.seed,
+    make_datasets(args.env, args.out, run_dir=args.run, episodes=args.episodes, seed=_check_seed(args.seed),
                   env_steps=args.env_steps, quiet=args.quiet)
     return 0
 
@@ -203,41 +326,47 @@ def _dataset_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_envs(_: argparse.Namespace) -> int:
+    from offmarl.envs import list_envs
+
+    print("\n".join(list_envs()))
+    return 0
+
+
+def _list_algos(_: argparse.Namespace) -> int:
+    from offmarl.algos import ALGORITHMS
+
+    for name, entry in ALGORITHMS.items():
+        print(f"{name}\t{entry.kind}\t{entry.description}")
+    return 0
+
+
+_COMMANDS = {"envs": _list_envs, "algos": _list_algos, "config": _config, "train": _train,
+             "offline": _offline, "report": _report, "collect": _collect, "make-datasets": _make_datasets,
+             "dataset-card": _dataset_card, "eval": _eval}
+_QUICK = ("envs", "algos", "config", "report")
+"""Commands that compile nothing, so they skip JAX's compilation cache set-up."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    from offmarl.utils.compile_cache import enable_compile_cache
-
-    enable_compile_cache()
     try:
-        if args.command == "envs":
-            from offmarl.envs import list_envs
+        if args.command not in _QUICK:
+            from offmarl.utils.compile_cache import enable_compile_cache
 
-            print("\n".join(list_envs()))
-            return 0
-        if args.command == "algos":
-            from offmarl.algos import ALGORITHMS
-
-            for name, entry in ALGORITHMS.items():
-                print(f"{name}\t{entry.kind}\t{entry.description}")
-            return 0
-        if args.command == "train":
-            return _train(args)
-        if args.command == "offline":
-            return _offline(args)
-        if args.command == "report":
-            from offmarl.evaluation.aggregate import summarise_runs
-
-            print(json.dumps(summarise_runs(args.runs), indent=2))
-            return 0
-        if args.command == "collect":
-            return _collect(args)
-        if args.command == "make-datasets":
-            return _make_datasets(args)
-        if args.command == "dataset-card":
-            return _dataset_card(args)
-        return _eval(args)
+            enable_compile_cache()
+        return _COMMANDS[args.command](args)
     except ConfigError as err:
         print(f"offmarl: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: stop quietly, as other Unix tools do.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except OSError as err:
+        where = f" {err.filename!r}" if err.filename else ""
+        print(f"offmarl: error: cannot write{where}: {err.strerror or err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

@@ -73,3 +73,32 @@ def test_env_names_listed_and_validated() -> None:
         check_env_name("smax:4m")
     with pytest.raises(ConfigError, match="unknown environment 'atari:pong'.*smax:<scenario>"):
         check_env_name("atari:pong")
+
+
+def test_static_scenario_lists_match_jaxmarl() -> None:
+    """`offmarl envs` lists SMAX maps and MPE tasks without importing JaxMARL; these
+    static lists must stay what the pinned JaxMARL offers."""
+    from importlib.metadata import version
+
+    from offmarl.envs import mpe, smax
+    from offmarl.envs.jaxmarl_adapter import quiet_import_jaxmarl
+
+    assert version("jaxmarl") == "0.2.0", "update smax.MAP_NAMES / mpe.SCENARIOS for the new JaxMARL"
+    quiet_import_jaxmarl()
+    from jaxmarl.environments.smax import map_name_to_scenario
+    from jaxmarl.environments.smax.smax_env import MAP_NAME_TO_SCENARIO
+    from jaxmarl.registration import registered_envs
+
+    assert smax.scenario_names() == list(MAP_NAME_TO_SCENARIO)
+    for map_name in smax.scenario_names():
+        map_name_to_scenario(map_name)  # the public lookup make_smax uses accepts every name
+    assert mpe.scenario_names() == ["simple_spread"]  # the cooperative tasks the adapter supports
+    for jaxmarl_id in mpe.SCENARIOS.values():
+        assert jaxmarl_id in registered_envs
+
+
+def test_matrix_names_listed_without_jax_match_matrix_module() -> None:
+    from offmarl.envs import _matrix_names, matrix
+
+    assert _matrix_names() == matrix.scenario_names()
+    assert [n for n in list_envs() if n.startswith("matrix:")] == [f"matrix:{n}" for n in _matrix_names()]

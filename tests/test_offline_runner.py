@@ -42,7 +42,7 @@ def bc_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def checkpoint_leaves(run_dir: Path, steps: int) -> list[np.ndarray]:
     raw = serialization.msgpack_restore((run_dir / "checkpoints" / f"step_{steps:012d}.msgpack").read_bytes())
-    return [raw[str(i)] for i in range(len(raw))]
+    return [raw["leaves"][str(i)] for i in range(len(raw["leaves"]))]
 
 
 def without_timing(records: list[dict]) -> list[dict]:
@@ -78,7 +78,9 @@ def test_run_directory_holds_every_artifact(bc_run: Path) -> None:
     identity = ("bc", "matrix:xor", "02_20", 1)
     assert (config["algo"], config["env"], config["dataset"], config["seed"]) == identity
     assert config["algo_config"]["hidden_sizes"] == [32, 32] and config["run_config"]["steps"] == 400
-    assert config["dataset_info"] == {"source": "builtin", "name": "02_20"}
+    info = config["dataset_info"]
+    assert {k: info[k] for k in ("source", "name")} == {"source": "builtin", "name": "02_20"}
+    assert len(info["sha256"]) == 64
 
     records = read_jsonl(bc_run / "metrics.jsonl")
     assert [r["steps"] for r in records] == [100, 200, 300, 400]
@@ -97,7 +99,9 @@ def test_run_directory_holds_every_artifact(bc_run: Path) -> None:
     assert (summary["algo"], summary["env"], summary["dataset"], summary["seed"]) == identity
     assert summary["status"] == "completed" and summary["steps"] == 400 and summary["eval_episodes"] == 8
     assert summary["updates_per_second"] > 0
-    assert summary["eval_return"] == summary["final_eval_greedy_return"]
+    # A matrix game's headline is the expected payoff of the policies, not one greedy play.
+    assert summary["eval_return"] == summary["expected_return"]
+    assert summary["final_eval_greedy_return"] == summary["greedy_return"]
     distribution = summary["joint_action_distribution"]
     assert set(distribution) == XOR_JOINT_ACTIONS
     assert sum(distribution.values()) == pytest.approx(1.0, abs=1e-5)
@@ -112,21 +116,16 @@ def test_interrupt_crash_and_resume_match_an_uninterrupted_run(
     record and retrains from 200: steps 100..400 once each, and the same records, final
     parameters and evaluation as the uninterrupted run with the same seed."""
     out = tmp_path / "resumed"
-    original = offline_runner.make_train_chunk
+    original_chunk = offline_runner.OfflineRun.train_chunk
+    calls = {"n": 0}
 
-    def interrupting_chunk(*args, **kwargs):
-        train = original(*args, **kwargs)
-        calls = {"n": 0}
+    def interrupting_chunk(self, state, done):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return original_chunk(self, state, done)
 
-        def chunk(*chunk_args):
-            calls["n"] += 1
-            if calls["n"] == 4:
-                raise KeyboardInterrupt
-            return train(*chunk_args)
-
-        return chunk
-
-    monkeypatch.setattr(offline_runner, "make_train_chunk", interrupting_chunk)
+    monkeypatch.setattr(offline_runner.OfflineRun, "train_chunk", interrupting_chunk)
     assert main([*BC_XOR, "--out", str(out)]) == 130
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps"] == 300
@@ -135,7 +134,7 @@ def test_interrupt_crash_and_resume_match_an_uninterrupted_run(
         path.unlink()
     (out / "summary.json").unlink()
 
-    monkeypatch.setattr(offline_runner, "make_train_chunk", original)
+    monkeypatch.setattr(offline_runner.OfflineRun, "train_chunk", original_chunk)
     assert main(["offline", "--resume", str(out), "--quiet"]) == 0
     records = read_jsonl(out / "metrics.jsonl")
     assert [r["steps"] for r in records] == [100, 200, 300, 400]

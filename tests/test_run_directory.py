@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from offmarl.cli import main
-from offmarl.runners.fused import FusedTrainer
+from offmarl.runners.online import OnlineRun
 from offmarl.utils.files import read_jsonl
 
 # 4 updates of 16 envs x 16 steps; an evaluation after every update.
@@ -72,25 +72,19 @@ def test_eval_rejects_a_mismatched_checkpoint(finished_run: Path, tmp_path: Path
 def test_interrupt_then_resume_continues_without_gap_or_duplicate(tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "interrupted"
     calls = {"n": 0}
-    original_init = FusedTrainer.__init__
+    original_chunk = OnlineRun.train_chunk
 
-    def init_with_interrupt(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        jitted = self.train
+    def chunk_with_interrupt(self, state, done):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original_chunk(self, state, done)
 
-        def train(state, n):
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise KeyboardInterrupt
-            return jitted(state, n)
-
-        self.train = train
-
-    monkeypatch.setattr(FusedTrainer, "__init__", init_with_interrupt)
+    monkeypatch.setattr(OnlineRun, "train_chunk", chunk_with_interrupt)
     assert main(["train", "--out", str(out), *TINY]) == 130
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["env_steps"] == 512
-    monkeypatch.setattr(FusedTrainer, "__init__", original_init)
+    monkeypatch.setattr(OnlineRun, "train_chunk", original_chunk)
     assert main(["train", "--resume", str(out), "--quiet"]) == 0
     steps = [r["env_steps"] for r in read_jsonl(out / "metrics.jsonl")]
     assert steps == [256, 512, 768, 1024]

@@ -1,44 +1,92 @@
 """Algorithm registry. Add an algorithm by writing a module with a config dataclass
 (a docstring per field, a `validate()` method) and a class implementing
-`OnlineAlgorithm` or `OfflineAlgorithm` (algos/base.py), then registering it here."""
+`OnlineAlgorithm` or `OfflineAlgorithm` (algos/base.py), then registering it here.
+
+The registry is listable without importing jax or flax: an entry's name, kind and
+description are plain strings, and its module is imported only when `config_class` or
+`build` is first read. The algorithm classes re-exported here (`MATrace`, `vtrace`, ...)
+are loaded the same way, on first access.
+"""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from offmarl.algos.bc import BC, BCConfig
-from offmarl.algos.inspo import InSPO, InSPOConfig
-from offmarl.algos.iql_cql import IQLCQL, IQLCQLConfig
-from offmarl.algos.matrace import MATrace, MATraceConfig, vtrace
-from offmarl.algos.omiga import OMIGA, OMIGAConfig
-from offmarl.envs.base import EnvSpec
 from offmarl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from offmarl.envs.base import EnvSpec
 
 Kind = Literal["online", "offline"]
 
 
 @dataclass(frozen=True)
 class AlgorithmEntry:
-    config_class: type
-    build: Callable[[Any, EnvSpec], Any]
+    """One algorithm: `config_class()` makes its default config, `build(config, spec)` the
+    algorithm. Both are looked up in `module` (imported on first access)."""
+
+    module: str
+    config_name: str
+    build_name: str
     kind: Kind
     description: str
 
+    def _load(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self.module), attr)
+
+    @property
+    def config_class(self) -> type:
+        return self._load(self.config_name)
+
+    @property
+    def build(self) -> Callable[[Any, EnvSpec], Any]:
+        return self._load(self.build_name)
+
 
 ALGORITHMS: dict[str, AlgorithmEntry] = {
-    "matrace": AlgorithmEntry(MATraceConfig, MATrace, "online",
+    "matrace": AlgorithmEntry("offmarl.algos.matrace", "MATraceConfig", "MATrace", "online",
                               "MA-Trace: multi-agent V-trace actor-critic"),
-    "bc": AlgorithmEntry(BCConfig, BC, "offline", "behaviour cloning, shared actor"),
-    "omiga": AlgorithmEntry(OMIGAConfig, OMIGA, "offline",
+    "bc": AlgorithmEntry("offmarl.algos.bc", "BCConfig", "BC", "offline",
+                         "behaviour cloning, shared actor"),
+    "omiga": AlgorithmEntry("offmarl.algos.omiga", "OMIGAConfig", "OMIGA", "offline",
                             "OMIGA: implicit global-to-local value regularisation"),
-    "inspo": AlgorithmEntry(InSPOConfig, InSPO, "offline",
+    "inspo": AlgorithmEntry("offmarl.algos.inspo", "InSPOConfig", "InSPO", "offline",
                             "InSPO: in-sample sequential policy optimisation"),
-    "iql_cql": AlgorithmEntry(IQLCQLConfig, IQLCQL, "offline",
+    "iql_cql": AlgorithmEntry("offmarl.algos.iql_cql", "IQLCQLConfig", "IQLCQL", "offline",
                               "independent Q-learning + CQL (OG-MARL baseline)"),
 }
 
 _COMMAND = {"online": "offmarl train", "offline": "offmarl offline"}
+
+# Names importable from offmarl.algos -> the module that defines them (loaded lazily).
+_LAZY = {
+    "MATrace": "offmarl.algos.matrace",
+    "MATraceConfig": "offmarl.algos.matrace",
+    "vtrace": "offmarl.algos.matrace",
+    "BC": "offmarl.algos.bc",
+    "BCConfig": "offmarl.algos.bc",
+    "InSPO": "offmarl.algos.inspo",
+    "InSPOConfig": "offmarl.algos.inspo",
+    "IQLCQL": "offmarl.algos.iql_cql",
+    "IQLCQLConfig": "offmarl.algos.iql_cql",
+    "OMIGA": "offmarl.algos.omiga",
+    "OMIGAConfig": "offmarl.algos.omiga",
+    "EnvSpec": "offmarl.envs.base",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip __getattr__
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def get_algorithm(name: str, kind: Kind | None = None) -> AlgorithmEntry:

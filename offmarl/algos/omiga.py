@@ -1,5 +1,5 @@
 """OMIGA: offline MARL with implicit global-to-local value regularisation
-(Wang et al., NeurIPS 2023), discrete-action version, following REFERENCE.md section 2.
+(Wang et al., NeurIPS 2023), discrete-action version, following docs/references.md ("OMIGA: released code").
 
 Local networks shared across agents (one-hot agent id): Q_i(o_i, .), V_i(o_i) and
 pi_i(a_i|o_i). A mixer maps the global state to weights w(s) >= 0 and a bias b(s):

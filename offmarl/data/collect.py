@@ -25,7 +25,7 @@ from offmarl.data.vault import check_uid_available, write_vault
 from offmarl.envs.base import MultiAgentEnv
 from offmarl.errors import ConfigError
 from offmarl.runners.common import progress_display
-from offmarl.runners.online import SavedRun
+from offmarl.runners.saved import SavedRun
 from offmarl.utils.checkpoint import (
     list_checkpoints,
     resolve_checkpoint,
@@ -198,7 +198,7 @@ def collect_episodes(
 
 
 def resolve_run_checkpoint(run_dir: str | Path, checkpoint: str | int) -> int:
-    """The env-step count of checkpoint `checkpoint` of a run: 'latest', 'best' or a step.
+    """The step count of checkpoint `checkpoint` of a run (online or offline): 'latest', 'best' or a step.
 
     'best' is the saved checkpoint whose periodic evaluation in metrics.jsonl (the run's
     headline eval_win_rate, or eval_return without a win condition) is highest; ties
@@ -214,8 +214,9 @@ def resolve_run_checkpoint(run_dir: str | Path, checkpoint: str | int) -> int:
     for record in read_jsonl(Path(run_dir) / "metrics.jsonl"):
         score = record.get("eval_win_rate")
         score = record.get("eval_return") if score is None else score
-        if record.get("env_steps") in saved and score is not None:
-            scored.append((score, record["env_steps"]))
+        step = record.get("env_steps", record.get("steps"))  # online runs count env steps
+        if step in saved and score is not None:
+            scored.append((score, step))
     if not scored:
         raise ConfigError(
             f"checkpoint 'best': no saved checkpoint of {str(run_dir)!r} has an evaluation in "
@@ -261,11 +262,11 @@ def collect_from_run(
     `checkpoint` is 'latest', 'best' (see `resolve_run_checkpoint`) or an env-step count.
     Every argument is checked before anything is built or compiled.
     """
-    from offmarl.runners.online import load_run
+    from offmarl.runners.common import read_run_config
 
     check_episodes(num_episodes)
     check_epsilon(epsilon)
-    load_run(run_dir)
+    read_run_config(run_dir)
     env_steps = resolve_run_checkpoint(run_dir, checkpoint)
     check_uid_available(out, uid)
     run = SavedRun.open(run_dir)

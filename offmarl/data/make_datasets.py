@@ -56,7 +56,7 @@ from offmarl.envs import check_env_name
 from offmarl.errors import ConfigError
 from offmarl.experiment import Experiment, resolve_experiment
 from offmarl.runners.common import progress_display
-from offmarl.runners.online import SavedRun
+from offmarl.runners.saved import SavedRun
 from offmarl.utils.files import atomic_write_json
 
 QUALITY_BANDS: dict[str, tuple[float, float]] = {

@@ -4,30 +4,54 @@ To add an environment family, write a module with `scenario_names()` and a
 `make_<family>(scenario)` returning a `MultiAgentEnv`, and register it below. A
 single environment without scenarios (like `bridge`) goes in `_standalone()`.
 `matrix:` also accepts a path to a game file ending in `.json`.
+
+Listing and validating names (`list_envs`, `check_env_name`) imports neither jax nor
+JaxMARL: scenario lists are static (smax.py, mpe.py) or read from the JSON game files,
+and each family's module with jax in it is imported only when an environment is built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any
 
-from offmarl.envs.base import EnvSpec, MultiAgentEnv
 from offmarl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from offmarl.envs.base import EnvSpec, MultiAgentEnv
+
+
+def _matrix_names() -> list[str]:
+    """The built-in matrix games (the same list as `matrix.scenario_names`, without jax)."""
+    names = (entry.name for entry in (resources.files("offmarl.envs") / "games").iterdir())
+    return sorted(name.removesuffix(".json") for name in names if name.endswith(".json"))
+
+
+def _make_matrix(scenario: str) -> MultiAgentEnv:
+    from offmarl.envs.matrix import make_matrix
+
+    return make_matrix(scenario)
 
 
 def _families() -> dict[str, tuple[Callable[[], list[str]], Callable[[str], MultiAgentEnv]]]:
-    from offmarl.envs import matrix, mpe, smax
+    from offmarl.envs import mpe, smax  # static name lists; jax is imported by make_* only
 
     return {
         "smax": (smax.scenario_names, smax.make_smax),
         "mpe": (mpe.scenario_names, mpe.make_mpe),
-        "matrix": (matrix.scenario_names, matrix.make_matrix),
+        "matrix": (_matrix_names, _make_matrix),
     }
 
 
-def _standalone() -> dict[str, Callable[[], MultiAgentEnv]]:
-    from offmarl.envs import bridge
+def _make_bridge() -> MultiAgentEnv:
+    from offmarl.envs.bridge import make_bridge
 
-    return {"bridge": bridge.make_bridge}
+    return make_bridge()
+
+
+def _standalone() -> dict[str, Callable[[], MultiAgentEnv]]:
+    return {"bridge": _make_bridge}
 
 
 def list_envs() -> list[str]:
@@ -68,6 +92,15 @@ def make_env(name: str) -> MultiAgentEnv:
     if not scenario:
         return _standalone()[family]()
     return _families()[family][1](scenario)
+
+
+def __getattr__(name: str) -> Any:
+    # EnvSpec and MultiAgentEnv live in base.py, which imports jax: load it on first use.
+    if name in ("EnvSpec", "MultiAgentEnv"):
+        from offmarl.envs import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["EnvSpec", "MultiAgentEnv", "check_env_name", "list_envs", "make_env"]

@@ -1,4 +1,4 @@
-"""Bridge: two agents must pass each other over a one-lane bridge (REFERENCE section 4).
+"""Bridge: two agents must pass each other over a one-lane bridge (docs/references.md, games).
 
     1ABBAA      B is blocked, every other cell is free (the digits only mark the two
     AAAAAA      goal corners). Agent 0 starts at (1, 2) and must reach (2, 5); agent 1

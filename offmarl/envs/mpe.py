@@ -1,10 +1,15 @@
-"""MPE cooperative tasks from JaxMARL (discrete actions)."""
+"""MPE cooperative tasks from JaxMARL (discrete actions).
+
+`SCENARIOS` is static, so listing it imports nothing heavy; jax and jaxmarl are imported
+only when an environment is built (tests/test_envs.py checks the ids against JaxMARL).
+"""
 
 from __future__ import annotations
 
-import jax.numpy as jnp
+from typing import TYPE_CHECKING
 
-from offmarl.envs.jaxmarl_adapter import JaxMARLAdapter, quiet_import_jaxmarl
+if TYPE_CHECKING:
+    from offmarl.envs.jaxmarl_adapter import JaxMARLAdapter
 
 # offmarl name -> JaxMARL registry id. Only fully cooperative, homogeneous tasks.
 SCENARIOS: dict[str, str] = {"simple_spread": "MPE_simple_spread_v3"}
@@ -16,6 +21,10 @@ def scenario_names() -> list[str]:
 
 def make_mpe(scenario: str) -> JaxMARLAdapter:
     """Build `mpe:<scenario>`; the global state is the concatenation of all observations."""
+    import jax.numpy as jnp
+
+    from offmarl.envs.jaxmarl_adapter import JaxMARLAdapter, quiet_import_jaxmarl
+
     jaxmarl = quiet_import_jaxmarl()
 
     env = jaxmarl.make(SCENARIOS[scenario])

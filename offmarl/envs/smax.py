@@ -1,13 +1,18 @@
-"""SMAX (JaxMARL's JAX re-implementation of SMAC) against the scripted heuristic enemy."""
+"""SMAX (JaxMARL's JAX re-implementation of SMAC) against the scripted heuristic enemy.
+
+Listing the maps imports nothing heavy: `MAP_NAMES` is a static copy of the maps JaxMARL
+0.2.0 ships (tests/test_envs.py checks it against JaxMARL). jax and jaxmarl are imported
+only when an environment is built.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
+if TYPE_CHECKING:
+    import jax
 
-from offmarl.envs.jaxmarl_adapter import JaxMARLAdapter, quiet_import_jaxmarl
+    from offmarl.envs.jaxmarl_adapter import JaxMARLAdapter
 
 # JaxMARL's own SMAX baselines use these settings; keeping them makes results comparable.
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -15,6 +20,24 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "walls_cause_death": True,
     "attack_mode": "closest",
 }
+
+# The keys of jaxmarl.environments.smax.smax_env.MAP_NAME_TO_SCENARIO (JaxMARL 0.2.0), in order.
+MAP_NAMES: tuple[str, ...] = (
+    "3m",
+    "2s3z",
+    "25m",
+    "3s5z",
+    "8m",
+    "5m_vs_6m",
+    "10m_vs_11m",
+    "27m_vs_30m",
+    "3s5z_vs_3s6z",
+    "3s_vs_5z",
+    "6h_vs_8z",
+    "smacv2_5_units",
+    "smacv2_10_units",
+    "smacv2_20_units",
+)
 
 
 def won(team_reward: Any, done: Any) -> Any:
@@ -24,15 +47,16 @@ def won(team_reward: Any, done: Any) -> Any:
 
 
 def scenario_names() -> list[str]:
-    """Every SMAX scenario JaxMARL ships."""
-    quiet_import_jaxmarl()
-    from jaxmarl.environments.smax.smax_env import MAP_NAME_TO_SCENARIO
-
-    return list(MAP_NAME_TO_SCENARIO)
+    """Every SMAX scenario JaxMARL ships (without importing JaxMARL)."""
+    return list(MAP_NAMES)
 
 
 def make_smax(map_name: str) -> JaxMARLAdapter:
     """Build `smax:<map_name>`: allies are the learning agents, the enemy is scripted."""
+    import jax.numpy as jnp
+
+    from offmarl.envs.jaxmarl_adapter import JaxMARLAdapter, quiet_import_jaxmarl
+
     jaxmarl = quiet_import_jaxmarl()
     from jaxmarl.environments.smax import map_name_to_scenario
 

@@ -21,7 +21,8 @@ def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 100) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-_SERIES = [("eval_greedy", "eval (greedy)"), ("eval_sampled", "eval (sampled)"), ("train", "train episodes")]
+_SERIES = [("eval_greedy", "eval (greedy)"), ("eval_sampled", "eval (sampled)"), ("train", "train episodes"),
+           ("expected", "expected (product of the policies)")]
 
 
 def plot_learning_curve(

@@ -190,6 +190,7 @@ class DistributedTrainer:
         self.run_dir = run_dir
         self.apply_rollout = jax.jit(learner.apply_rollout)
         self.counts = UnrollCounts()
+        self._committed = UnrollCounts()
         self.workers: list[Any] = []
         self.pids: list[int] = []
         self.restarts = [0] * self.cfg.workers
@@ -213,7 +214,6 @@ class DistributedTrainer:
         lags, depths, learn_seconds = [], [], 0.0
         worker_steps = np.zeros(self.cfg.workers)
         worker_seconds = np.zeros(self.cfg.workers)
-        before = self.counts.copy()
         try:
             for _ in range(num_updates):
                 (rollout, unroll_episodes, behaviour_version, seconds), worker, depth = self._next_unroll()
@@ -234,10 +234,7 @@ class DistributedTrainer:
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + float(value)
         except BaseException:
-            # The caller keeps the state from before this chunk: its unrolls were not learned from.
-            self.counts.consumed, self.counts.lag_histogram = before.consumed, before.lag_histogram
-            self.counts.dropped = self.counts.produced - self.counts.consumed
-            self.published.clear()
+            self.abort()
             raise
         metrics = {k: v / max(num_updates, 1) for k, v in sums.items()}
         metrics.update(
@@ -253,10 +250,23 @@ class DistributedTrainer:
     def checkpoint_meta(self) -> dict:
         return {"unroll_counts": self.counts.to_dict()}
 
+    def commit(self) -> None:
+        """The last chunk's updates became the run's state."""
+        self._committed = self.counts.copy()
+
+    def abort(self) -> None:
+        """The run keeps the state of the last commit: the unrolls learned from since then
+        count as dropped, and workers get the committed parameters from now on."""
+        self.counts.consumed = self._committed.consumed
+        self.counts.lag_histogram = self._committed.lag_histogram.copy()
+        self.counts.dropped = self.counts.produced - self.counts.consumed
+        self.published.clear()
+
     def restore(self, meta: dict) -> None:
         if "unroll_counts" in meta:
             self.counts = UnrollCounts.from_dict(meta["unroll_counts"])
             self.counts.settle_in_flight()
+        self.commit()
 
     def summary(self) -> dict:
         counts = self.counts.to_dict()

@@ -3,6 +3,7 @@ jitted update, in the PureJaxRL style. Works with any `OnlineAlgorithm`."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -175,11 +176,23 @@ class FusedTrainer:
         return state, episodes, metrics
 
     # -- what OnlineRun asks of every trainer; the fused one has nothing extra to keep -----
+    def compile(self, state: TrainState, num_updates: int) -> float:
+        """Compile `train` ahead of time for this state's shapes; returns the seconds taken."""
+        start = time.perf_counter()
+        self.train = jax.jit(self._train).lower(state, num_updates).compile()
+        return time.perf_counter() - start
+
     def checkpoint_meta(self) -> dict:
         return {}
 
     def restore(self, meta: dict) -> None:
         """Take back what `checkpoint_meta` saved."""
+
+    def commit(self) -> None:
+        """The last `train` chunk became the run's state."""
+
+    def abort(self) -> None:
+        """The last `train` chunk was discarded."""
 
     def summary(self) -> dict:
         return {}

@@ -1,9 +1,10 @@
-"""Offline training from a fixed dataset: uniform minibatches, jitted update chunks,
-periodic evaluation in the environment, checkpoints, resume, and a clean stop on
-Ctrl-C or NaN. Works with any registered offline algorithm."""
+"""Offline training from a fixed dataset on the shared run loop: uniform minibatches,
+jitted update chunks and periodic evaluation in the environment. Works with any
+registered offline algorithm."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -11,20 +12,18 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from rich.console import Console
 
 from offmarl.algos.base import OfflineAlgorithm
 from offmarl.data.dataset import OfflineDataset
 from offmarl.data.source import check_dataset_matches, load_dataset
 from offmarl.errors import ConfigError
-from offmarl.evaluation.evaluate import FINAL_EVAL_TAG, evaluate_both, make_evaluator
+from offmarl.evaluation.evaluate import evaluate_both, make_evaluator
 from offmarl.evaluation.matrix_games import matrix_game_report
 from offmarl.evaluation.plots import plot_learning_curve
 from offmarl.experiment import OfflineExperiment, offline_experiment_from_dict
-from offmarl.runners.common import TrainingDiverged, check_finite, progress_display, read_run_config
+from offmarl.runners.common import RunLock, read_run_config
+from offmarl.runners.loop import RunLoop, set_headline
 from offmarl.types import TransitionBatch
-from offmarl.utils.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from offmarl.utils.files import JsonlWriter, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 
 class DeviceDataset(NamedTuple):
@@ -93,144 +92,146 @@ def dataset_summary(data: OfflineDataset) -> dict[str, float]:
             "dataset_return_mean": float(returns.mean()), "dataset_return_std": float(returns.std())}
 
 
-def load_offline_run(run_dir: str | Path) -> OfflineExperiment:
-    return offline_experiment_from_dict(read_run_config(run_dir))
+def load_offline_run(run_dir: str | Path) -> tuple[OfflineExperiment, dict]:
+    """The experiment and raw config.json of an existing offline run directory."""
+    data = read_run_config(run_dir)
+    return offline_experiment_from_dict(data), data
 
 
-class OfflineRun:
-    """Trains one offline experiment into `out_dir`."""
+class OfflineRun(RunLoop):
+    """Trains one offline experiment into a run directory."""
 
-    def __init__(self, experiment: OfflineExperiment, out_dir: str | Path, quiet: bool = False) -> None:
-        self.exp = experiment
-        self.dir = Path(out_dir)
-        self.cfg = experiment.run_config
-        self.console = Console(quiet=quiet, stderr=True)
+    unit = "iterations"
+    step_key = "steps"
+    speed_key = "updates_per_second"
+
+    def __init__(self, experiment: OfflineExperiment, run_dir: str | Path, lock: RunLock, fresh: bool,
+                 quiet: bool = False, budget_history: list | None = None, recorded_fingerprint: str | None = None) -> None:
+        super().__init__(run_dir, lock, fresh, quiet)
+        self.exp, self.cfg = experiment, experiment.run_config
+        self.budget_history = budget_history or []
         # Load and check the data now, so a bad dataset fails before anything compiles.
         self.env, self.algo = experiment.build()
         self.data, self.dataset_info = load_dataset(experiment.env, experiment.dataset)
         check_dataset_matches(self.data, self.env.spec, experiment.dataset)
+        self.dataset_info["sha256"] = self.data.fingerprint()
+        if recorded_fingerprint is not None and recorded_fingerprint != self.dataset_info["sha256"]:
+            raise ConfigError(
+                f"dataset {experiment.dataset!r} has changed since {str(run_dir)!r} was trained on it "
+                f"(sha256 {self.dataset_info['sha256'][:12]}..., recorded {recorded_fingerprint[:12]}...); "
+                "train a new run on the new data"
+            )
+        self.is_matrix_game = hasattr(self.env, "game")
+        self.train_seconds: list[tuple[int, float]] = []
 
     @classmethod
-    def create(cls, experiment: OfflineExperiment, out_dir: str | Path, quiet: bool = False) -> "OfflineRun":
-        out = Path(out_dir)
-        if out.exists() and any(out.iterdir()):
-            raise ConfigError(f"output directory {str(out)!r} already holds files; choose a new --out "
-                              "or continue it with --resume")
-        return cls(experiment, out, quiet)
+    def create(cls, experiment: OfflineExperiment, out_dir: str | Path, quiet: bool = False) -> OfflineRun:
+        """A new run in `out_dir` (which must be empty or new)."""
+        return cls._locked(out_dir, True, lambda lock: cls(experiment, out_dir, lock, True, quiet))
 
     @classmethod
-    def resume(cls, run_dir: str | Path, quiet: bool = False) -> "OfflineRun":
-        experiment = load_offline_run(run_dir)
-        resolve_checkpoint(Path(run_dir) / "checkpoints")  # fails early if there is none
-        return cls(experiment, run_dir, quiet)
+    def resume(cls, run_dir: str | Path, quiet: bool = False, steps: int | None = None) -> OfflineRun:
+        """Continue the run in `run_dir` from its newest readable checkpoint; `steps` sets
+        a new iteration budget. The dataset must be the one the run was trained on."""
 
-    def execute(self) -> dict:
-        """Train to the iteration budget (or on from the last checkpoint); returns summary.json."""
-        cfg, spec = self.cfg, self.env.spec
-        train = make_train_chunk(self.algo, cfg.batch_size)
-        data = to_device(self.data)
-        periodic_eval = make_evaluator(self.env, self.algo, cfg.eval_episodes)
-        ckpt_dir = self.dir / "checkpoints"
+        def build(lock: RunLock) -> OfflineRun:
+            experiment, data = load_offline_run(run_dir)
+            history = list(data.get("budget_history", []))
+            if steps is not None and steps != experiment.run_config.steps:
+                run_config = dataclasses.replace(experiment.run_config, steps=steps)
+                run_config.validate()
+                history.append({"from": experiment.run_config.steps, "to": steps})
+                experiment = dataclasses.replace(experiment, run_config=run_config)
+            recorded = data.get("dataset_info", {}).get("sha256")
+            run = cls(experiment, run_dir, lock, False, quiet, history, recorded)
+            if recorded is None:
+                run.pending_warnings.append(f"{str(run_dir)!r} recorded no dataset fingerprint (made by an older "
+                                  "offmarl): the dataset cannot be checked")
+            run.check_budget(run.budget)
+            return run
+
+        return cls._locked(run_dir, False, build)
+
+    # -- the run loop's hooks --------------------------------------------------
+    @property
+    def budget(self) -> int:
+        return self.cfg.steps
+
+    @property
+    def checkpoint_interval(self) -> int:
+        return self.cfg.checkpoint_interval
+
+    @property
+    def keep_checkpoints(self) -> int:
+        return self.cfg.keep_checkpoints
+
+    def prepare(self) -> None:
+        self.train = make_train_chunk(self.algo, self.cfg.batch_size)
+        self.device_data = to_device(self.data)
+        self.periodic_eval = make_evaluator(self.env, self.algo, self.cfg.eval_episodes)
+        self.final_eval = make_evaluator(self.env, self.algo, self.cfg.final_eval_episodes)
+
+    def init_state(self) -> Any:
         init_rng, rng = jax.random.split(jax.random.PRNGKey(self.exp.seed))
-        carry = (self.algo.init(init_rng), rng)
-        records: list[dict] = []
-        steps, wall_offset = 0, 0.0
-        if ckpt_dir.exists():
-            steps = resolve_checkpoint(ckpt_dir)
-            carry, meta = load_checkpoint(ckpt_dir, steps, carry)
-            wall_offset = float(meta.get("wall_seconds", 0.0))
-            records = [r for r in read_jsonl(self.dir / "metrics.jsonl") if r["steps"] <= steps]
-            self.console.print(f"resuming {self.dir} from iteration {steps:,}")
-        else:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.dir / "config.json", self.exp.to_dict(self.env.settings, self.dataset_info))
-        atomic_write_jsonl(self.dir / "metrics.jsonl", records)  # drop records past the checkpoint
-        metrics_file = JsonlWriter(self.dir / "metrics.jsonl")
-        status, start, last_ckpt = "completed", time.perf_counter() - wall_offset, steps
-        train_seconds: list[tuple[int, float]] = []
-        try:
-            with progress_display(self.console, "iterations") as progress:
-                task = progress.add_task("offline", total=cfg.steps, completed=steps, stats="compiling...")
-                while steps < cfg.steps:
-                    n = min(cfg.eval_interval, cfg.steps - steps)
-                    chunk_start = time.perf_counter()
-                    state, rng, learner = train(carry[0], carry[1], n, data)
-                    learner = {k: float(v) for k, v in learner.items()}
-                    check_finite(learner, f"between iterations {steps:,} and {steps + n:,}")
-                    train_seconds.append((n, time.perf_counter() - chunk_start))
-                    carry, steps = (state, rng), steps + n
-                    params = self.algo.acting_params(state)
-                    record = {"steps": steps, "wall_seconds": round(time.perf_counter() - start, 3),
-                              "updates_per_second": n / train_seconds[-1][1], **learner,
-                              **evaluate_both(periodic_eval, params, self.exp.seed, steps)}
-                    if hasattr(self.env, "game"):
-                        record.update(matrix_game_report(self.algo, params, self.env))
-                    self._headline(record)
-                    records.append(record)
-                    metrics_file.write(record)
-                    if steps - last_ckpt >= cfg.checkpoint_interval:
-                        self._checkpoint(ckpt_dir, steps, carry, start)
-                        last_ckpt = steps
-                    progress.update(task, completed=steps, stats=self._progress_text(record))
-        except KeyboardInterrupt:
-            status = "interrupted"
-            self.console.print("[yellow]interrupted: saving a checkpoint of the last completed chunk")
-        except TrainingDiverged as err:
-            status = "diverged"
-            self.console.print(f"[red]training stopped: {err}; the last good state is checkpointed")
-        finally:
-            metrics_file.close()
-        if steps > last_ckpt or not ckpt_dir.exists():
-            self._checkpoint(ckpt_dir, steps, carry, start)
-        summary = self._summary(status, steps, time.perf_counter() - start, train_seconds, records)
-        if status == "completed":
-            final_eval = make_evaluator(self.env, self.algo, cfg.final_eval_episodes)
-            params = self.algo.acting_params(carry[0])
-            final = evaluate_both(final_eval, params, self.exp.seed, FINAL_EVAL_TAG)
-            self._headline(final)
-            summary.update({k.replace("eval_", "final_eval_", 1): v for k, v in final.items()})
-            summary.update({k: final[k] for k in ("eval_win_rate", "eval_return")},
-                           eval_episodes=cfg.final_eval_episodes)
-            if hasattr(self.env, "game"):
-                summary.update(matrix_game_report(self.algo, params, self.env))
-        atomic_write_json(self.dir / "summary.json", summary)
-        plot_learning_curve(records, self.dir / "curve.png",
-                            f"{self.exp.algo} on {self.exp.env}, {self.exp.dataset} (seed {self.exp.seed})",
-                            spec.has_win, x_key="steps")
-        return summary
+        return self.algo.init(init_rng), rng
 
-    def _headline(self, record: dict) -> None:
-        mode = self.cfg.eval_mode
-        record["eval_win_rate"] = record[f"eval_{mode}_win_rate"]
-        record["eval_return"] = record[f"eval_{mode}_return"]
+    def config_json(self) -> dict:
+        data = self.exp.to_dict(self.env.settings, self.dataset_info)
+        return {**data, "budget_history": self.budget_history} if self.budget_history else data
 
-    def _progress_text(self, r: dict) -> str:
-        text = f"{r['updates_per_second']:,.0f} it/s"
-        if r["eval_win_rate"] is not None:
-            text += f" | win {r['eval_win_rate']:.2f}"
-        return text + f" | return {r['eval_return']:.3f}"
+    def identity(self) -> dict:
+        return {"algo": self.exp.algo, "env": self.exp.env, "dataset": self.exp.dataset, "seed": self.exp.seed}
 
-    def _checkpoint(self, ckpt_dir: Path, steps: int, carry: Any, start: float) -> None:
-        meta = {"algo": self.exp.algo, "env": self.exp.env, "dataset": self.exp.dataset,
-                "seed": self.exp.seed, "wall_seconds": time.perf_counter() - start}
-        save_checkpoint(ckpt_dir, steps, carry, meta, self.cfg.keep_checkpoints)
+    def compile(self, state: Any) -> float | None:
+        start = time.perf_counter()
+        n = min(self.cfg.eval_interval, self.cfg.steps)
+        self.train = self.train.lower(state[0], state[1], n, self.device_data).compile()
+        return time.perf_counter() - start
 
-    def _summary(self, status: str, steps: int, wall_seconds: float,
-                 train_seconds: list[tuple[int, float]], records: list[dict]) -> dict:
-        # Steady-state speed: the first chunk of this process also compiles, so it is left
-        # out when there are others.
-        timed = train_seconds[1:] or train_seconds
-        updates = sum(n for n, _ in timed)
-        seconds = sum(s for _, s in timed)
-        last = records[-1] if records else {}
+    def train_chunk(self, state: Any, done: int) -> tuple[Any, int, dict]:
+        n = min(self.cfg.eval_interval, self.cfg.steps - done)
+        start = time.perf_counter()
+        learner_state, rng, learner = self.train(state[0], state[1], n, self.device_data)
+        learner = {k: float(v) for k, v in learner.items()}
+        self.train_seconds.append((n, time.perf_counter() - start))
+        return (learner_state, rng), done + n, learner
+
+    def learned(self, state: Any) -> Any:
+        return state[0]
+
+    def evaluate(self, state: Any, tag: int, final: bool) -> dict:
+        evaluator = self.final_eval if final else self.periodic_eval
+        params = self.algo.acting_params(state[0])
+        record = set_headline(evaluate_both(evaluator, params, self.exp.seed, tag), self.cfg.eval_mode)
+        if self.is_matrix_game:
+            # A one-step game's honest score is the expected payoff of the decentralised
+            # policies (the product of their marginals), not one sampled or greedy play.
+            record.update(matrix_game_report(self.algo, params, self.env))
+            record["eval_return"] = record["expected_return"]
+        return record
+
+    def progress_text(self, r: dict) -> str:
+        speed = r.get("updates_per_second")
+        parts = [f"iteration {r['steps']:,}", f"{speed:,.0f} it/s" if speed else "final evaluation"]
+        if r.get("eval_win_rate") is not None:
+            parts.append(f"win {r['eval_win_rate']:.2f}")
+        label = "expected return" if self.is_matrix_game else "return"
+        return " | ".join([*parts, f"{label} {r['eval_return']:.3f}"])
+
+    def summary_fields(self, records: list[dict], done: int, wall_seconds: float) -> dict:
+        # Steady-state speed: the first chunk of a process may still warm up, so it is
+        # left out when there are others.
+        timed = self.train_seconds[1:] or self.train_seconds
+        updates, seconds = sum(n for n, _ in timed), sum(s for _, s in timed)
         return {
-            "algo": self.exp.algo, "env": self.exp.env, "dataset": self.exp.dataset, "seed": self.exp.seed,
-            "status": status, "steps": steps, "batch_size": self.cfg.batch_size,
-            "wall_seconds": round(wall_seconds, 2),
+            "batch_size": self.cfg.batch_size,
             "updates_per_second": round(updates / seconds, 1) if seconds else None,
             "eval_mode": self.cfg.eval_mode,
-            "eval_win_rate": last.get("eval_win_rate"), "eval_return": last.get("eval_return"),
-            "eval_episodes": self.cfg.eval_episodes,
+            "eval_return_kind": "expected (product of the policies)" if self.is_matrix_game else self.cfg.eval_mode,
             **dataset_summary(self.data),
-            "device": jax.devices()[0].device_kind,
         }
+
+    def curve(self, records: list[dict]) -> None:
+        plot_learning_curve(records, self.dir / "curve.png",
+                            f"{self.exp.algo} on {self.exp.env}, {self.exp.dataset} (seed {self.exp.seed})",
+                            self.env.spec.has_win, x_key="steps")

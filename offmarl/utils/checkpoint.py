@@ -1,9 +1,13 @@
-"""Checkpoints of any pytree: msgpack of its leaves, written atomically, with a
-JSON sidecar that identifies the run (a checkpoint only counts once both exist)."""
+"""Checkpoints of any pytree: one msgpack file per checkpoint holding the leaves and the
+run's metadata, written atomically, with a JSON copy of the metadata beside it for
+people (`step_<n>.json`). A checkpoint counts once its payload exists: a missing or
+broken sidecar never hides it, and a payload that cannot be read is reported as
+corrupt, so the caller can fall back to an older one."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,31 +19,37 @@ from offmarl.errors import ConfigError
 from offmarl.utils.files import atomic_write_bytes, atomic_write_json
 
 _PREFIX = "step_"
+_PAYLOAD = ".msgpack"
 
 
-def _paths(directory: Path, env_steps: int) -> tuple[Path, Path]:
-    stem = f"{_PREFIX}{env_steps:012d}"
-    return directory / f"{stem}.msgpack", directory / f"{stem}.json"
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be read or does not fit the configuration."""
+
+
+def _paths(directory: Path, step: int) -> tuple[Path, Path]:
+    stem = f"{_PREFIX}{step:012d}"
+    return directory / f"{stem}{_PAYLOAD}", directory / f"{stem}.json"
 
 
 def list_checkpoints(directory: str | Path) -> list[int]:
-    """Environment-step counts of the complete checkpoints in `directory`, oldest first."""
-    directory = Path(directory)
+    """Step counts of the checkpoint payloads in `directory`, oldest first."""
     steps = []
-    for meta in directory.glob(f"{_PREFIX}*.json"):
-        step = int(meta.stem[len(_PREFIX):])
-        if _paths(directory, step)[0].exists():
-            steps.append(step)
+    for payload in Path(directory).glob(f"{_PREFIX}*{_PAYLOAD}"):
+        digits = payload.name[len(_PREFIX):-len(_PAYLOAD)]
+        if digits.isdigit():
+            steps.append(int(digits))
     return sorted(steps)
 
 
-def save_checkpoint(directory: str | Path, env_steps: int, tree: Any, meta: dict, keep: int) -> Path:
-    """Save `tree` at `env_steps`; keeps the newest `keep` checkpoints."""
+def save_checkpoint(directory: str | Path, step: int, tree: Any, meta: dict, keep: int) -> Path:
+    """Save `tree` and `meta` at `step`; keeps the newest `keep` checkpoints."""
     directory = Path(directory)
-    payload, meta_path = _paths(directory, env_steps)
+    payload, meta_path = _paths(directory, step)
     leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
-    atomic_write_bytes(payload, serialization.msgpack_serialize({str(i): x for i, x in enumerate(leaves)}))
-    atomic_write_json(meta_path, {**meta, "env_steps": env_steps, "num_leaves": len(leaves)})
+    meta = {**meta, "env_steps": step, "num_leaves": len(leaves)}
+    body = {"leaves": {str(i): x for i, x in enumerate(leaves)}, "meta": json.dumps(meta)}
+    atomic_write_bytes(payload, serialization.msgpack_serialize(body))
+    atomic_write_json(meta_path, meta)
     for old in list_checkpoints(directory)[:-keep]:
         for path in _paths(directory, old):
             path.unlink(missing_ok=True)
@@ -47,7 +57,7 @@ def save_checkpoint(directory: str | Path, env_steps: int, tree: Any, meta: dict
 
 
 def resolve_checkpoint(directory: str | Path, which: str = "latest") -> int:
-    """The env-step count of checkpoint `which` ('latest' or a step count)."""
+    """The step count of checkpoint `which` ('latest' or a step count)."""
     steps = list_checkpoints(directory)
     if not steps:
         raise ConfigError(f"no checkpoint in {str(directory)!r}")
@@ -61,29 +71,64 @@ def resolve_checkpoint(directory: str | Path, which: str = "latest") -> int:
     return int(which)
 
 
-def load_checkpoint(directory: str | Path, env_steps: int, template: Any) -> tuple[Any, dict]:
-    """Restore the checkpoint at `env_steps` into the structure of `template`.
+def _read(payload: Path, meta_path: Path) -> tuple[dict, dict]:
+    """The saved leaves and metadata; CheckpointError if the payload is unreadable."""
+    try:
+        raw = serialization.msgpack_restore(payload.read_bytes())
+        if "leaves" in raw and "meta" in raw:
+            return raw["leaves"], json.loads(raw["meta"])
+        # Written before the metadata moved into the payload: it is in the sidecar.
+        return raw, json.loads(meta_path.read_text())
+    except Exception as err:  # msgpack, JSON and I/O errors all mean: unreadable
+        raise CheckpointError(f"checkpoint {str(payload)!r} is unreadable "
+                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'truncated'})") from None
 
-    A checkpoint from another environment, algorithm or network size is refused
-    with a message naming the first leaf that does not match.
+
+def load_checkpoint(directory: str | Path, step: int, template: Any) -> tuple[Any, dict]:
+    """Restore the checkpoint at `step` into the structure of `template`.
+
+    An unreadable checkpoint, or one from another environment, algorithm or network
+    size, raises CheckpointError naming the file (and the first leaf that does not match).
     """
-    payload, meta_path = _paths(Path(directory), env_steps)
-    meta = json.loads(meta_path.read_text())
-    raw = serialization.msgpack_restore(payload.read_bytes())
+    payload, meta_path = _paths(Path(directory), step)
+    raw, meta = _read(payload, meta_path)
     template_leaves, treedef = jax.tree.flatten(template)
     if len(raw) != len(template_leaves):
-        raise ConfigError(
+        raise CheckpointError(
             f"checkpoint {str(payload)!r} does not match this configuration: "
             f"{len(raw)} arrays saved, {len(template_leaves)} expected"
         )
     leaves = []
     for i, expected in enumerate(template_leaves):
-        saved = raw[str(i)]
-        if saved.shape != np.shape(expected) or saved.dtype != np.asarray(expected).dtype:
-            raise ConfigError(
+        saved = raw.get(str(i))
+        if not isinstance(saved, np.ndarray) or saved.shape != np.shape(expected) \
+                or saved.dtype != np.asarray(expected).dtype:
+            found = f"{saved.dtype}{list(saved.shape)}" if isinstance(saved, np.ndarray) else "missing"
+            raise CheckpointError(
                 f"checkpoint {str(payload)!r} does not match this configuration: array {i} is "
-                f"{saved.dtype}{list(saved.shape)}, expected "
-                f"{np.asarray(expected).dtype}{list(np.shape(expected))}"
+                f"{found}, expected {np.asarray(expected).dtype}{list(np.shape(expected))}"
             )
         leaves.append(saved)
     return jax.tree.unflatten(treedef, leaves), meta
+
+
+def load_newest_valid(
+    directory: str | Path, template: Any, warn: Callable[[str], None]
+) -> tuple[int, Any, dict] | None:
+    """The newest checkpoint that can be read: (step, tree, meta), or None if there is
+    no checkpoint. Each unreadable newer one is skipped with `warn`; if every one is
+    unreadable, CheckpointError names them."""
+    steps = list_checkpoints(directory)
+    problems = []
+    for step in reversed(steps):
+        try:
+            tree, meta = load_checkpoint(directory, step, template)
+        except CheckpointError as err:
+            problems.append(str(err))
+            continue
+        for problem in problems:
+            warn(f"{problem}; using the checkpoint at step {step:,} instead")
+        return step, tree, meta
+    if problems:
+        raise CheckpointError(f"no readable checkpoint in {str(directory)!r}: " + "; ".join(problems))
+    return None

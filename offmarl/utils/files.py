@@ -1,4 +1,8 @@
-"""Atomic file writes: a crash or Ctrl-C never leaves a half-written file."""
+"""Atomic file writes: a crash, Ctrl-C or SIGTERM never leaves a half-written file.
+
+Files are created with the permissions the process umask allows (like `open`), not
+the 0600 of `tempfile.mkstemp`, so collaborators can read results.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,25 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+TEMP_SUFFIX = ".tmp"
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -23,6 +39,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temp_files(*directories: str | Path) -> int:
+    """Delete the temporary files that killed writers left in `directories`; returns how
+    many. Call it only while holding the run directory's lock (no writer is active)."""
+    removed = 0
+    for directory in directories:
+        for tmp in Path(directory).glob(f".*{TEMP_SUFFIX}"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

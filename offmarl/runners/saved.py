@@ -1,0 +1,84 @@
+"""The saved policies of run directories, online or offline: what `eval`, `collect` and
+`make-datasets` read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from offmarl.envs.base import MultiAgentEnv
+from offmarl.errors import ConfigError
+from offmarl.evaluation.evaluate import CLI_EVAL_TAG, evaluate_both, make_evaluator
+from offmarl.experiment import experiment_from_dict, offline_experiment_from_dict
+from offmarl.runners.common import read_run_config
+from offmarl.runners.loop import all_finite
+from offmarl.utils.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
+
+
+def is_offline_run(config: dict) -> bool:
+    """Offline runs record the dataset they learned from."""
+    return "dataset" in config
+
+
+@dataclass
+class SavedRun:
+    """A run directory's environment, policy (algorithm) and saved checkpoints."""
+
+    run_dir: Path
+    experiment: Any
+    """The run's Experiment or OfflineExperiment (algo, env, seed, configs)."""
+    env: MultiAgentEnv
+    algo: Any
+    steps: list[int]
+    """Step counts of the saved checkpoints, oldest first (env steps, or iterations offline)."""
+    offline: bool
+    _template: Any
+
+    @property
+    def step_key(self) -> str:
+        """The step counter's key in this run's metrics.jsonl."""
+        return "steps" if self.offline else "env_steps"
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> SavedRun:
+        run_dir = Path(run_dir)
+        config = read_run_config(run_dir)
+        offline = is_offline_run(config)
+        experiment = offline_experiment_from_dict(config) if offline else experiment_from_dict(config)
+        steps = list_checkpoints(run_dir / "checkpoints")
+        if not steps:
+            raise ConfigError(f"no checkpoint in {str(run_dir / 'checkpoints')!r}")
+        env, algo = experiment.build()
+        if offline:
+            shapes = jax.eval_shape(lambda rng: (algo.init(rng), rng), jax.random.PRNGKey(0))
+        else:
+            from offmarl.runners.fused import FusedTrainer
+
+            shapes = jax.eval_shape(FusedTrainer(experiment.run_config, algo, env).init, jax.random.PRNGKey(0))
+        template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+        return cls(run_dir, experiment, env, algo, steps, offline, template)
+
+    def params(self, step: int) -> Any:
+        """The acting parameters saved at `step`; ConfigError if they are not finite."""
+        state, _ = load_checkpoint(self.run_dir / "checkpoints", step, self._template)
+        params = self.algo.acting_params(state[0]) if self.offline else state.params
+        if not all_finite(params):
+            raise ConfigError(f"the checkpoint of {str(self.run_dir)!r} at step {step:,} holds "
+                              "non-finite parameters")
+        return params
+
+
+def evaluate_run(run_dir: str | Path, episodes: int, checkpoint: str = "latest", seed: int | None = None) -> dict:
+    """Evaluate a saved policy (greedy and sampled) on fresh episodes."""
+    read_run_config(run_dir)
+    step = resolve_checkpoint(Path(run_dir) / "checkpoints", checkpoint)
+    run = SavedRun.open(run_dir)
+    evaluator = make_evaluator(run.env, run.algo, episodes)
+    experiment = run.experiment
+    result = evaluate_both(evaluator, run.params(step), experiment.seed if seed is None else seed, CLI_EVAL_TAG)
+    return {"run": str(run_dir), "algo": experiment.algo, "env": experiment.env,
+            "checkpoint_" + run.step_key: step, **result}
