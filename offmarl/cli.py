@@ -355,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
             from offmarl.utils.compile_cache import enable_compile_cache
 
             enable_compile_cache()
-        return _COMMANDS[args.command](args)
+        code = _COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, so that a closed pipe is handled below, not at exit
+        return code
     except ConfigError as err:
         print(f"offmarl: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -34,7 +34,7 @@ def test_paper_preset_is_valid_and_matches_released_code() -> None:
 
 @pytest.mark.parametrize("text,message", [
     ("lr = 'fast'", "lr='fast' must be a float"),
-    ("num_envs = 1.5", "num_envs=1.5 must be a int"),
+    ("num_envs = 1.5", "num_envs=1.5 must be a whole number, e.g. 1000000 or 1e6"),
     ("agent_id = 'maybe'", "agent_id='maybe' is invalid; valid choices: true, false"),
     ("lr = [", "is not valid"),
 ])

@@ -7,7 +7,8 @@ trajectory buffer with batch size 1, exactly as OG-MARL lays it out:
     observations (1, T, N, O)   actions (1, T, N)   rewards, terminals, truncations (1, T, N)
     infos.state  (1, T, S)      infos.legals (1, T, N, A)
 
-Loading validates everything (keys, shapes, finite values, action range, whole episodes)
+Loading validates everything (keys, shapes, finite values, action range, whole episodes,
+a legal action for every agent at every step)
 and never writes to disk; extra keys (OG-MARL's infos.mask, ...) are ignored.
 """
 
@@ -175,6 +176,18 @@ def _check_values(name: str, arrays: dict[str, np.ndarray]) -> None:
         )
 
 
+def _first_step_without_legal_action(legals: np.ndarray) -> tuple[int, int] | None:
+    """(time step, agent) of the first agent-step of `legals` [T, N, A] with no legal action.
+
+    Every real time step has one: SMAX marks a dead agent with only the no-op legal.
+    """
+    bad = ~(legals > 0).any(axis=-1)
+    if not bad.any():
+        return None
+    row, agent = np.unravel_index(int(np.flatnonzero(bad)[0]), bad.shape)
+    return int(row), int(agent)
+
+
 def load_vault(path: str | Path, uid: str) -> OfflineDataset:
     """Read and validate dataset `uid` of the vault at `path`; never writes to disk.
 
@@ -215,6 +228,13 @@ def load_vault(path: str | Path, uid: str) -> OfflineDataset:
             f"vault {name} holds no whole episode: no time step has a terminal or truncation flag"
         )
     keep = int(ends[-1]) + 1
+    # The rows of whole episodes are real; a trailing partial episode is dropped unchecked.
+    bad = _first_step_without_legal_action(dataset.legals[:keep])
+    if bad is not None:
+        raise ConfigError(
+            f"vault {name}: key 'infos.legals' gives agent {bad[1]} no legal action at time step "
+            f"{bad[0]} (every real step needs at least one; SMAX marks dead agents with the no-op)"
+        )
     if keep < dataset.num_transitions:
         warnings.warn(
             f"vault {name}: dropped a trailing partial episode of "
@@ -261,6 +281,9 @@ def _check_dataset(dataset: OfflineDataset, metadata: dict[str, Any]) -> None:
     if not (dataset.observations.shape[:2] == dataset.legals.shape[:2] == (t, n)
             and dataset.states.shape[0] == t):
         raise ValueError("dataset fields disagree on the number of time steps or agents")
+    bad = _first_step_without_legal_action(dataset.legals)
+    if bad is not None:
+        raise ValueError(f"legals gives agent {bad[1]} no legal action at time step {bad[0]}")
 
 
 def write_vault(

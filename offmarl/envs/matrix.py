@@ -23,6 +23,7 @@ from offmarl.errors import ConfigError
 from offmarl.types import TimeStep
 
 PROBABILITY_TOLERANCE = 1e-6
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 _KEYS = ("description", "payoff", "datasets")
 
 JointAction = tuple[int, ...]
@@ -58,12 +59,34 @@ def scenario_names() -> list[str]:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number (int or float, not a bool); it may still be too large for float32."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fits_float32(value: int | float) -> bool:
+    """Finite, and finite once stored as float32 (1e39 is not: it becomes inf)."""
+    try:
+        return math.isfinite(value) and abs(value) <= FLOAT32_MAX
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _shown(value: int | float) -> str:
+    if isinstance(value, int) and value.bit_length() > 256:
+        return f"a {value.bit_length()}-bit integer"
+    return repr(value)
+
+
+def _check_float32(value: int | float, what: str, fail: Fail) -> None:
+    if not _fits_float32(value):
+        fail(f"{what} is {_shown(value)}, not a finite float32 number "
+             f"(at most {FLOAT32_MAX:.8g} in magnitude)")
 
 
 def _parse_payoff(raw: Any, fail: Fail) -> np.ndarray:
     def shape_of(node: Any, where: str) -> tuple[int, ...]:
         if _is_number(node):
+            _check_float32(node, f"'payoff' entry payoff{where}", fail)
             return ()
         if not isinstance(node, list) or not node:
             fail(f"'payoff' entry {where or 'at the top'} must be a finite number or a non-empty list")
@@ -108,7 +131,10 @@ def _parse_datasets(raw: Any, shape: tuple[int, ...], fail: Fail) -> dict[str, d
             joint = _parse_joint_action(key, shape, where, fail)
             if joint in parsed:
                 fail(f"{where}: joint action {key!r} is listed twice")
-            if not _is_number(probability) or probability < 0:
+            if not _is_number(probability):
+                fail(f"{where}: probability of {key!r} must be a non-negative number, got {probability!r}")
+            _check_float32(probability, f"{where}: probability of {key!r}", fail)
+            if probability < 0:
                 fail(f"{where}: probability of {key!r} must be a non-negative number, got {probability!r}")
             parsed[joint] = float(probability)
         total = sum(parsed.values())
@@ -154,7 +180,7 @@ def load_game(scenario: str) -> MatrixGame:
         )
     try:
         raw = json.loads(text)
-    except json.JSONDecodeError as error:
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, an int of > 4300 digits, ...
         raise ConfigError(f"matrix game {scenario}: not valid JSON ({error})") from None
     return parse_game(raw, scenario)
 

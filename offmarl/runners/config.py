@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
-from offmarl.config import require
+from offmarl.config import FLOAT32_MAX, require
 
 MAX_WORKERS = 1024
+# The fused runner stacks policy_lag + 1 copies of the parameters (and the distributed one
+# keeps as many published versions), so the lag is capped.
+MAX_POLICY_LAG = 1024
 
 
 @dataclass(frozen=True)
@@ -64,10 +69,19 @@ class OnlineConfig:
                      "eval_interval", "eval_episodes", "final_eval_episodes",
                      "checkpoint_interval", "keep_checkpoints"):
             value = getattr(self, name)
-            require(value > 0, f"{name}={value} is invalid: must be a positive integer")
+            require(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0,
+                    f"{name}={value} is invalid: must be a positive integer")
+        for name in ("lr", "max_grad_norm", "adam_eps"):
+            value = getattr(self, name)
+            require(math.isfinite(value) and abs(value) <= FLOAT32_MAX,
+                    f"{name}={value} is invalid: must be a finite number (float32)")
         require(self.lr > 0, f"lr={self.lr} is invalid: must be > 0")
         require(self.max_grad_norm >= 0, f"max_grad_norm={self.max_grad_norm} must be >= 0")
+        require(self.adam_eps > 0, f"adam_eps={self.adam_eps} is invalid: must be > 0")
         require(self.policy_lag >= 0, f"policy_lag={self.policy_lag} is invalid: must be >= 0")
+        require(self.policy_lag <= MAX_POLICY_LAG,
+                f"policy_lag={self.policy_lag} is invalid: 0..{MAX_POLICY_LAG} (the runner keeps "
+                "policy_lag + 1 copies of the parameters)")
         require(0 <= self.workers <= MAX_WORKERS,
                 f"workers={self.workers} is invalid: 0 (fused runner) or 1..{MAX_WORKERS} Ray workers")
         require(
@@ -106,4 +120,5 @@ class OfflineConfig:
         for name in ("steps", "batch_size", "eval_interval", "eval_episodes", "final_eval_episodes",
                      "checkpoint_interval", "keep_checkpoints"):
             value = getattr(self, name)
-            require(value > 0, f"{name}={value} is invalid: must be a positive integer")
+            require(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0,
+                    f"{name}={value} is invalid: must be a positive integer")

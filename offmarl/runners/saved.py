@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from offmarl.evaluation.evaluate import CLI_EVAL_TAG, evaluate_both, make_evalua
 from offmarl.experiment import experiment_from_dict, offline_experiment_from_dict
 from offmarl.runners.common import read_run_config
 from offmarl.runners.loop import all_finite
-from offmarl.utils.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint
+from offmarl.utils.checkpoint import list_checkpoints, load_checkpoint, load_newest_valid, resolve_checkpoint
 
 
 def is_offline_run(config: dict) -> bool:
@@ -62,6 +63,13 @@ class SavedRun:
         template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
         return cls(run_dir, experiment, env, algo, steps, offline, template)
 
+    def newest_readable(self) -> int:
+        """The step of the newest checkpoint that can be read; each newer, unreadable one
+        is skipped with a warning on stderr."""
+        found = load_newest_valid(self.run_dir / "checkpoints", self._template, _warn)
+        assert found is not None  # open() found checkpoints; all unreadable raises instead
+        return found[0]
+
     def params(self, step: int) -> Any:
         """The acting parameters saved at `step`; ConfigError if they are not finite."""
         state, _ = load_checkpoint(self.run_dir / "checkpoints", step, self._template)
@@ -72,11 +80,18 @@ class SavedRun:
         return params
 
 
+def _warn(message: str) -> None:
+    print(f"offmarl: warning: {message}", file=sys.stderr)
+
+
 def evaluate_run(run_dir: str | Path, episodes: int, checkpoint: str = "latest", seed: int | None = None) -> dict:
-    """Evaluate a saved policy (greedy and sampled) on fresh episodes."""
+    """Evaluate a saved policy (greedy and sampled) on fresh episodes; 'latest' is the
+    newest readable checkpoint."""
     read_run_config(run_dir)
     step = resolve_checkpoint(Path(run_dir) / "checkpoints", checkpoint)
     run = SavedRun.open(run_dir)
+    if checkpoint == "latest":
+        step = run.newest_readable()
     evaluator = make_evaluator(run.env, run.algo, episodes)
     experiment = run.experiment
     result = evaluate_both(evaluator, run.params(step), experiment.seed if seed is None else seed, CLI_EVAL_TAG)
