@@ -23,10 +23,11 @@ def test_report_aggregates_summaries(tmp_path: Path, capsys) -> None:
     for seed, win in enumerate([0.8, 0.9, 1.0]):
         run = tmp_path / f"s{seed}"
         run.mkdir()
-        (run / "summary.json").write_text(json.dumps({"seed": seed, "final_eval_greedy_win_rate": win}))
-    assert main(["report", *(str(tmp_path / f"s{i}") for i in range(3))]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["seeds"] == [0, 1, 2]
-    assert out["final_eval_greedy_win_rate"]["mean"] == pytest.approx(0.9)
+        (run / "summary.json").write_text(json.dumps({"algo": "matrace", "env": "smax:3m", "seed": seed,
+                                                      "status": "completed", "final_eval_greedy_win_rate": win}))
+    assert main(["report", "--json", *(str(tmp_path / f"s{i}") for i in range(3))]) == 0
+    group = json.loads(capsys.readouterr().out)["groups"][0]
+    assert group["seeds"] == [0, 1, 2]
+    assert group["metrics"]["final_eval_greedy_win_rate"]["mean"] == pytest.approx(0.9)
     assert main(["report", str(tmp_path)]) == 2
     assert "has no summary.json" in capsys.readouterr().err

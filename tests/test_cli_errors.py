@@ -59,3 +59,50 @@ def test_argparse_errors_are_one_line_exit_2_in_a_real_process() -> None:
     assert proc.stderr.strip().splitlines() == [
         "offmarl: error: argument --num-envs: invalid int value: 'many'"
     ]
+
+
+def test_unwritable_out_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["train", "--env", "smax:3m", "--out", str(blocker / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"offmarl: error: cannot write the run directory '{blocker / 'run'}': Not a directory"]
+
+
+def test_disk_full_is_one_line_exit_2(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A write that fails (ENOSPC) mid-run ends with one line naming the file, not a traceback."""
+    import errno
+
+    import offmarl.runners.loop as loop
+
+    def full(path, _obj):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(loop, "atomic_write_json", full)
+    out = tmp_path / "run"
+    assert main(["offline", "--algo", "bc", "--env", "matrix:xor", "--dataset", "02_20", "--steps", "10",
+                 "--quiet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"offmarl: error: cannot write '{out / 'config.json'}': No space left on device"]
+
+
+def test_eval_refuses_a_negative_seed(capsys) -> None:
+    assert main(["eval", "--run", "anything", "--seed", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "offmarl: error: --seed=-1 is invalid: must be >= 0"
+
+
+def test_config_command_lists_every_key_with_default_and_docstring(capsys) -> None:
+    assert main(["config", "--algo", "matrace"]) == 0
+    out = capsys.readouterr().out
+    assert "lr = 0.001\n    Adam learning rate.\n" in out and "rho_bar = 1.0\n" in out
+    assert "# MATraceConfig" in out and "# OnlineConfig" in out
+
+
+def test_version_and_help_with_defaults(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # one help entry per line
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.startswith("offmarl 0.")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "default 16,000,000" in capsys.readouterr().out

@@ -17,8 +17,6 @@ from scipy import stats
 
 from offmarl.errors import ConfigError
 
-DEFAULT_KEYS = ("final_eval_greedy_win_rate", "final_eval_sampled_win_rate",
-                "final_eval_greedy_return", "wall_seconds", "env_steps_per_second")
 # What `report_runs` aggregates, in this order; a key no completed run of a group has
 # (e.g. env_steps_per_second for offline runs, win rates for matrix games) is skipped.
 REPORT_KEYS = ("final_eval_greedy_win_rate", "final_eval_sampled_win_rate",
@@ -49,20 +47,6 @@ def _read_summary(run: str | Path) -> dict:
     if not isinstance(summary, dict):
         raise ConfigError(f"{str(run)!r}: summary.json does not hold a JSON object")
     return summary
-
-
-def summarise_runs(run_dirs: list[str | Path], keys: tuple[str, ...] = DEFAULT_KEYS) -> dict:
-    """Per-key values, mean and 95% CI over the runs' summary.json files.
-
-    Legacy, ungrouped: it averages whatever it is given. Use `report_runs`."""
-    summaries = [_read_summary(run) for run in run_dirs]
-    out = {"runs": [str(r) for r in run_dirs], "seeds": [s.get("seed") for s in summaries]}
-    for key in keys:
-        values = [s[key] for s in summaries if s.get(key) is not None]
-        if values:
-            mean, half = mean_ci(values)
-            out[key] = {"values": values, "mean": mean, "ci95": half}
-    return out
 
 
 def _is_number(value: Any) -> bool:

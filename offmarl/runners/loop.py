@@ -86,6 +86,8 @@ class RunLoop(ABC):
         self.lock, self.fresh, self.quiet = lock, fresh, quiet
         self.pending_warnings: list[str] = []
         """Shown when the run starts."""
+        self.created_dir = False
+        """This run created its directory (removed again if the run fails before writing)."""
 
     # -- construction ----------------------------------------------------------
     @classmethod
@@ -103,7 +105,9 @@ class RunLoop(ABC):
             if fresh and not holds_only_lock(run_dir):
                 raise ConfigError(f"output directory {str(run_dir)!r} already holds files; choose a "
                                   "new --out or continue it with --resume")
-            return build(lock)
+            run = build(lock)
+            run.created_dir = not existed
+            return run
         except BaseException:
             lock.release()
             if not existed and holds_only_lock(run_dir):
@@ -200,6 +204,8 @@ class RunLoop(ABC):
                 return self._execute(signals, progress)
         finally:
             self.lock.release()
+            if self.created_dir and holds_only_lock(self.dir):  # failed before writing anything
+                shutil.rmtree(self.dir, ignore_errors=True)
 
     def _execute(self, signals: StopSignals, progress: RunProgress) -> dict:
         ckpt_dir, metrics_path = self.dir / "checkpoints", self.dir / "metrics.jsonl"

@@ -90,8 +90,14 @@ class OnlineRun(RunLoop):
         return self.cfg.keep_checkpoints
 
     def prepare(self) -> None:
+        if self.cfg.workers:
+            # Join Ray (may fail on a bad address) before anything here starts JAX, e.g. by
+            # importing jaxmarl: ray.init forks Ray's processes, unsafe once JAX's threads run.
+            from offmarl.runners.distributed import connect_ray
+
+            connect_ray(self.ray_address, self.cfg.workers)
         self.env, self.algo = self.exp.build()
-        self.trainer = self._make_trainer(self.algo, self.env)  # joins Ray: may fail on a bad address
+        self.trainer = self._make_trainer(self.algo, self.env)
         self.periodic_eval = make_evaluator(self.env, self.algo, self.cfg.eval_episodes)
         self.final_eval = make_evaluator(self.env, self.algo, self.cfg.final_eval_episodes)
 
