@@ -272,7 +272,7 @@ def test_bridge_optimum_by_search_matches_the_optimal_dataset(bridge) -> None:
 def test_bridge_mix_dataset_return_statistics(mix) -> None:
     returns = mix.episode_returns()
     assert mix.num_episodes == 1000
-    assert -11.0 < returns.mean() < -8.0 and 7.0 < returns.std() < 10.5  # REFERENCE: -9.46 +- 8.65
+    assert -11.0 < returns.mean() < -8.0 and 7.0 < returns.std() < 10.5  # docs/references.md (games): -9.46 +- 8.65
     lengths = mix.episode_lengths()
     truncated = mix.truncations[mix.episode_ends, 0] > 0
     assert (lengths[truncated] == 50).all() and 0.4 < truncated.mean() < 0.6

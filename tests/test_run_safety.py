@@ -22,7 +22,7 @@ import offmarl.runners.offline as offline_runner
 from offmarl.cli import main
 from offmarl.data.builtin import load_builtin_dataset
 from offmarl.data.vault import write_vault
-from offmarl.runners.online import OnlineRun
+import offmarl.runners.online as online_runner
 from offmarl.utils.files import atomic_write_json, read_jsonl
 
 # BC on XOR: 4 chunks of 100 iterations, checkpoints every 200.
@@ -45,11 +45,6 @@ def steps_of(run: Path, key: str = "steps") -> list[int]:
 
 def checkpoints(run: Path) -> list[str]:
     return sorted(p.name for p in (run / "checkpoints").glob("*.msgpack"))
-
-
-def payload_leaves(path: Path) -> list[np.ndarray]:
-    raw = serialization.msgpack_restore(path.read_bytes())["leaves"]
-    return [raw[str(i)] for i in range(len(raw))]
 
 
 @pytest.fixture(scope="module")
@@ -127,22 +122,23 @@ def test_lock_refuses_in_process_too(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 # -- finding 2: a stop during an evaluation leaves no gap ---------------------------------
-def sigint_during_evaluation(monkeypatch: pytest.MonkeyPatch, cls: type, nth: int) -> None:
-    original = cls.evaluate
+def sigint_during_evaluation(monkeypatch: pytest.MonkeyPatch, runner_module, nth: int) -> None:
+    """Send SIGINT to this process from inside the `nth` periodic evaluation."""
+    original = runner_module.evaluate_both
     calls = {"n": 0}
 
-    def evaluate(self, state, tag, final):
+    def evaluate_both(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == nth:
             os.kill(os.getpid(), signal.SIGINT)
-        return original(self, state, tag, final)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(cls, "evaluate", evaluate)
+    monkeypatch.setattr(runner_module, "evaluate_both", evaluate_both)
 
 
 def test_sigint_during_offline_evaluation_leaves_no_gap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "gap"
-    sigint_during_evaluation(monkeypatch, offline_runner.OfflineRun, 3)
+    sigint_during_evaluation(monkeypatch, offline_runner, 3)
     assert offline(out) == 130
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps"] == 200
@@ -155,7 +151,7 @@ def test_sigint_during_offline_evaluation_leaves_no_gap(tmp_path: Path, monkeypa
 
 def test_sigint_during_online_evaluation_leaves_no_gap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "gap"
-    sigint_during_evaluation(monkeypatch, OnlineRun, 2)
+    sigint_during_evaluation(monkeypatch, online_runner, 2)
     assert main(["train", *SMAX, "--quiet", "--out", str(out)]) == 130
     assert steps_of(out, "env_steps") == [256]
     assert json.loads((out / "summary.json").read_text())["env_steps"] == 256
@@ -166,18 +162,34 @@ def test_sigint_during_online_evaluation_leaves_no_gap(tmp_path: Path, monkeypat
 
 # -- finding 3: the checkpoint after a NaN stop is finite -----------------------------------
 def test_diverged_run_keeps_a_finite_checkpoint_and_says_why_when_quiet(
-    tmp_path: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The second update overflows the parameters while its losses, computed before the
+    step, are still finite: the run must stop there and keep the first update's state."""
+    import jax
+    import jax.numpy as jnp
+
+    from offmarl.runners.fused import FusedTrainer
+
+    original = FusedTrainer._train
+
+    def overflowing(self, state, num_updates):
+        state, episodes, metrics = original(self, state, num_updates)
+        params = jax.tree.map(lambda p: jnp.where(state.update >= 2, jnp.inf, p), state.params)
+        return state._replace(params=params), episodes, metrics
+
+    monkeypatch.setattr(FusedTrainer, "_train", overflowing)
     out = tmp_path / "nan"
-    code = main(["train", "--quiet", "--out", str(out), *SMAX, "lr=1e30", "num_epochs=1", "num_minibatches=1",
-                 "max_grad_norm=0"])
-    assert code == 3
-    err = capsys.readouterr().err
-    assert "training stopped (exit 3)" in err and ("non-finite" in err or "became nan" in err)
+    assert main(["train", "--quiet", "--out", str(out), *SMAX]) == 3
     assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
-    for name in checkpoints(out):
-        leaves = payload_leaves(out / "checkpoints" / name)
-        assert all(np.isfinite(x).all() for x in leaves if np.issubdtype(x.dtype, np.floating)), name
+    for path in (out / "checkpoints").glob("*.msgpack"):
+        raw = serialization.msgpack_restore(path.read_bytes())
+        leaves = (raw["leaves"] if "leaves" in raw else raw).values()
+        assert all(np.isfinite(x).all() for x in leaves if np.issubdtype(x.dtype, np.floating)), path.name
+    assert steps_of(out, "env_steps") == [256]
+    err = capsys.readouterr().err
+    assert "training stopped (exit 3): the parameters became non-finite between env steps 256 and 512" in err
+    monkeypatch.undo()
     assert main(["eval", "--run", str(out), "--episodes", "4"]) == 0
 
 
