@@ -3,7 +3,7 @@
 Arms: `--policy-lag L` in the fused runner (acting with parameters L updates old), and
 real Ray workers (`--workers K`, the lag the asynchronous workers create). Each setting
 is trained with importance weights (MA-Trace) and with every ratio set to 1
-(`--no-importance-weights`), over several seeds; the final greedy evaluation win rate is
+(`importance_weights=false`), over several seeds; the final greedy evaluation win rate is
 compared. The paper's claim (section 3.3): without the weights, learning degrades as the
 lag grows. Finished runs are reused, so an interrupted sweep continues where it stopped.
 Writes is_ablation.json, is_ablation.md and is_ablation.png under --out. Usage:

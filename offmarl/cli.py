@@ -72,20 +72,17 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--algo", help="algorithm name (see `offmarl algos`); default matrace")
     train.add_argument("--env", help="environment, e.g. smax:3m (see `offmarl envs`)")
     train.add_argument("--env-steps", type=_count("--env-steps"),
-                       help=f"training environment-step budget, e.g. 16e6 (default {online.env_steps:,}; "
-                            "rounded down to whole updates of num_envs x unroll_length). With --resume: "
-                            "a new budget for the run")
+                       help="training environment-step budget, e.g. 16e6 (default: the algorithm's, "
+                            "see `offmarl config --algo NAME`; rounded down to whole updates of "
+                            "num_envs x unroll_length). With --resume: a new budget for the run")
     train.add_argument("--seed", type=int, help="random seed (default 0)")
     train.add_argument("--out", help="new run directory (default runs/<algo>_<env>_s<seed>)")
-    train.add_argument("--critic", help="critic input: obs, state or decentralised (MA-Trace)")
     train.add_argument("--num-envs", type=int, help=f"parallel environments (default {online.num_envs})")
     train.add_argument("--policy-lag", type=int, help="act with parameters K updates old (default 0)")
     train.add_argument("--workers", type=int,
                        help="Ray rollout workers feeding one learner (default 0: fused single process)")
     train.add_argument("--ray-address", help="join the Ray cluster at HOST:PORT or 'auto' "
                        "(default: start a local Ray instance); also with --resume")
-    train.add_argument("--no-importance-weights", action="store_true",
-                       help="set every importance ratio to 1 (ablation)")
     train.add_argument("--config", help="JSON or TOML file of config fields ([algo] and [run] sections)")
     train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress display (errors still show)")
@@ -164,12 +161,9 @@ def _refuse_ignored_flags(args: argparse.Namespace) -> None:
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, object]:
-    flags = {"env_steps": args.env_steps, "critic": args.critic, "num_envs": args.num_envs,
-             "policy_lag": args.policy_lag, "workers": args.workers}
-    out = {k: v for k, v in flags.items() if v is not None}
-    if args.no_importance_weights:
-        out["importance_weights"] = False
-    return out
+    flags = {"env_steps": args.env_steps, "num_envs": args.num_envs, "policy_lag": args.policy_lag,
+             "workers": args.workers}
+    return {k: v for k, v in flags.items() if v is not None}
 
 
 def _check_seed(seed: int | None, flag: str = "--seed") -> int:
@@ -278,11 +272,14 @@ def _config(args: argparse.Namespace) -> int:
 
     entry = get_algorithm(args.algo)
     run_class = OnlineConfig if entry.kind == "online" else OfflineConfig
+    own = entry.run_defaults
     for cls in (entry.config_class, run_class):
         print(f"# {cls.__name__} ({cls.__module__})")
         defaults, docs = cls(), field_docs(cls)
         for name, doc in docs.items():
-            print(f"{name} = {getattr(defaults, name)!r}")
+            value = own.get(name, getattr(defaults, name)) if cls is run_class else getattr(defaults, name)
+            note = f"  # {args.algo}'s own default" if cls is run_class and name in own else ""
+            print(f"{name} = {value!r}{note}")
             if doc:
                 print("    " + " ".join(doc.split()))
         print()

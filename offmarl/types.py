@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 
@@ -38,6 +38,7 @@ class Rollout(NamedTuple):
     behaviour_log_probs: jax.Array  # [T, B, N] log mu_i(a_i | o_i)
     rewards: jax.Array  # [T, B]
     dones: jax.Array  # [T, B] bool
+    extras: Any = None  # what the algorithm's prepare_batch adds, arrays with leading [T, B]
 
 
 class TransitionBatch(NamedTuple):

@@ -20,7 +20,7 @@ CASES = [
     (["--env", "smax:3m", "lr=-1e-3"], "lr=-0.001 is invalid", "must be > 0"),
     (["--env", "smax:3m", "--env-steps", "0"], "env_steps=0 is invalid", "positive integer"),
     (["--env", "smax:3m", "learning_rate=1e-3"], "unknown config key 'learning_rate'", "lr,"),
-    (["--env", "smax:3m", "--critic", "joint"], "critic='joint' is invalid", "obs, state, decentralised"),
+    (["--env", "smax:3m", "critic=joint"], "critic='joint' is invalid", "obs, state, decentralised"),
     (["--env", "smax:3m", "--policy-lag", "-1"], "policy_lag=-1 is invalid", ">= 0"),
     (["--env", "smax:3m", "num_minibatches=3"], "num_minibatches=3 must divide num_envs=128", ""),
     (["--env", "smax:3m", "lr"], "override 'lr' is not of the form key=value", ""),
@@ -94,7 +94,7 @@ def test_eval_refuses_a_negative_seed(capsys) -> None:
 def test_config_command_lists_every_key_with_default_and_docstring(capsys) -> None:
     assert main(["config", "--algo", "matrace"]) == 0
     out = capsys.readouterr().out
-    assert "lr = 0.001\n    Adam learning rate.\n" in out and "rho_bar = 1.0\n" in out
+    assert "lr = 0.001  # matrace's own default\n    Adam learning rate.\n" in out and "rho_bar = 1.0\n" in out
     assert "# MATraceConfig" in out and "# OnlineConfig" in out
 
 
@@ -105,4 +105,4 @@ def test_version_and_help_with_defaults(capsys, monkeypatch) -> None:
     assert stop.value.code == 0 and capsys.readouterr().out.startswith("offmarl 0.")
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    assert "default 16,000,000" in capsys.readouterr().out
+    assert "default: the algorithm's, see `offmarl config --algo NAME`" in capsys.readouterr().out

@@ -263,7 +263,7 @@ RESUME_IGNORED = [
     (["train", "--env", "smax:2s3z"], "--env cannot be changed when resuming"),
     (["train", "--seed", "4"], "--seed cannot be changed"),
     (["train", "lr=5"], "'lr=5' cannot be changed"),
-    (["train", "--no-importance-weights"], "--no-importance-weights cannot be changed"),
+    (["train", "--workers", "2"], "--workers cannot be changed"),
     (["offline", "--dataset", "other"], "--dataset cannot be changed"),
     (["offline", "temperature=1"], "'temperature=1' cannot be changed"),
 ]

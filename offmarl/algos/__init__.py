@@ -44,6 +44,12 @@ class AlgorithmEntry:
     def build(self) -> Callable[[Any, EnvSpec], Any]:
         return self._load(self.build_name)
 
+    @property
+    def run_defaults(self) -> dict[str, Any]:
+        """The algorithm's own values for runner settings (budget, learning rate, passes
+        per batch, ...): the config class's RUN_DEFAULTS, applied before any user layer."""
+        return dict(getattr(self.config_class, "RUN_DEFAULTS", {}))
+
 
 ALGORITHMS: dict[str, AlgorithmEntry] = {
     "matrace": AlgorithmEntry("offmarl.algos.matrace", "MATraceConfig", "MATrace", "online",

@@ -39,6 +39,12 @@ class OnlineAlgorithm(Policy, Protocol):
         """Fresh parameters for every network (and learnable coefficient) of the algorithm."""
         ...
 
+    def prepare_batch(self, params: Params, rollout: Rollout) -> Rollout:
+        """Called once per batch, before the passes over it, with the parameters the update
+        starts from: per-step quantities that must not move between passes (e.g. values and
+        advantages) go into `rollout.extras`. Algorithms that need none return `rollout`."""
+        ...
+
     def loss(
         self, params: Params, rollout: Rollout, progress: jax.Array | float = 0.0
     ) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -9,7 +9,7 @@ targets and advantages follow V-trace (eqs. 1-4 of the paper).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import distrax
 import jax
@@ -68,6 +68,10 @@ def vtrace(
 @dataclass(frozen=True)
 class MATraceConfig:
     """MA-Trace hyper-parameters. Defaults follow the paper and its released code."""
+
+    RUN_DEFAULTS: ClassVar[dict[str, Any]] = {"env_steps": 16_000_000, "lr": 1e-3, "num_epochs": 2}
+    """MA-Trace's own runner settings (docs/tuning.md): lr 1e-3 annealed, two passes per
+    batch (V-trace corrects the second pass's staleness), 16M env steps."""
 
     gamma: float = 0.99
     """Discount factor."""
@@ -200,6 +204,10 @@ class MATrace:
     def values(self, params: dict, obs: jax.Array, state: jax.Array) -> jax.Array:
         """Team value [...] (obs/state critic) or per-agent values [..., N] (decentralised)."""
         return self._critic.apply(params["critic"], self._critic_input(obs, state))
+
+    def prepare_batch(self, params: dict, rollout: Rollout) -> Rollout:
+        """V-trace recomputes its targets in every pass: nothing to fix per batch."""
+        return rollout
 
     def loss(
         self, params: dict, rollout: Rollout, progress: jax.Array | float = 0.0

@@ -17,19 +17,21 @@ MAX_POLICY_LAG = 1024
 
 @dataclass(frozen=True)
 class OnlineConfig:
-    """How an online run collects data, optimises, evaluates and saves."""
+    """How an online run collects data, optimises, evaluates and saves. Each algorithm
+    overrides some of these defaults with its own (its config class's RUN_DEFAULTS, e.g.
+    MA-Trace's lr, passes and budget); `offmarl config --algo NAME` shows the result."""
 
-    env_steps: int = 16_000_000
+    env_steps: int = 10_000_000
     """Budget of training environment steps (summed over parallel environments)."""
     num_envs: int = 128
     """Parallel environments stepped in one vmapped batch."""
     unroll_length: int = 32
     """Steps per unroll; each update consumes num_envs x unroll_length transitions."""
-    num_epochs: int = 2
-    """Passes over each batch of unrolls; V-trace corrects the staleness of later passes."""
+    num_epochs: int = 1
+    """Passes over each batch of unrolls (later passes are off-policy for the batch)."""
     num_minibatches: int = 8
     """Minibatches per pass, split along the environment axis (unrolls stay whole)."""
-    lr: float = 1e-3
+    lr: float = 5e-4
     """Adam learning rate."""
     anneal_lr: bool = True
     """Decay the learning rate linearly to zero over the run."""

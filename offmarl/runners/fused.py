@@ -131,6 +131,7 @@ class FusedTrainer:
         """`num_epochs` passes of `num_minibatches` gradient steps over one batch of unrolls."""
         cfg = self.cfg
         grad_fn = jax.value_and_grad(self.algo.loss, has_aux=True)
+        rollout = self.algo.prepare_batch(params, rollout)
 
         def minibatch_step(carry, batch_idx):
             params, opt_state = carry
