@@ -137,6 +137,28 @@ def _build_parser() -> argparse.ArgumentParser:
     make_data.add_argument("--seed", type=int, default=0)
     make_data.add_argument("--quiet", action="store_true", help="no progress display")
 
+    sweep = command("sweep", "train every (algorithm, environment, seed) of a grid, each an ordinary run "
+                             "directory, and aggregate them (rliable statistics, marl-eval JSON, a table); "
+                             "rerun the same command to continue (see docs/sweep.md)")
+    sweep.add_argument("--algos", required=True, help="comma-separated algorithms, e.g. matrace or bc,omiga")
+    sweep.add_argument("--envs", required=True, help="comma-separated environments, e.g. smax:3m,smax:8m")
+    sweep.add_argument("--seeds", required=True, help="comma-separated seeds, e.g. 0,1,2")
+    sweep.add_argument("--out", required=True, help="sweep directory (DIR/runs/<algo>_<env>_s<seed> per cell)")
+    sweep.add_argument("--env-steps", type=_count("--env-steps"), help="budget of each online cell "
+                       "(default: the algorithm's); on a rerun, a new budget extends the cells")
+    sweep.add_argument("--steps", type=_count("--steps"), help="budget of each offline cell (default: the "
+                       "algorithm's); on a rerun, a new budget extends the cells")
+    sweep.add_argument("--dataset", help="dataset of the offline cells: VAULT[:uid] or a built-in name")
+    sweep.add_argument("--parallel", type=int, help="cells run at once (default 1; with --ray-address: "
+                       "as many as the cluster has CPUs)")
+    sweep.add_argument("--ray-address", help="run the cells as Ray tasks (1 CPU each) on the cluster at "
+                       "HOST:PORT or 'auto' (DIR must be on a file system the nodes share)")
+    sweep.add_argument("--reps", type=int, help="bootstrap replications of the final statistics "
+                       "(default 5000)")
+    sweep.add_argument("--quiet", action="store_true", help="only failures and errors (no per-cell lines)")
+    sweep.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config field overrides for every cell (see `offmarl config --algo NAME`)")
+
     card = command("dataset-card", "write the markdown card and return histogram of a dataset")
     card.add_argument("dataset", help="VAULT[:uid]; without uid, every dataset of the vault")
     card.add_argument("--out", help="directory for the card (default: the vault directory)")
@@ -261,7 +283,8 @@ def _eval(args: argparse.Namespace) -> int:
     _check_seed(args.seed)
     from offmarl.runners.saved import evaluate_run
 
-    print(json.dumps(evaluate_run(args.run, args.episodes, args.checkpoint, args.seed), indent=2))
+    result = evaluate_run(args.run, args.episodes, args.checkpoint, args.seed)
+    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=2))  # means only
     return 0
 
 
@@ -292,6 +315,12 @@ def _report(args: argparse.Namespace) -> int:
     report = report_runs(args.runs)
     print(json.dumps(report, indent=2) if args.json else format_report(report), end="" if not args.json else "\n")
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from offmarl.pipelines.sweep import sweep_command
+
+    return sweep_command(args)
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -340,8 +369,8 @@ def _list_algos(_: argparse.Namespace) -> int:
 
 _COMMANDS = {"envs": _list_envs, "algos": _list_algos, "config": _config, "train": _train,
              "offline": _offline, "report": _report, "collect": _collect, "make-datasets": _make_datasets,
-             "dataset-card": _dataset_card, "eval": _eval}
-_QUICK = ("envs", "algos", "config", "report")
+             "dataset-card": _dataset_card, "eval": _eval, "sweep": _sweep}
+_QUICK = ("envs", "algos", "config", "report", "sweep")
 """Commands that compile nothing, so they skip JAX's compilation cache set-up."""
 
 

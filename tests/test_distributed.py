@@ -27,11 +27,11 @@ SMALL = ["--env", "smax:3m", "--workers", "2", "--num-envs", "8", "--quiet", "un
 
 
 def offmarl(*args: str) -> subprocess.Popen:
-    # A shell that starts pytest in the background leaves SIGINT ignored, and a child
-    # would inherit that; restore the default so Ctrl-C reaches the run.
+    # No preexec_fn (it would fork this JAX process): a child that inherits an ignored
+    # SIGINT from a backgrounded pytest still stops on it, since the run loop installs
+    # its own SIGINT handler.
     return subprocess.Popen([sys.executable, "-m", "offmarl", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            stderr=subprocess.PIPE, text=True)
 
 
 def wait_for_metrics(run_dir: Path, lines: int, process: subprocess.Popen, timeout: float = 240) -> None:

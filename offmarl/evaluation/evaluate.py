@@ -59,19 +59,24 @@ def make_evaluator(
     return jax.jit(evaluate, static_argnums=2)
 
 
-def summarise(raw: dict[str, jax.Array]) -> dict[str, float]:
-    """Means (and the return's standard deviation) of one evaluation's episodes.
+def summarise(raw: dict[str, jax.Array]) -> dict[str, Any]:
+    """Means (and the return's standard deviation) of one evaluation's episodes, and the
+    per-episode returns and wins (for marl-eval's per-episode format).
 
-    `win_rate` is None for environments without a win condition.
+    `win_rate` is None, and `wins` absent, for environments without a win condition.
     """
     ret = np.asarray(raw["return"])
-    return {
+    out: dict[str, Any] = {
         "win_rate": float(np.mean(raw["won"])) if "won" in raw else None,
         "return": float(ret.mean()),
         "return_std": float(ret.std()),
         "length": float(np.mean(raw["length"])),
         "episodes": int(ret.size),
+        "returns": [round(float(x), 5) for x in ret],
     }
+    if "won" in raw:
+        out["wins"] = [int(x) for x in np.asarray(raw["won"])]
+    return out
 
 
 # Evaluation seeds are fold_in(seed stream, tag): periodic ones use the env-step count.

@@ -1,0 +1,772 @@
+"""A sweep: every (algorithm, environment, seed) cell of a grid trained into an ordinary
+run directory, then aggregated across seeds and algorithms. See docs/sweep.md.
+
+Each cell is made by the ordinary command line in a subprocess (`python -m offmarl.cli
+train ...`, or `offline ...` for offline algorithms), so it has the run loop's lock,
+resume and signal handling. The sweep directory:
+
+    DIR/sweep.json          the grid, the overrides, the budget (and its changes)
+    DIR/.lock               the lock of the sweep process writing DIR
+    DIR/runs/<algo>_<env slug>_s<seed>/   one run directory per cell
+    DIR/logs/<cell>.log     each cell's output (appended on every start)
+    DIR/marl_eval.json, DIR/aggregate.json, DIR/table.md,
+    DIR/performance_profile.png, DIR/probability_of_improvement.png
+
+A rerun of the same command skips completed cells (whose budget matches), resumes the
+started ones and creates the rest; a different grid, dataset or overrides for the same
+DIR is refused (exit 2). Everything is checked, and every cell's experiment resolved,
+before anything is created or started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from offmarl.errors import ConfigError
+
+SWEEP_FILE = "sweep.json"
+RUNS_DIR = "runs"
+LOGS_DIR = "logs"
+SWEEP_VERSION = 1
+THRESHOLD = 0.8
+"""The periodic greedy evaluation score whose first crossing table.md reports."""
+PARTIAL_REPS = 1000
+"""Bootstrap replications of the statistics refreshed after each finished cell (the
+final aggregation, and a rerun with nothing left to do, use the sweep's --reps)."""
+POLL_SECONDS = 0.2
+EXIT_BAD_INPUT, EXIT_CELLS_FAILED = 2, 1
+CELL_EXIT = {0: "completed", 3: "diverged", 130: "interrupted", 143: "interrupted", 2: "refused"}
+
+
+# -- the grid -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    algo: str
+    env: str
+    seed: int
+    kind: str
+    """online or offline"""
+    budget: int
+    """Training steps the cell ends at: env steps (online, rounded down to whole
+    updates) or iterations (offline)."""
+
+    @property
+    def name(self) -> str:
+        from offmarl.cli import _slug
+
+        return f"{self.algo}_{_slug(self.env)}_s{self.seed}"
+
+    @property
+    def step_key(self) -> str:
+        return "env_steps" if self.kind == "online" else "steps"
+
+    def label(self) -> str:
+        return f"{self.algo} {self.env} s{self.seed}"
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A checked grid: every cell's experiment resolved."""
+
+    out: Path
+    algos: tuple[str, ...]
+    envs: tuple[str, ...]
+    seeds: tuple[int, ...]
+    dataset: str | None
+    overrides: tuple[str, ...]
+    env_steps: int | None
+    steps: int | None
+    cells: tuple[Cell, ...]
+    budget_history: tuple[dict, ...] = ()
+
+    def grid(self) -> dict:
+        """What must match for a rerun into the same directory."""
+        from offmarl.config import parse_overrides
+
+        return {"algos": sorted(self.algos), "envs": sorted(self.envs), "seeds": sorted(self.seeds),
+                "dataset": self.dataset, "overrides": parse_overrides(list(self.overrides))}
+
+    def to_json(self) -> dict:
+        return {
+            "version": SWEEP_VERSION,
+            "algos": list(self.algos), "envs": list(self.envs), "seeds": list(self.seeds),
+            "dataset": self.dataset, "overrides": list(self.overrides),
+            "budget": {"env_steps": self.env_steps, "steps": self.steps},
+            "budget_history": list(self.budget_history),
+            "cells": [{"name": c.name, "dir": f"{RUNS_DIR}/{c.name}", "algo": c.algo, "env": c.env,
+                       "seed": c.seed, "kind": c.kind, c.step_key: c.budget} for c in self.cells],
+        }
+
+    def run_dir(self, cell: Cell) -> Path:
+        return self.out / RUNS_DIR / cell.name
+
+
+def parse_names(flag: str, text: str) -> list[str]:
+    """A comma-separated list of names: no empty items, no repeats."""
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or any(not t for t in items):
+        raise ConfigError(f"{flag} {text!r} is invalid: expected a comma-separated list without empty items")
+    repeated = sorted({t for t in items if items.count(t) > 1})
+    if repeated:
+        raise ConfigError(f"{flag} names {repeated[0]!r} more than once")
+    return items
+
+
+def parse_seeds(text: str) -> list[int]:
+    """--seeds 0,1,2: non-negative integers, no repeats."""
+    if not text.strip():
+        raise ConfigError("--seeds is empty: give at least one seed, e.g. --seeds 0,1,2")
+    seeds = []
+    for item in parse_names("--seeds", text):
+        try:
+            seed = int(item)
+        except ValueError:
+            raise ConfigError(f"--seeds {text!r} is invalid: {item!r} is not an integer") from None
+        if seed < 0:
+            raise ConfigError(f"--seeds {text!r} is invalid: seed {seed} is negative (must be >= 0)")
+        seeds.append(seed)
+    return seeds
+
+
+def _check_dataset(env: str, dataset: str) -> None:
+    """ConfigError unless `dataset` is a built-in dataset of `env` or a vault (with the
+    uid, and recorded for this env where the vault says)."""
+    from offmarl.data.builtin import builtin_dataset_names
+    from offmarl.data.vault import list_uids, parse_dataset_arg, vault_metadata
+
+    builtin = builtin_dataset_names(env)
+    if dataset in builtin:
+        return
+    path, uid = parse_dataset_arg(dataset)
+    uids = list_uids(path) if path.is_dir() else []
+    if not uids:
+        choices = ", ".join(builtin) or "none"
+        raise ConfigError(f"--dataset {dataset!r} is neither a built-in dataset of {env} (those: {choices}) "
+                          "nor a vault")
+    if uid is None and len(uids) != 1:
+        raise ConfigError(f"--dataset {dataset!r} holds several datasets: name one of "
+                          f"{', '.join(f'{path}:{u}' for u in uids)}")
+    uid = uid if uid is not None else uids[0]
+    if uid not in uids:
+        raise ConfigError(f"--dataset {dataset!r}: the vault has no dataset {uid!r} (it has {', '.join(uids)})")
+    recorded = vault_metadata(path, uid).get("env")
+    if recorded and recorded != env:
+        raise ConfigError(f"--dataset {dataset!r} was recorded in {recorded}, not {env}: "
+                          "a sweep's offline cells all train on the one --dataset")
+
+
+def _resolve_cell(algo: str, kind: str, env: str, seed: int, dataset: str | None,
+                  env_steps: int | None, steps: int | None, overrides: dict[str, str]) -> Cell:
+    from offmarl.experiment import resolve_experiment, resolve_offline_experiment
+
+    where = f"{algo} on {env} (seed {seed})"
+    try:
+        if kind == "online":
+            flags = {"env_steps": env_steps} if env_steps is not None else {}
+            cfg = resolve_experiment(algo, env, seed, flags, overrides).run_config
+            return Cell(algo, env, seed, kind, cfg.num_updates * cfg.steps_per_update)
+        flags = {"steps": steps} if steps is not None else {}
+        cfg = resolve_offline_experiment(algo, env, dataset, seed, flags, overrides).run_config
+        return Cell(algo, env, seed, kind, cfg.steps)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def plan_sweep(out: str | Path, algos: list[str], envs: list[str], seeds: list[int],
+               env_steps: int | None = None, steps: int | None = None, dataset: str | None = None,
+               overrides: list[str] | tuple[str, ...] = ()) -> SweepPlan:
+    """Check the grid and resolve every cell's experiment (ConfigError on any problem);
+    creates nothing. A rerun into an existing sweep directory must have the same
+    algorithms, environments, seeds, dataset and overrides; a budget left out keeps the
+    recorded one, a new one is recorded in budget_history."""
+    from offmarl.algos import get_algorithm
+    from offmarl.config import parse_overrides
+    from offmarl.envs import check_env_name
+
+    out = Path(out)
+    if not algos:
+        raise ConfigError("--algos is empty: give at least one algorithm (see `offmarl algos`)")
+    if not envs:
+        raise ConfigError("--envs is empty: give at least one environment (see `offmarl envs`)")
+    if not seeds:
+        raise ConfigError("--seeds is empty: give at least one seed, e.g. --seeds 0,1,2")
+    for seed in seeds:
+        if seed < 0:
+            raise ConfigError(f"seed {seed} is invalid: must be >= 0")
+    kinds = {algo: get_algorithm(algo).kind for algo in algos}
+    for env in envs:
+        check_env_name(env)
+    online = [a for a, k in kinds.items() if k == "online"]
+    offline = [a for a, k in kinds.items() if k == "offline"]
+    if offline and dataset is None:
+        mixed = f" (mixed with the online {', '.join(online)})" if online else ""
+        plural = len(offline) > 1
+        raise ConfigError(f"offline algorithm{'s' * plural} {', '.join(offline)}{mixed} "
+                          f"need{'' if plural else 's'} --dataset")
+    if dataset is not None and not offline:
+        raise ConfigError("--dataset is for offline algorithms; none is in --algos")
+    if env_steps is not None and not online:
+        raise ConfigError("--env-steps is the budget of online algorithms; none is in --algos (use --steps)")
+    if steps is not None and not offline:
+        raise ConfigError("--steps is the budget of offline algorithms; none is in --algos (use --env-steps)")
+    for budget, flag in ((env_steps, "--env-steps"), (steps, "--steps")):
+        if budget is not None and budget <= 0:
+            raise ConfigError(f"{flag}={budget} is invalid: must be a positive integer")
+    values = parse_overrides(list(overrides))
+
+    history: list[dict] = []
+    recorded = read_sweep_json(out)
+    if recorded is not None:
+        old = SweepPlan(out, tuple(recorded["algos"]), tuple(recorded["envs"]), tuple(recorded["seeds"]),
+                        recorded.get("dataset"), tuple(recorded.get("overrides", [])), None, None, ())
+        new = SweepPlan(out, tuple(algos), tuple(envs), tuple(seeds), dataset, tuple(overrides), None, None, ())
+        diff = [k for k in ("algos", "envs", "seeds", "dataset", "overrides") if old.grid()[k] != new.grid()[k]]
+        if diff:
+            key = diff[0]
+            raise ConfigError(f"{str(out)!r} holds a sweep with different {key} ({_shown(old.grid()[key])}, "
+                              f"now {_shown(new.grid()[key])}): rerun it with the same grid and overrides, "
+                              "or choose a new --out")
+        budget = recorded.get("budget", {})
+        history = list(recorded.get("budget_history", []))
+        change = {}
+        for key, given in (("env_steps", env_steps), ("steps", steps)):
+            if given is None:
+                continue  # keep the recorded budget
+            if given != budget.get(key):
+                change[key] = {"from": budget.get(key), "to": given}
+        if change:
+            history.append(change)
+        env_steps = env_steps if env_steps is not None else budget.get("env_steps")
+        steps = steps if steps is not None else budget.get("steps")
+    elif out.exists() and (not out.is_dir() or any(p.name != ".lock" for p in out.iterdir())):
+        raise ConfigError(f"--out {str(out)!r} exists and is not a sweep directory (no {SWEEP_FILE}); "
+                          "choose a new or empty directory")
+
+    if dataset is not None:
+        for env in envs:
+            _check_dataset(env, dataset)
+    cells = []
+    for seed in seeds:
+        for env in envs:
+            for algo in algos:
+                cells.append(_resolve_cell(algo, kinds[algo], env, seed, dataset, env_steps, steps, values))
+    names: dict[str, Cell] = {}
+    for cell in cells:
+        if cell.name in names:
+            raise ConfigError(f"{names[cell.name].label()} and {cell.label()} would share the run directory "
+                              f"{cell.name!r}: give environments whose names differ")
+        names[cell.name] = cell
+    plan = SweepPlan(out, tuple(algos), tuple(envs), tuple(seeds), dataset, tuple(overrides),
+                     env_steps, steps, tuple(cells), tuple(history))
+    for cell in cells:
+        cell_state(plan, cell)  # a budget below what a cell already trained is refused here
+    return plan
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items()) or "none"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def read_sweep_json(out: str | Path) -> dict | None:
+    path = Path(out) / SWEEP_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{str(path)!r} is unreadable: {err}") from None
+    if not isinstance(data, dict) or not {"algos", "envs", "seeds"} <= set(data):
+        raise ConfigError(f"{str(path)!r} is not a sweep description")
+    return data
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def cell_state(plan: SweepPlan, cell: Cell) -> str:
+    """"done" (completed at this budget), "resume" (started, or completed at a lower
+    budget) or "new". ConfigError if the cell has trained past the budget."""
+    from offmarl.utils.checkpoint import list_checkpoints
+
+    run = plan.run_dir(cell)
+    summary = _read_json(run / "summary.json")
+    trained = list_checkpoints(run / "checkpoints") if (run / "checkpoints").is_dir() else []
+    if summary and isinstance(summary.get(cell.step_key), int):
+        trained.append(summary[cell.step_key])
+    if trained and max(trained) > cell.budget:
+        raise ConfigError(f"{run} has trained {max(trained):,} {cell.step_key.replace('_', ' ')}, more than "
+                          f"the budget {cell.budget:,}: give a budget of at least that")
+    if summary and summary.get("status") == "completed" and summary.get(cell.step_key) == cell.budget:
+        return "done"
+    if (run / "config.json").is_file():
+        return "resume"
+    return "new"
+
+
+def cell_command(plan: SweepPlan, cell: Cell, state: str) -> list[str]:
+    """The `offmarl` arguments (after `python -m offmarl.cli`) that make or continue a cell."""
+    run = str(plan.run_dir(cell).resolve())
+    command = "train" if cell.kind == "online" else "offline"
+    budget = plan.env_steps if cell.kind == "online" else plan.steps
+    flag = ["--env-steps" if cell.kind == "online" else "--steps", str(budget)] if budget is not None else []
+    if state == "resume":
+        return [command, "--resume", run, *flag]
+    data = ["--dataset", plan.dataset] if cell.kind == "offline" else []
+    return [command, "--algo", cell.algo, "--env", cell.env, *data, "--seed", str(cell.seed),
+            "--out", run, *flag, *plan.overrides]
+
+
+# -- running cells ------------------------------------------------------------------------
+def _die_with_parent() -> None:
+    """In a cell's process (Linux): SIGTERM when the sweep dies, so a killed sweep's cells
+    checkpoint and stop instead of running on unwatched."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class LocalCells:
+    """Cells as subprocesses of this process, each in its own session (a Ctrl-C in the
+    terminal reaches only the sweep, which forwards it)."""
+
+    def start(self, args: list[str], log: Path, stop_file: Path) -> Any:
+        with open(log, "ab") as out:
+            return subprocess.Popen([sys.executable, "-m", "offmarl.cli", *args], stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True,
+                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+    def poll(self, handle: Any) -> tuple[int | None, str | None]:
+        return handle.poll(), None
+
+    def stop(self, handle: Any, signum: int, stop_file: Path) -> None:
+        try:
+            handle.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        pass
+
+
+def run_cell_task(args: list[str], log: str, stop_file: str, cwd: str) -> int:
+    """A Ray task: run one cell's `offmarl` command on this node and return its exit
+    code; a signal number written to `stop_file` is forwarded to it."""
+    import socket
+
+    with open(log, "ab") as out:
+        out.write(f"=== Ray task on {socket.gethostname()} (pid {os.getpid()})\n".encode())
+        out.flush()
+        proc = subprocess.Popen([sys.executable, "-m", "offmarl.cli", *args], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=cwd if os.path.isdir(cwd) else None, start_new_session=True,
+                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        sent = False
+        while (code := proc.poll()) is None:
+            if not sent and os.path.exists(stop_file):
+                try:
+                    signum = int(Path(stop_file).read_text().strip() or signal.SIGINT)
+                except (OSError, ValueError):
+                    signum = signal.SIGINT
+                proc.send_signal(signum)
+                sent = True
+            time.sleep(0.25)
+    return code
+
+
+class RayCells:
+    """Cells as Ray tasks (1 CPU each) on the cluster at `address`; each runs the same
+    subprocess command on its node. DIR must be on a file system every node shares."""
+
+    def __init__(self, address: str) -> None:
+        from offmarl.runners.distributed import connect_ray
+
+        connect_ray(address, 1)
+        import ray
+
+        self.ray = ray
+        self.task = ray.remote(num_cpus=1, max_retries=0)(run_cell_task)
+
+    def start(self, args: list[str], log: Path, stop_file: Path) -> Any:
+        return self.task.remote(args, str(log.resolve()), str(stop_file.resolve()), os.getcwd())
+
+    def poll(self, handle: Any) -> tuple[int | None, str | None]:
+        ready, _ = self.ray.wait([handle], timeout=0)
+        if not ready:
+            return None, None
+        try:
+            return int(self.ray.get(handle)), None
+        except Exception as err:  # the task failed (e.g. its node died)
+            return -1, f"the Ray task failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+
+    def stop(self, handle: Any, signum: int, stop_file: Path) -> None:
+        from offmarl.utils.files import atomic_write_bytes
+
+        atomic_write_bytes(stop_file, f"{signum}\n".encode())
+
+    def close(self) -> None:
+        self.ray.shutdown()
+
+
+class _Signals:
+    """SIGINT/SIGTERM to the sweep: noted (the first decides the exit code), and
+    forwarded by the scheduler to every running cell."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.count = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.received is None:
+            self.received = signum
+        self.count += 1
+
+
+def _fmt_score(summary: dict | None) -> str:
+    if not summary:
+        return ""
+    win = summary.get("final_eval_greedy_win_rate")
+    if isinstance(win, (int, float)):
+        return f", final greedy win rate {win:.2f}"
+    ret = summary.get("final_eval_greedy_return")
+    return f", final greedy return {ret:.3g}" if isinstance(ret, (int, float)) else ""
+
+
+def _last_line(log: Path) -> str:
+    try:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or [""])[-1].strip()
+
+
+def run_sweep(plan: SweepPlan, parallel: int | None = None, ray_address: str | None = None,
+              quiet: bool = False, reps: int | None = None, seed: int = 0,
+              echo: Callable[[str], None] | None = None) -> int:
+    """Run every cell not done yet, `parallel` at a time (default 1 here, every cell at
+    once on Ray, which queues them by free CPUs), then aggregate. Returns the exit code:
+    0 all cells completed, 1 some did not, 130/143 when a signal stopped the sweep (the
+    running cells were sent it and waited for, so they checkpointed)."""
+    from offmarl.evaluation.statistics import DEFAULT_REPS
+    from offmarl.runners.common import RunLock
+
+    reps = DEFAULT_REPS if reps is None else reps
+    say = echo or (lambda text: print(text, flush=True))
+    info = (lambda text: None) if quiet else say
+    if parallel is not None and parallel < 1:
+        raise ConfigError(f"--parallel={parallel} is invalid: must be a positive integer")
+    limit = parallel if parallel is not None else (len(plan.cells) if ray_address is not None else 1)
+    existed = plan.out.exists()
+    lock = RunLock.acquire(plan.out)
+    runner = None
+    try:
+        runner = RayCells(ray_address) if ray_address is not None else LocalCells()
+        return _run_locked(plan, runner, limit, reps, seed, info, say)
+    finally:
+        if runner is not None:
+            runner.close()
+        lock.release()
+        if not existed and all(p.name == ".lock" for p in plan.out.iterdir()):
+            import shutil
+
+            shutil.rmtree(plan.out, ignore_errors=True)
+
+
+def _run_locked(plan: SweepPlan, runner: Any, limit: int, reps: int, seed: int,
+                info: Callable[[str], None], say: Callable[[str], None]) -> int:
+    from offmarl.utils.files import atomic_write_json
+
+    (plan.out / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+    (plan.out / LOGS_DIR).mkdir(exist_ok=True)
+    atomic_write_json(plan.out / SWEEP_FILE, plan.to_json())
+    states = {cell: cell_state(plan, cell) for cell in plan.cells}
+    total = len(plan.cells)
+    index = {cell: i + 1 for i, cell in enumerate(plan.cells)}
+    counts = {s: sum(1 for v in states.values() if v == s) for s in ("done", "resume", "new")}
+    info(f"sweep {plan.out}: {total} cells ({counts['new']} new, {counts['resume']} to resume, "
+         f"{counts['done']} done), {limit} at a time")
+    for cell in plan.cells:
+        if states[cell] == "done":
+            info(f"[{index[cell]}/{total}] skip  {cell.label()}: completed"
+                 f"{_fmt_score(_read_json(plan.run_dir(cell) / 'summary.json'))}")
+    pending = deque(c for c in plan.cells if states[c] != "done")
+    running: dict[Cell, tuple[Any, float]] = {}
+    signalled: set[Cell] = set()
+    failed: list[str] = []
+    ran = False
+    with _Signals() as signals:
+        while pending or running:
+            while pending and len(running) < limit and signals.received is None:
+                cell = pending.popleft()
+                log, stop_file = _log_path(plan, cell), _stop_path(plan, cell)
+                stop_file.unlink(missing_ok=True)
+                args = cell_command(plan, cell, states[cell])
+                with open(log, "ab") as out:
+                    out.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} offmarl {' '.join(args)}\n".encode())
+                running[cell] = (runner.start(args, log, stop_file), time.perf_counter())
+                info(f"[{index[cell]}/{total}] start {cell.label()} ({states[cell]})")
+            if signals.received is not None:
+                pending.clear()
+                for cell, (handle, _) in running.items():
+                    if cell not in signalled:
+                        runner.stop(handle, signals.received, _stop_path(plan, cell))
+                        signalled.add(cell)
+            finished = []
+            for cell, (handle, started) in list(running.items()):
+                code, problem = runner.poll(handle)
+                if code is None:
+                    continue
+                finished.append(cell)
+                del running[cell]
+                seconds = time.perf_counter() - started
+                summary = _read_json(plan.run_dir(cell) / "summary.json") if code in (0, 3, 130, 143) else None
+                status = CELL_EXIT.get(code, f"failed (exit {code})")
+                text = f"[{index[cell]}/{total}] {'done ' if code == 0 else 'stop '} {cell.label()}: {status}"
+                if code == 0:
+                    info(f"{text}{_fmt_score(summary)}, {seconds:.1f} s")
+                else:
+                    why = problem or (_last_line(_log_path(plan, cell)) if code not in (130, 143) else "")
+                    say(f"{text}, {seconds:.1f} s{': ' + why if why else ''} (log: {_log_path(plan, cell)})")
+                    failed.append(f"{cell.label()} ({status})")
+            if finished:
+                ran = True
+                summarise_sweep(plan.out, reps=min(reps, PARTIAL_REPS), seed=seed, partial=True)
+            if running:
+                time.sleep(POLL_SECONDS)
+        stopped = signals.received
+    done = stopped is None and not failed
+    summarise_sweep(plan.out, reps=reps if done or not ran else min(reps, PARTIAL_REPS), seed=seed,
+                    partial=not done)
+    info(f"wrote {plan.out / 'table.md'}, aggregate.json, marl_eval.json, performance_profile.png, "
+         "probability_of_improvement.png")
+    if stopped is not None:
+        name = signal.Signals(stopped).name
+        say(f"sweep stopped by {name}: running cells checkpointed; rerun the same command to continue")
+        return 128 + stopped
+    if failed:
+        say(f"{len(failed)} cell{'s' * (len(failed) > 1)} did not complete: {', '.join(failed)}; "
+            "rerun the same command to resume")
+        return EXIT_CELLS_FAILED
+    return 0
+
+
+def _log_path(plan: SweepPlan, cell: Cell) -> Path:
+    return plan.out / LOGS_DIR / f"{cell.name}.log"
+
+
+def _stop_path(plan: SweepPlan, cell: Cell) -> Path:
+    return plan.out / LOGS_DIR / f".{cell.name}.stop"
+
+
+# -- aggregation --------------------------------------------------------------------------
+def _first_reach(run: Path, step_key: str, threshold: float) -> dict | None:
+    """Steps and wall seconds of the first periodic evaluation whose greedy win rate
+    reaches `threshold` (None if none does, or the env has no win rate)."""
+    from offmarl.utils.files import read_jsonl
+
+    for record in read_jsonl(run / "metrics.jsonl"):
+        win = record.get("eval_greedy_win_rate")
+        if isinstance(win, (int, float)) and win >= threshold:
+            return {"steps": record.get(step_key), "wall_seconds": record.get("wall_seconds")}
+    return None
+
+
+def _env_table(plan_json: dict, out: Path) -> dict:
+    """Per env, per algorithm: the seeds' final scores (mean, 95% t-interval), the first
+    crossing of THRESHOLD, speed and how many seeds are done."""
+    from offmarl.evaluation.aggregate import mean_ci
+
+    table: dict[str, dict] = {}
+    for env in plan_json["envs"]:
+        rows = {}
+        for algo in plan_json["algos"]:
+            cells = [c for c in plan_json["cells"] if c["env"] == env and c["algo"] == algo]
+            done = []
+            for c in cells:
+                summary = _read_json(out / c["dir"] / "summary.json")
+                step_key = "env_steps" if c["kind"] == "online" else "steps"
+                if summary and summary.get("status") == "completed" and summary.get(step_key) == c.get(step_key):
+                    done.append((c, summary, step_key))
+            row: dict[str, Any] = {"kind": cells[0]["kind"] if cells else None, "seeds": len(cells),
+                                   "done": len(done), "seeds_done": [c["seed"] for c, _, _ in done]}
+            wins = [s["final_eval_greedy_win_rate"] for _, s, _ in done
+                    if isinstance(s.get("final_eval_greedy_win_rate"), (int, float))]
+            returns = [s["final_eval_greedy_return"] for _, s, _ in done
+                       if isinstance(s.get("final_eval_greedy_return"), (int, float))]
+            for key, values in (("final_greedy_win_rate", wins), ("final_greedy_return", returns)):
+                if values:
+                    mean, half = mean_ci(values)
+                    row[key] = {"mean": mean, "ci95": half if len(values) > 1 else None, "n": len(values)}
+            reached = [r for r in (_first_reach(out / c["dir"], k, THRESHOLD) for c, _, k in done) if r]
+            row[f"first_{THRESHOLD}"] = {
+                "reached": len(reached), "of": len(done), "has_win_rate": bool(wins),
+                "steps_mean": _mean([r["steps"] for r in reached]),
+                "wall_seconds_mean": _mean([r["wall_seconds"] for r in reached])}
+            speed_key = "env_steps_per_second" if row["kind"] == "online" else "updates_per_second"
+            row["speed"] = {"key": speed_key, "mean": _mean([s.get(speed_key) for _, s, _ in done])}
+            row["wall_seconds_mean"] = _mean([s.get("wall_seconds") for _, s, _ in done])
+            rows[algo] = row
+        table[env] = rows
+    return table
+
+
+def _mean(values: list[Any]) -> float | None:
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return sum(numbers) / len(numbers) if numbers else None
+
+
+def _n(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}g}" if abs(x) >= 10 else f"{x:.{digits}f}"
+
+
+def _table_md(plan_json: dict, table: dict, stats: dict | None, partial: bool) -> str:
+    lines = [f"# Sweep results{' (partial)' if partial else ''}", "",
+             f"algorithms {', '.join(plan_json['algos'])}; environments {', '.join(plan_json['envs'])}; "
+             f"seeds {', '.join(str(s) for s in plan_json['seeds'])}"
+             + (f"; dataset {plan_json['dataset']}" if plan_json.get("dataset") else "")
+             + (f"; overrides {' '.join(plan_json['overrides'])}" if plan_json.get("overrides") else ""), "",
+             "Final greedy score: mean ± half-width of the 95% Student-t interval over the seeds done "
+             f"(win rate where the env has one, else return). 'to {THRESHOLD}': the first periodic greedy "
+             f"evaluation with win rate >= {THRESHOLD}, mean over the seeds that reach it (steps are env "
+             "steps online, iterations offline).", ""]
+    for env, rows in table.items():
+        lines += [f"## {env}", "",
+                  f"| algorithm | seeds done | final greedy score | steps to {THRESHOLD} | wall s to {THRESHOLD} "
+                  "| reached | steps/s | wall s |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for algo, row in rows.items():
+            score = row.get("final_greedy_win_rate") or row.get("final_greedy_return")
+            kind = "win rate" if "final_greedy_win_rate" in row else "return"
+            text = "n/a" if score is None else (
+                f"{_n(score['mean'])} ± {_n(score['ci95'])} ({kind})" if score["ci95"] is not None
+                else f"{_n(score['mean'])} ({kind}, one seed)")
+            first = row[f"first_{THRESHOLD}"]
+            reached = f"{first['reached']}/{first['of']}" if first["has_win_rate"] else "n/a (no win rate)"
+            speed = row["speed"]
+            unit = "env steps/s" if speed["key"] == "env_steps_per_second" else "it/s"
+            lines.append(f"| {algo} | {row['done']}/{row['seeds']} | {text} | {_n(first['steps_mean'])} | "
+                         f"{_n(first['wall_seconds_mean'])} | {reached} | {_n(speed['mean'])} {unit} | "
+                         f"{_n(row['wall_seconds_mean'])} |")
+        lines.append("")
+    lines += ["## Aggregate over tasks (rliable)", ""]
+    if not stats or not stats["algorithms"]:
+        lines.append("No aggregate yet (no finished runs on tasks every algorithm has).")
+    else:
+        boot = stats["bootstrap"]
+        lines += [f"Score: {stats['score']}; tasks: {', '.join(stats['tasks'])}. Point estimate "
+                  f"[95% CI], stratified bootstrap over runs within each task, {boot['reps']:,} "
+                  f"replications, seed {boot['seed']}.", "",
+                  "| algorithm | runs x tasks | IQM | mean | median | optimality gap |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for algo, agg in stats["algorithms"].items():
+            cells = [("n/a" if agg[k] is None else f"{agg[k]['value']:.3f} [{agg[k]['ci95'][0]:.3f}, "
+                      f"{agg[k]['ci95'][1]:.3f}]") for k in ("iqm", "mean", "median", "optimality_gap")]
+            lines.append(f"| {algo} | {agg['runs']} x {agg['tasks']} | {' | '.join(cells)} |")
+        if stats["pairs"]:
+            lines += ["", "| X | Y | P(X > Y) [95% CI] |", "| --- | --- | --- |"]
+            for p in stats["pairs"]:
+                lines.append(f"| {p['x']} | {p['y']} | {p['probability']:.3f} [{p['ci95'][0]:.3f}, "
+                             f"{p['ci95'][1]:.3f}] |")
+    warnings = (stats or {}).get("warnings", [])
+    if warnings:
+        lines += ["", "Warnings:", ""] + [f"* {w}" for w in warnings]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def summarise_sweep(out: str | Path, reps: int | None = None, seed: int = 0, partial: bool = False,
+                    return_ranges: dict[str, tuple[float, float]] | None = None) -> dict:
+    """Aggregate the sweep in `out` from its run directories as they are now, and write
+    (atomically) marl_eval.json, aggregate.json, table.md, performance_profile.png and
+    probability_of_improvement.png there. Returns aggregate.json's contents.
+    Reads and writes nothing else; safe to call while cells run (it only reads them)."""
+    from offmarl.evaluation.statistics import DEFAULT_REPS, rliable_report, write_marl_eval_json
+    from offmarl.utils.files import atomic_write_bytes, atomic_write_json
+
+    out = Path(out)
+    reps = DEFAULT_REPS if reps is None else reps
+    plan_json = read_sweep_json(out)
+    if plan_json is None:
+        raise ConfigError(f"{str(out)!r} is not a sweep directory (no {SWEEP_FILE})")
+    with_summary = [out / c["dir"] for c in plan_json["cells"] if (out / c["dir"] / "summary.json").is_file()]
+    write_marl_eval_json(with_summary, out / "marl_eval.json")
+    stats = rliable_report(with_summary, reps=reps, seed=seed, return_ranges=return_ranges,
+                           plot_dir=out) if with_summary else None
+    if stats is None:
+        from offmarl.evaluation.statistics import plot_probability_of_improvement
+
+        from offmarl.evaluation.plots import plt, save_figure
+
+        fig, ax = plt.subplots(figsize=(5, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center")
+        save_figure(fig, out / "performance_profile.png")
+        plot_probability_of_improvement([], out / "probability_of_improvement.png")
+    table = _env_table(plan_json, out)
+    cells = {}
+    for c in plan_json["cells"]:
+        summary = _read_json(out / c["dir"] / "summary.json")
+        cells[c["name"]] = {"dir": c["dir"], "status": (summary or {}).get("status") or (
+            "started" if (out / c["dir"] / "config.json").is_file() else "not started")}
+    result = {"partial": partial, "threshold": THRESHOLD, "grid": {k: plan_json.get(k) for k in
+              ("algos", "envs", "seeds", "dataset", "overrides", "budget")},
+              "cells": cells, "per_env": table, "statistics": stats}
+    atomic_write_json(out / "aggregate.json", result)
+    atomic_write_bytes(out / "table.md", _table_md(plan_json, table, stats, partial).encode())
+    return result
+
+
+# -- the command --------------------------------------------------------------------------
+def sweep_command(args: argparse.Namespace) -> int:
+    """`offmarl sweep`: check everything (exit 2 with one line on bad input, creating
+    nothing), then run the grid and aggregate."""
+    if args.parallel is not None and args.parallel < 1:
+        raise ConfigError(f"--parallel={args.parallel} is invalid: must be a positive integer")
+    if args.reps is not None and args.reps < 1:
+        raise ConfigError(f"--reps={args.reps} is invalid: must be a positive integer")
+    if args.ray_address is not None:
+        from offmarl.runners.distributed import check_ray_address
+
+        check_ray_address(args.ray_address)
+    plan = plan_sweep(args.out, parse_names("--algos", args.algos), parse_names("--envs", args.envs),
+                      parse_seeds(args.seeds), env_steps=args.env_steps, steps=args.steps,
+                      dataset=args.dataset, overrides=args.overrides)
+    return run_sweep(plan, parallel=args.parallel, ray_address=args.ray_address, quiet=args.quiet,
+                     reps=args.reps)

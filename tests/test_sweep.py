@@ -1,0 +1,288 @@
+"""`offmarl sweep`: a grid of ordinary run directories made by subprocesses, resumable,
+interruptible, on this machine or on a Ray cluster, and its aggregated outputs
+(offmarl/pipelines/sweep.py). Cells are offline BC on the XOR game, which compiles in
+seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from offmarl.cli import main
+from offmarl.pipelines.sweep import cell_command, cell_state, plan_sweep, summarise_sweep
+from offmarl.runners.common import RunLock
+from offmarl.utils.files import read_jsonl
+
+TINY = ["hidden_sizes=8,8", "eval_interval=20", "eval_episodes=4", "final_eval_episodes=4"]
+GRID = ["--algos", "bc", "--envs", "matrix:xor", "--seeds", "0,1", "--dataset", "02_20"]
+PNG = b"\x89PNG\r\n\x1a\n"
+OUTPUTS = ("sweep.json", "marl_eval.json", "aggregate.json", "table.md", "performance_profile.png",
+           "probability_of_improvement.png")
+
+
+def sweep_argv(out: Path, *extra: str, steps: int = 40, grid: list[str] = GRID) -> list[str]:
+    return [sys.executable, "-m", "offmarl.cli", "sweep", *grid, "--out", str(out), "--steps", str(steps),
+            "--reps", "200", *extra, *TINY]
+
+
+def run_sweep(out: Path, *extra: str, steps: int = 40, timeout: float = 150) -> subprocess.CompletedProcess:
+    return subprocess.run(sweep_argv(out, *extra, steps=steps), capture_output=True, text=True, timeout=timeout)
+
+
+def mtimes(run: Path) -> dict[str, int]:
+    return {str(p.relative_to(run)): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("sweep") / "sweep"
+    return out, run_sweep(out, "--parallel", "2")
+
+
+def test_a_tiny_sweep_completes_and_writes_every_output(tiny_sweep) -> None:
+    out, result = tiny_sweep
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "sweep" in lines[0] and "2 cells (2 new, 0 to resume, 0 done), 2 at a time" in lines[0]
+    for seed in (0, 1):
+        assert any(line.endswith(f"start bc matrix:xor s{seed} (new)") for line in lines)
+        done = [line for line in lines if f"done  bc matrix:xor s{seed}: completed, final greedy return" in line]
+        assert len(done) == 1 and done[0].endswith(" s")
+        run = out / "runs" / f"bc_matrix_xor_s{seed}"
+        summary = json.loads((run / "summary.json").read_text())
+        assert (summary["status"], summary["steps"], summary["seed"]) == ("completed", 40, seed)
+        assert [r["steps"] for r in read_jsonl(run / "metrics.jsonl")] == [20, 40]
+        assert (out / "logs" / f"bc_matrix_xor_s{seed}.log").stat().st_size > 0
+    for name in OUTPUTS:
+        assert (out / name).is_file(), name
+    for name in OUTPUTS[-2:]:
+        assert (out / name).read_bytes()[:8] == PNG
+
+    recorded = json.loads((out / "sweep.json").read_text())
+    assert recorded["algos"] == ["bc"] and recorded["seeds"] == [0, 1] and recorded["overrides"] == TINY
+    assert recorded["budget"] == {"env_steps": None, "steps": 40}
+    assert [c["dir"] for c in recorded["cells"]] == ["runs/bc_matrix_xor_s0", "runs/bc_matrix_xor_s1"]
+
+    marl = json.loads((out / "marl_eval.json").read_text())
+    seeds = marl["matrix"]["xor"]["bc"]
+    assert set(seeds) == {"seed_0", "seed_1"}
+    for seed in (0, 1):
+        run = out / "runs" / f"bc_matrix_xor_s{seed}"
+        records = read_jsonl(run / "metrics.jsonl")
+        entry = seeds[f"seed_{seed}"]
+        assert list(entry) == ["step_0", "step_1", "absolute_metrics"]
+        assert entry["step_1"]["step_count"] == 40
+        assert entry["step_1"]["return"] == records[1]["eval_greedy_returns"]  # per-episode, 4 episodes
+        summary = json.loads((run / "summary.json").read_text())
+        assert entry["absolute_metrics"]["return"] == summary["final_eval_greedy_returns"]
+        assert "win_rate" not in entry["absolute_metrics"]  # XOR has no win condition
+
+    aggregate = json.loads((out / "aggregate.json").read_text())
+    assert aggregate["partial"] is False
+    assert aggregate["cells"] == {f"bc_matrix_xor_s{s}": {"dir": f"runs/bc_matrix_xor_s{s}", "status": "completed"}
+                                  for s in (0, 1)}
+    row = aggregate["per_env"]["matrix:xor"]["bc"]
+    finals = [json.loads((out / "runs" / f"bc_matrix_xor_s{s}" / "summary.json").read_text())
+              ["final_eval_greedy_return"] for s in (0, 1)]
+    assert row["done"] == 2 and row["final_greedy_return"]["mean"] == pytest.approx(sum(finals) / 2)
+    statistics = aggregate["statistics"]
+    assert statistics["score_kind"] == "return" and statistics["tasks"] == ["matrix:xor"]
+    assert statistics["algorithms"]["bc"]["mean"]["value"] == pytest.approx(sum(finals) / 2)
+    assert statistics["bootstrap"]["reps"] == 200
+    table = (out / "table.md").read_text()
+    assert "## matrix:xor" in table and "| bc | 2/2 |" in table and "## Aggregate over tasks (rliable)" in table
+
+
+def test_a_rerun_skips_finished_cells_and_a_different_grid_is_refused(tiny_sweep) -> None:
+    out, first = tiny_sweep
+    assert first.returncode == 0
+    before = {s: mtimes(out / "runs" / f"bc_matrix_xor_s{s}") for s in (0, 1)}
+    again = run_sweep(out, "--parallel", "2")
+    assert again.returncode == 0, again.stderr
+    assert "2 cells (0 new, 0 to resume, 2 done)" in again.stdout
+    assert again.stdout.count("skip  bc matrix:xor") == 2 and "start" not in again.stdout
+    assert {s: mtimes(out / "runs" / f"bc_matrix_xor_s{s}") for s in (0, 1)} == before
+
+    sweep_json = (out / "sweep.json").read_bytes()
+    for argv, what in ((["--seeds", "0,1,2"], "different seeds (0,1, now 0,1,2)"),
+                       (["--algos", "bc,omiga"], "different algos"),
+                       (["lr=1e-3"], "different overrides")):
+        grid = list(GRID)
+        if argv[0].startswith("--"):
+            grid[grid.index(argv[0]) + 1] = argv[1]
+            extra: list[str] = []
+        else:
+            extra = argv
+        result = subprocess.run(sweep_argv(out, *extra, grid=grid), capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and what in result.stderr and result.stdout == ""
+    assert (out / "sweep.json").read_bytes() == sweep_json
+    assert {s: mtimes(out / "runs" / f"bc_matrix_xor_s{s}") for s in (0, 1)} == before
+
+
+def test_summarise_sweep_alone_is_deterministic(tiny_sweep) -> None:
+    out, first = tiny_sweep
+    assert first.returncode == 0
+    one = summarise_sweep(out, reps=100, seed=3)
+    two = summarise_sweep(out, reps=100, seed=3)
+    assert one == two == json.loads((out / "aggregate.json").read_text())
+    assert one["statistics"]["bootstrap"] == {"method": "stratified bootstrap (rliable), percentile intervals",
+                                              "reps": 100, "seed": 3, "confidence": 0.95}
+
+
+def test_a_new_budget_extends_the_finished_cells(tiny_sweep, tmp_path: Path) -> None:
+    source, first = tiny_sweep
+    assert first.returncode == 0
+    out = tmp_path / "copy"
+    shutil.copytree(source, out)
+    result = run_sweep(out, "--parallel", "2", steps=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 cells (0 new, 2 to resume, 0 done)" in result.stdout
+    for seed in (0, 1):
+        run = out / "runs" / f"bc_matrix_xor_s{seed}"
+        assert [r["steps"] for r in read_jsonl(run / "metrics.jsonl")] == [20, 40, 60]
+        assert json.loads((run / "config.json").read_text())["budget_history"] == [{"from": 40, "to": 60}]
+    recorded = json.loads((out / "sweep.json").read_text())
+    assert recorded["budget"]["steps"] == 60 and recorded["budget_history"] == [{"steps": {"from": 40, "to": 60}}]
+    # Below what the cells trained: refused before anything runs.
+    lower = run_sweep(out, steps=20)
+    assert lower.returncode == 2 and "more than the budget 20" in lower.stderr
+
+
+def test_an_interrupted_sweep_resumes_the_interrupted_cell_only(tmp_path: Path) -> None:
+    out, steps = tmp_path / "sweep", 3000
+    log = open(tmp_path / "first.out", "w")
+    proc = subprocess.Popen(sweep_argv(out, "--parallel", "1", steps=steps), stdout=log, stderr=subprocess.STDOUT)
+    first, second = out / "runs" / "bc_matrix_xor_s0", out / "runs" / "bc_matrix_xor_s1"
+    deadline = time.monotonic() + 150
+    while len(read_jsonl(second / "metrics.jsonl")) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "first.out").read_text()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    log.close()
+    text = (tmp_path / "first.out").read_text()
+    assert "stop  bc matrix:xor s1: interrupted" in text and "sweep stopped by SIGINT" in text
+    # The cell had stopped (checkpointed, lock released) before the sweep exited.
+    assert json.loads((second / "summary.json").read_text())["status"] == "interrupted"
+    RunLock.acquire(second).release()
+    assert json.loads((first / "summary.json").read_text())["status"] == "completed"
+    interrupted_at = read_jsonl(second / "metrics.jsonl")[-1]["steps"]
+    assert 0 < interrupted_at < steps
+    assert json.loads((out / "aggregate.json").read_text())["partial"] is True
+    finished = mtimes(first)
+
+    result = run_sweep(out, "--parallel", "1", steps=steps)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "skip  bc matrix:xor s0: completed" in result.stdout
+    assert "start bc matrix:xor s1 (resume)" in result.stdout
+    assert mtimes(first) == finished  # not rerun
+    assert [r["steps"] for r in read_jsonl(second / "metrics.jsonl")] == list(range(20, steps + 1, 20))
+    assert json.loads((second / "summary.json").read_text())["status"] == "completed"
+    assert f"resuming {second.resolve()}" in (out / "logs" / "bc_matrix_xor_s1.log").read_text()
+    assert json.loads((out / "aggregate.json").read_text())["partial"] is False
+
+
+BAD = [
+    (["--algos", "bc,nope"], "unknown algorithm 'nope'"),
+    (["--envs", "matrix:xor,smax:99z"], "smax:99z"),
+    (["--envs", "nowhere"], "unknown environment 'nowhere'"),
+    (["--seeds", ""], "--seeds is empty"),
+    (["--seeds", "0,-1"], "seed -1 is negative"),
+    (["--seeds", "0,x"], "'x' is not an integer"),
+    (["--seeds", "0,0"], "names '0' more than once"),
+    (["--parallel", "0"], "--parallel=0 is invalid"),
+    (["hidden_sizes"], "'hidden_sizes' is not of the form key=value"),
+    (["no_such_key=1"], "no_such_key"),
+    (["eval_interval=-5"], "eval_interval"),
+    (["--dataset", None], "offline algorithm bc needs --dataset"),
+    (["--algos", "matrace,bc", "--dataset", None], "(mixed with the online matrace) needs --dataset"),
+    (["--dataset", "nosuch"], "neither a built-in dataset of matrix:xor"),
+    (["--env-steps", "512"], "--env-steps is the budget of online algorithms"),
+    (["--ray-address", "headnode"], "--ray-address 'headnode' is invalid"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD, ids=[m for _, m in BAD])
+def test_bad_input_exits_2_with_one_line_and_creates_nothing(tmp_path: Path, capsys, change, message) -> None:
+    argv = ["sweep", "--algos", "bc", "--envs", "matrix:xor", "--seeds", "0", "--dataset", "02_20",
+            "--out", str(tmp_path / "sweep"), "--steps", "40"]
+    extra = []
+    for i in range(0, len(change), 2):
+        flag = change[i]
+        if not flag.startswith("--"):
+            extra.append(flag)
+            continue
+        value = change[i + 1] if i + 1 < len(change) else None
+        if flag in argv:
+            at = argv.index(flag)
+            if value is None:
+                del argv[at:at + 2]
+            else:
+                argv[at + 1] = value
+        else:
+            argv += [flag, value]
+    assert main([*argv, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("offmarl: error: ") and message in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cell_commands_and_states(tmp_path: Path) -> None:
+    plan = plan_sweep(tmp_path / "s", ["matrace"], ["smax:3m"], [0, 2], env_steps=1000,
+                      overrides=["num_envs=16", "unroll_length=16"])
+    assert [c.name for c in plan.cells] == ["matrace_smax_3m_s0", "matrace_smax_3m_s2"]
+    cell = plan.cells[1]
+    assert cell.budget == 768  # rounded down to whole updates of 16 x 16
+    assert cell_state(plan, cell) == "new"
+    run = str((tmp_path / "s" / "runs" / "matrace_smax_3m_s2").resolve())
+    assert cell_command(plan, cell, "new") == ["train", "--algo", "matrace", "--env", "smax:3m", "--seed", "2",
+                                               "--out", run, "--env-steps", "1000", "num_envs=16",
+                                               "unroll_length=16"]
+    assert cell_command(plan, cell, "resume") == ["train", "--resume", run, "--env-steps", "1000"]
+    assert not (tmp_path / "s").exists()  # planning creates nothing
+
+
+def _start_ray_head(temp_dir: str) -> tuple[subprocess.Popen, str]:
+    """A local Ray cluster (2 CPUs) owned by a helper process: it prints its address and
+    shuts the cluster down when its stdin closes (no `ray stop`, which would stop every
+    Ray instance on the machine)."""
+    code = ("import sys, ray\n"
+            "ray.init(num_cpus=2, include_dashboard=False, logging_level='ERROR', _temp_dir=sys.argv[1])\n"
+            "print(ray.get_runtime_context().gcs_address, flush=True)\n"
+            "sys.stdin.read()\n"
+            "ray.shutdown()\n")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # the sweep's driver joins without a token
+    head = subprocess.Popen([sys.executable, "-c", code, temp_dir], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=env)
+    address = head.stdout.readline().strip()
+    assert address, "the Ray head did not start"
+    return head, address
+
+
+def test_a_sweep_runs_its_cells_as_ray_tasks(tmp_path: Path) -> None:
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are length-limited
+    head, address = _start_ray_head(temp_dir)
+    try:
+        out = tmp_path / "sweep"
+        result = run_sweep(out, "--ray-address", address)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "2 cells (2 new, 0 to resume, 0 done), 2 at a time" in result.stdout
+        for seed in (0, 1):
+            assert "=== Ray task on " in (out / "logs" / f"bc_matrix_xor_s{seed}.log").read_text()
+            summary = json.loads((out / "runs" / f"bc_matrix_xor_s{seed}" / "summary.json").read_text())
+            assert summary["status"] == "completed" and summary["steps"] == 40
+        assert json.loads((out / "aggregate.json").read_text())["statistics"]["algorithms"]["bc"]["runs"] == 2
+    finally:
+        head.stdin.close()
+        head.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
