@@ -35,7 +35,8 @@ def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
     return float(x.mean()), float(half)
 
 
-def _read_summary(run: str | Path) -> dict:
+def read_summary(run: str | Path) -> dict:
+    """A run directory's summary.json (ConfigError if missing or unreadable)."""
     path = Path(run) / "summary.json"
     if not path.is_file():
         raise ConfigError(f"{str(run)!r} has no summary.json (is it a finished run directory?)")
@@ -121,7 +122,7 @@ def report_runs(run_dirs: list[str | Path]) -> dict:
     grouped: dict[tuple, list[tuple[str, dict]]] = {}
     seen: set[Path] = set()
     for run in run_dirs:
-        summary = _read_summary(run)
+        summary = read_summary(run)
         where = Path(run).resolve()
         if where in seen:
             warnings.append(f"{run} is given more than once: counted once")

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from offmarl.errors import ConfigError
+from offmarl.evaluation.aggregate import read_summary
 
 DEFAULT_REPS = 5000
 """Bootstrap replications (rliable's own default is 50,000; this keeps a sweep's
@@ -229,18 +230,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_run(run: str | Path) -> dict:
-    """A run directory's summary.json (ConfigError if missing or unreadable)."""
-    path = Path(run) / "summary.json"
-    if not path.is_file():
-        raise ConfigError(f"{str(run)!r} has no summary.json (is it a finished run directory?)")
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise ConfigError(f"{str(run)!r}: cannot read summary.json ({err})") from None
-    if not isinstance(summary, dict):
-        raise ConfigError(f"{str(run)!r}: summary.json does not hold a JSON object")
-    return summary
+read_run = read_summary  # a run directory's summary.json (ConfigError if missing or unreadable)
 
 
 def run_score(summary: dict, return_ranges: dict[str, tuple[float, float]] | None = None) -> tuple[float, str] | None:

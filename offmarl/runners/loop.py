@@ -121,12 +121,12 @@ class RunLoop(ABC):
         """The step count at which training ends."""
 
     @property
-    @abstractmethod
-    def checkpoint_interval(self) -> int: ...
+    def checkpoint_interval(self) -> int:
+        return self.cfg.checkpoint_interval  # both runners' configs have these fields
 
     @property
-    @abstractmethod
-    def keep_checkpoints(self) -> int: ...
+    def keep_checkpoints(self) -> int:
+        return self.cfg.keep_checkpoints
 
     @abstractmethod
     def prepare(self) -> None:

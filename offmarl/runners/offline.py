@@ -157,14 +157,6 @@ class OfflineRun(RunLoop):
     def budget(self) -> int:
         return self.cfg.steps
 
-    @property
-    def checkpoint_interval(self) -> int:
-        return self.cfg.checkpoint_interval
-
-    @property
-    def keep_checkpoints(self) -> int:
-        return self.cfg.keep_checkpoints
-
     def prepare(self) -> None:
         self.train = make_train_chunk(self.algo, self.cfg.batch_size)
         self.device_data = to_device(self.data)

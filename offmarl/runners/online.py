@@ -81,14 +81,6 @@ class OnlineRun(RunLoop):
     def budget(self) -> int:
         return self.cfg.num_updates * self.cfg.steps_per_update
 
-    @property
-    def checkpoint_interval(self) -> int:
-        return self.cfg.checkpoint_interval
-
-    @property
-    def keep_checkpoints(self) -> int:
-        return self.cfg.keep_checkpoints
-
     def prepare(self) -> None:
         if self.cfg.workers:
             # Join Ray (may fail on a bad address) before anything here starts JAX, e.g. by
