@@ -6,13 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from offmarl import __version__
 from offmarl.errors import ConfigError
+from offmarl.utils.files import slug
 
 if TYPE_CHECKING:
     from offmarl.runners.loop import RunLoop
@@ -224,20 +223,10 @@ def _train(args: argparse.Namespace) -> int:
     file_layer = load_config_file(args.config) if args.config else {}
     experiment = resolve_experiment(algo, args.env, seed, file_layer, _flag_overrides(args),
                                     parse_overrides(args.overrides))
-    out = args.out or f"runs/{algo}_{_slug(args.env)}_s{seed}"
+    out = args.out or f"runs/{algo}_{slug(args.env)}_s{seed}"
     from offmarl.runners.online import OnlineRun
 
     return _execute(OnlineRun.create(experiment, out, quiet=args.quiet, ray_address=args.ray_address))
-
-
-def _slug(text: str) -> str:
-    """A flat file-name part: 'matrix:/tmp/g.json' -> 'matrix_g', 'datasets/smax_3m.vlt:good'
-    -> 'smax_3m_good'."""
-    parts = []
-    for part in text.split(":"):
-        path = Path(part)
-        parts.append(path.stem if path.suffix in (".json", ".vlt") or "/" in part else part)
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(p for p in parts if p)).strip("_")
 
 
 def _vault_env(dataset: str) -> str | None:
@@ -247,8 +236,9 @@ def _vault_env(dataset: str) -> str | None:
     path, uid = parse_dataset_arg(dataset)
     if not path.is_dir():
         return None
-    uids = [uid] if uid is not None else list_uids(path)
-    envs = {vault_metadata(path, u).get("env") for u in uids if u in list_uids(path)}
+    stored = list_uids(path)
+    uids = [u for u in ([uid] if uid is not None else stored) if u in stored]
+    envs = {vault_metadata(path, u).get("env") for u in uids}
     return envs.pop() if len(envs) == 1 else None
 
 
@@ -272,7 +262,7 @@ def _offline(args: argparse.Namespace) -> int:
     flags = {"steps": args.steps} if args.steps is not None else {}
     experiment = resolve_offline_experiment(args.algo, env, args.dataset, seed, file_layer, flags,
                                             parse_overrides(args.overrides))
-    out = args.out or f"runs/offline_{args.algo}_{_slug(env)}_{_slug(args.dataset)}_s{seed}"
+    out = args.out or f"runs/offline_{args.algo}_{slug(env)}_{slug(args.dataset)}_s{seed}"
     return _execute(OfflineRun.create(experiment, out, quiet=args.quiet))
 
 

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,9 +229,6 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-read_run = read_summary  # a run directory's summary.json (ConfigError if missing or unreadable)
-
-
 def run_score(summary: dict, return_ranges: dict[str, tuple[float, float]] | None = None) -> tuple[float, str] | None:
     """(score, kind) of a finished run: kind "win_rate", "normalised_return" (with a
     `return_ranges` entry for its env) or "return"; None if it has neither value."""
@@ -265,7 +261,7 @@ def collect_scores(run_dirs: list[str | Path],
     order the runs are given. Runs not completed (or without a score) are left out
     with a warning."""
     warnings: list[str] = []
-    loaded = [(str(run), read_run(run)) for run in run_dirs]
+    loaded = [(str(run), read_summary(run)) for run in run_dirs]
     labels = _algo_labels([s for _, s in loaded])
     cells: dict[str, dict[str, list[dict]]] = {}
     kinds: dict[str, set[str]] = {}
@@ -455,7 +451,7 @@ def marl_eval_results(run_dirs: list[str | Path]) -> dict:
     name where one algorithm has two runs of the same seed on a task."""
     from offmarl.utils.files import read_jsonl
 
-    loaded = [(Path(run), read_run(run)) for run in run_dirs]
+    loaded = [(Path(run), read_summary(run)) for run in run_dirs]
     done = [(run, s) for run, s in loaded if s.get("status") == "completed"]
     labels = _algo_labels([s for _, s in done])
     seen: dict[tuple, list[Any]] = {}

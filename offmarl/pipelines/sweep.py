@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from offmarl.errors import ConfigError
+from offmarl.runners.common import StopSignals
+from offmarl.utils.files import slug
 
 SWEEP_FILE = "sweep.json"
 RUNS_DIR = "runs"
@@ -63,9 +65,7 @@ class Cell:
 
     @property
     def name(self) -> str:
-        from offmarl.cli import _slug
-
-        return f"{self.algo}_{_slug(self.env)}_s{self.seed}"
+        return f"{self.algo}_{slug(self.env)}_s{self.seed}"
 
     @property
     def step_key(self) -> str:
@@ -431,30 +431,6 @@ class RayCells:
         self.ray.shutdown()
 
 
-class _Signals:
-    """SIGINT/SIGTERM to the sweep: noted (the first decides the exit code), and
-    forwarded by the scheduler to every running cell."""
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self.count = 0
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _Signals:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        if self.received is None:
-            self.received = signum
-        self.count += 1
-
-
 def _fmt_score(summary: dict | None) -> str:
     if not summary:
         return ""
@@ -528,7 +504,7 @@ def _run_locked(plan: SweepPlan, runner: Any, limit: int, reps: int, seed: int,
     signalled: set[Cell] = set()
     failed: list[str] = []
     ran = False
-    with _Signals() as signals:
+    with StopSignals(raise_on_signal=False) as signals:
         while pending or running:
             while pending and len(running) < limit and signals.received is None:
                 cell = pending.popleft()

@@ -115,8 +115,11 @@ class StopSignals:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, raise_on_signal: bool = True) -> None:
+        """With `raise_on_signal` False, signals are only noted in `received` (the first
+        one) for the caller to poll."""
         self.received: int | None = None
+        self._raise = raise_on_signal
         self._defer = 0
         self._shutting_down = False
         self._previous: dict[int, Any] = {}
@@ -135,7 +138,7 @@ class StopSignals:
         first = self.received is None
         if first:
             self.received = signum
-        if self._defer or self._shutting_down or not first:
+        if not self._raise or self._defer or self._shutting_down or not first:
             return
         raise StopRequested(signum)
 

@@ -18,6 +18,7 @@ evaluation and their own summary fields.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import signal
 import time
@@ -62,6 +63,18 @@ def all_finite(tree: Any) -> bool:
     return bool(jnp.all(jnp.stack(leaves))) if leaves else True
 
 
+def with_budget(experiment: Any, saved: dict, key: str, value: int | None) -> tuple[Any, list[dict]]:
+    """The saved `experiment` with `run_config.<key>` set to `value` (when given and
+    different, validated), and the run's budget history (config.json's) with that change."""
+    history = list(saved.get("budget_history", []))
+    old = getattr(experiment.run_config, key)
+    if value is None or value == old:
+        return experiment, history
+    run_config = dataclasses.replace(experiment.run_config, **{key: value})
+    run_config.validate()
+    return dataclasses.replace(experiment, run_config=run_config), [*history, {"from": old, "to": value}]
+
+
 def set_headline(record: dict, mode: str) -> dict:
     """eval_win_rate / eval_return: the `mode` (greedy or sampled) evaluation's."""
     record["eval_win_rate"] = record[f"eval_{mode}_win_rate"]
@@ -81,9 +94,12 @@ class RunLoop(ABC):
     """The key of steps per second in records."""
     tensorboard: bool = False
 
-    def __init__(self, run_dir: str | Path, lock: RunLock, fresh: bool, quiet: bool) -> None:
+    def __init__(self, run_dir: str | Path, lock: RunLock, fresh: bool, quiet: bool,
+                 budget_history: list[dict] | None = None) -> None:
         self.dir = Path(run_dir)
         self.lock, self.fresh, self.quiet = lock, fresh, quiet
+        self.budget_history = budget_history or []
+        """Budget changes made by --resume, kept in config.json."""
         self.pending_warnings: list[str] = []
         """Shown when the run starts."""
         self.created_dir = False
@@ -137,8 +153,12 @@ class RunLoop(ABC):
         """A fresh training state (also the template checkpoints are restored into)."""
 
     @abstractmethod
+    def experiment_dict(self) -> dict:
+        """The experiment as config.json records it."""
+
     def config_json(self) -> dict:
-        """The contents of config.json."""
+        data = self.experiment_dict()
+        return {**data, "budget_history": self.budget_history} if self.budget_history else data
 
     @abstractmethod
     def identity(self) -> dict:

@@ -4,7 +4,6 @@ registered offline algorithm."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,7 +21,7 @@ from offmarl.evaluation.matrix_games import matrix_game_report
 from offmarl.evaluation.plots import plot_learning_curve
 from offmarl.experiment import OfflineExperiment, offline_experiment_from_dict
 from offmarl.runners.common import RunLock, read_run_config
-from offmarl.runners.loop import RunLoop, set_headline
+from offmarl.runners.loop import RunLoop, set_headline, with_budget
 from offmarl.types import TransitionBatch
 
 
@@ -107,9 +106,8 @@ class OfflineRun(RunLoop):
 
     def __init__(self, experiment: OfflineExperiment, run_dir: str | Path, lock: RunLock, fresh: bool,
                  quiet: bool = False, budget_history: list | None = None, recorded_fingerprint: str | None = None) -> None:
-        super().__init__(run_dir, lock, fresh, quiet)
+        super().__init__(run_dir, lock, fresh, quiet, budget_history)
         self.exp, self.cfg = experiment, experiment.run_config
-        self.budget_history = budget_history or []
         # Load and check the data now, so a bad dataset fails before anything compiles.
         self.env, self.algo = experiment.build()
         self.data, self.dataset_info = load_dataset(experiment.env, experiment.dataset)
@@ -135,13 +133,8 @@ class OfflineRun(RunLoop):
         a new iteration budget. The dataset must be the one the run was trained on."""
 
         def build(lock: RunLock) -> OfflineRun:
-            experiment, data = load_offline_run(run_dir)
-            history = list(data.get("budget_history", []))
-            if steps is not None and steps != experiment.run_config.steps:
-                run_config = dataclasses.replace(experiment.run_config, steps=steps)
-                run_config.validate()
-                history.append({"from": experiment.run_config.steps, "to": steps})
-                experiment = dataclasses.replace(experiment, run_config=run_config)
+            saved, data = load_offline_run(run_dir)
+            experiment, history = with_budget(saved, data, "steps", steps)
             recorded = data.get("dataset_info", {}).get("sha256")
             run = cls(experiment, run_dir, lock, False, quiet, history, recorded)
             if recorded is None:
@@ -167,9 +160,8 @@ class OfflineRun(RunLoop):
         init_rng, rng = jax.random.split(jax.random.PRNGKey(self.exp.seed))
         return self.algo.init(init_rng), rng
 
-    def config_json(self) -> dict:
-        data = self.exp.to_dict(self.env.settings, self.dataset_info)
-        return {**data, "budget_history": self.budget_history} if self.budget_history else data
+    def experiment_dict(self) -> dict:
+        return self.exp.to_dict(self.env.settings, self.dataset_info)
 
     def identity(self) -> dict:
         return {"algo": self.exp.algo, "env": self.exp.env, "dataset": self.exp.dataset, "seed": self.exp.seed}

@@ -3,7 +3,7 @@ saved policies of finished runs."""
 
 from __future__ import annotations
 
-import dataclasses
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +17,7 @@ from offmarl.evaluation.plots import plot_learning_curve
 from offmarl.experiment import Experiment, experiment_from_dict
 from offmarl.runners.common import RunLock, read_run_config
 from offmarl.runners.fused import FusedTrainer
-from offmarl.runners.loop import RunLoop, set_headline
+from offmarl.runners.loop import RunLoop, set_headline, with_budget
 
 if TYPE_CHECKING:
     from offmarl.runners.distributed import DistributedTrainer
@@ -42,10 +42,9 @@ class OnlineRun(RunLoop):
 
     def __init__(self, experiment: Experiment, run_dir: str | Path, lock: RunLock, fresh: bool,
                  quiet: bool = False, ray_address: str | None = None, budget_history: list | None = None) -> None:
-        super().__init__(run_dir, lock, fresh, quiet)
+        super().__init__(run_dir, lock, fresh, quiet, budget_history)
         self.exp, self.cfg = experiment, experiment.run_config
         self.ray_address = ray_address
-        self.budget_history = budget_history or []
         if ray_address is not None and self.cfg.workers == 0:
             raise ConfigError("--ray-address needs Ray workers: add --workers N")
 
@@ -63,13 +62,7 @@ class OnlineRun(RunLoop):
         sets a new budget (the learning-rate schedule is re-planned over it)."""
 
         def build(lock: RunLock) -> OnlineRun:
-            experiment, data = load_run(run_dir)
-            history = list(data.get("budget_history", []))
-            if env_steps is not None and env_steps != experiment.run_config.env_steps:
-                run_config = dataclasses.replace(experiment.run_config, env_steps=env_steps)
-                run_config.validate()
-                history.append({"from": experiment.run_config.env_steps, "to": env_steps})
-                experiment = dataclasses.replace(experiment, run_config=run_config)
+            experiment, history = with_budget(*load_run(run_dir), "env_steps", env_steps)
             run = cls(experiment, run_dir, lock, False, quiet, ray_address, history)
             run.check_budget(run.budget)
             return run
@@ -104,9 +97,8 @@ class OnlineRun(RunLoop):
     def init_state(self) -> Any:
         return self.trainer.init(jax.random.PRNGKey(self.exp.seed))
 
-    def config_json(self) -> dict:
-        data = self.exp.to_dict(self.env.settings)
-        return {**data, "budget_history": self.budget_history} if self.budget_history else data
+    def experiment_dict(self) -> dict:
+        return self.exp.to_dict(self.env.settings)
 
     def identity(self) -> dict:
         return {"algo": self.exp.algo, "env": self.exp.env, "seed": self.exp.seed}
@@ -194,8 +186,6 @@ def train_or_resume(experiment: Experiment, run_dir: Path, quiet: bool = False) 
     """The summary of the run in `run_dir`, and whether it was reused: a completed run is
     reused, a started one resumed from its last checkpoint, otherwise `experiment` is
     trained there."""
-    import json
-
     summary = run_dir / "summary.json"
     if summary.is_file() and (finished := json.loads(summary.read_text())).get("status") == "completed":
         return finished, True

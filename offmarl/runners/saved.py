@@ -63,16 +63,19 @@ class SavedRun:
         template = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
         return cls(run_dir, experiment, env, algo, steps, offline, template)
 
-    def newest_readable(self) -> int:
-        """The step of the newest checkpoint that can be read; each newer, unreadable one
-        is skipped with a warning on stderr."""
+    def newest_readable(self) -> tuple[int, Any]:
+        """(step, acting parameters) of the newest checkpoint that can be read; each newer,
+        unreadable one is skipped with a warning on stderr."""
         found = load_newest_valid(self.run_dir / "checkpoints", self._template, _warn)
         assert found is not None  # open() found checkpoints; all unreadable raises instead
-        return found[0]
+        return found[0], self._acting(found[0], found[1])
 
     def params(self, step: int) -> Any:
         """The acting parameters saved at `step`; ConfigError if they are not finite."""
         state, _ = load_checkpoint(self.run_dir / "checkpoints", step, self._template)
+        return self._acting(step, state)
+
+    def _acting(self, step: int, state: Any) -> Any:
         params = self.algo.acting_params(state[0]) if self.offline else state.params
         if not all_finite(params):
             raise ConfigError(f"the checkpoint of {str(self.run_dir)!r} at step {step:,} holds "
@@ -90,10 +93,9 @@ def evaluate_run(run_dir: str | Path, episodes: int, checkpoint: str = "latest",
     read_run_config(run_dir)
     step = resolve_checkpoint(Path(run_dir) / "checkpoints", checkpoint)
     run = SavedRun.open(run_dir)
-    if checkpoint == "latest":
-        step = run.newest_readable()
+    step, params = run.newest_readable() if checkpoint == "latest" else (step, run.params(step))
     evaluator = make_evaluator(run.env, run.algo, episodes)
     experiment = run.experiment
-    result = evaluate_both(evaluator, run.params(step), experiment.seed if seed is None else seed, CLI_EVAL_TAG)
+    result = evaluate_both(evaluator, params, experiment.seed if seed is None else seed, CLI_EVAL_TAG)
     return {"run": str(run_dir), "algo": experiment.algo, "env": experiment.env,
             "checkpoint_" + run.step_key: step, **result}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -88,3 +89,13 @@ class JsonlWriter:
 
     def close(self) -> None:
         self._file.close()
+
+
+def slug(text: str) -> str:
+    """A flat file-name part: 'matrix:/tmp/g.json' -> 'matrix_g', 'datasets/smax_3m.vlt:good'
+    -> 'smax_3m_good'."""
+    parts = []
+    for part in text.split(":"):
+        path = Path(part)
+        parts.append(path.stem if path.suffix in (".json", ".vlt") or "/" in part else part)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(p for p in parts if p)).strip("_")
