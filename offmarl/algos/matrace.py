@@ -15,9 +15,8 @@ import distrax
 import jax
 import jax.numpy as jnp
 
+from offmarl.algos.actor_critic import ActorCritic, ActorCriticConfig
 from offmarl.config import require
-from offmarl.envs.base import EnvSpec
-from offmarl.networks import GRUPolicy, MLPPolicy, MLPValue, masked_logits
 from offmarl.types import Rollout
 
 
@@ -66,15 +65,14 @@ def vtrace(
 
 
 @dataclass(frozen=True)
-class MATraceConfig:
-    """MA-Trace hyper-parameters. Defaults follow the paper and its released code."""
+class MATraceConfig(ActorCriticConfig):
+    """MA-Trace hyper-parameters. Defaults follow the paper and its released code
+    (a feed-forward 64-64 actor, no agent id, a critic over all observations)."""
 
     RUN_DEFAULTS: ClassVar[dict[str, Any]] = {"env_steps": 16_000_000, "lr": 1e-3, "num_epochs": 2}
     """MA-Trace's own runner settings (docs/tuning.md): lr 1e-3 annealed, two passes per
     batch (V-trace corrects the second pass's staleness), 16M env steps."""
 
-    gamma: float = 0.99
-    """Discount factor."""
     rho_bar: float = 1.0
     """Clip of the importance ratio in the V-trace temporal differences."""
     c_bar: float = 1.0
@@ -83,8 +81,6 @@ class MATraceConfig:
     """Clip of the importance ratio in the policy-gradient advantage."""
     lambda_: float = 1.0
     """Trace decay multiplying every c_t (1 gives the paper's n-step target)."""
-    critic: Literal["obs", "state", "decentralised"] = "obs"
-    """Critic input: all observations concatenated, the global state, or V_i(o_i) per agent."""
     importance_weights: bool = True
     """False sets every ratio to 1 (the paper's ablation)."""
     baseline_cost: float = 0.5
@@ -97,18 +93,11 @@ class MATraceConfig:
     """Adaptive mode's target for the entropy per agent (nats); the released code used 1e-5."""
     target_entropy_decay: float = 0.0
     """Fraction by which the target falls, linearly, over the run (0 keeps it constant)."""
-    actor: Literal["mlp", "gru"] = "mlp"
-    """Actor network: the paper's feed-forward MLP, or Dense -> GRU (memory across steps)."""
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    """Hidden layers of the critic MLP and the MLP actor; a GRU actor uses the first as
-    its embedding width and the last as its memory width."""
-    agent_id: bool = False
-    """Append a one-hot agent id to each agent's observation (off in the paper)."""
     normalize_advantages: bool = False
     """Standardise policy-gradient advantages within each minibatch."""
 
     def validate(self) -> None:
-        require(0.0 <= self.gamma <= 1.0, f"gamma={self.gamma} is invalid: must be in [0, 1]")
+        super().validate()
         require(self.rho_bar > 0, f"rho_bar={self.rho_bar} is invalid: must be > 0")
         require(self.pg_rho_bar > 0, f"pg_rho_bar={self.pg_rho_bar} is invalid: must be > 0")
         require(
@@ -122,88 +111,19 @@ class MATraceConfig:
             0.0 <= self.target_entropy_decay <= 1.0,
             f"target_entropy_decay={self.target_entropy_decay} is invalid: must be in [0, 1]",
         )
-        require(
-            len(self.hidden_sizes) > 0 and all(h > 0 for h in self.hidden_sizes),
-            f"hidden_sizes={self.hidden_sizes} must be positive integers",
-        )
 
 
-class MATrace:
+class MATrace(ActorCritic):
     """Pure MA-Trace functions for one environment spec (see OnlineAlgorithm)."""
 
-    def __init__(self, config: MATraceConfig, spec: EnvSpec) -> None:
-        config.validate()
-        self.config = config
-        self.spec = spec
-        actor_class = GRUPolicy if config.actor == "gru" else MLPPolicy
-        self._actor = actor_class(config.hidden_sizes, spec.num_actions)
-        self._critic = MLPValue(config.hidden_sizes)
+    config: MATraceConfig
 
-    # -- inputs ---------------------------------------------------------------
-    def _actor_input(self, obs: jax.Array) -> jax.Array:
-        if not self.config.agent_id:
-            return obs
-        ids = jnp.broadcast_to(jnp.eye(self.spec.num_agents), obs.shape[:-1] + (self.spec.num_agents,))
-        return jnp.concatenate([obs, ids], axis=-1)
-
-    def _critic_input(self, obs: jax.Array, state: jax.Array) -> jax.Array:
-        if self.config.critic == "state":
-            return state
-        if self.config.critic == "obs":
-            return obs.reshape(obs.shape[:-2] + (-1,))
-        return self._actor_input(obs)  # decentralised: V_i(o_i)
-
-    # -- OnlineAlgorithm ------------------------------------------------------
     def init(self, rng: jax.Array) -> dict:
-        actor_rng, critic_rng = jax.random.split(rng)
-        n, o, s = self.spec.num_agents, self.spec.obs_dim, self.spec.state_dim
-        obs = jnp.zeros((n, o))
-        if self.config.actor == "gru":
-            actor_args = (self.initial_policy_state(()), self._actor_input(obs), jnp.zeros((n,), bool))
-        else:
-            actor_args = (self._actor_input(obs),)
         return {
-            "actor": self._actor.init(actor_rng, *actor_args),
-            "critic": self._critic.init(critic_rng, self._critic_input(obs, jnp.zeros((s,)))),
+            **self.init_networks(rng),
             # exp(10 p) is the entropy cost in adaptive mode; unused in fixed mode.
             "entropy_param": jnp.log(jnp.maximum(self.config.entropy_cost, 1e-8)) / 10.0,
         }
-
-    def initial_policy_state(self, batch_shape: tuple[int, ...]) -> jax.Array:
-        width = self.config.hidden_sizes[-1] if self.config.actor == "gru" else 0
-        return jnp.zeros(batch_shape + (self.spec.num_agents, width))
-
-    def policy_step(
-        self, params: dict, policy_state: jax.Array, obs: jax.Array, avail: jax.Array,
-        starts: jax.Array,
-    ) -> tuple[jax.Array, jax.Array]:
-        inputs = self._actor_input(obs)
-        if self.config.actor == "gru":
-            agent_starts = jnp.broadcast_to(starts[..., None], obs.shape[:-1])
-            policy_state, logits = self._actor.apply(params["actor"], policy_state, inputs, agent_starts)
-        else:
-            logits = self._actor.apply(params["actor"], inputs)
-        return masked_logits(logits, avail), policy_state
-
-    def unroll_logits(self, params: dict, rollout: Rollout) -> jax.Array:
-        """Masked logits [T, B, N, A] of the current policy along a rollout.
-
-        A recurrent actor restarts from the memory recorded at the unroll's first step.
-        """
-        obs, avail = rollout.obs[:-1], rollout.avail[:-1]
-        if self.config.actor != "gru":
-            return self.policy_step(params, rollout.policy_state, obs, avail, rollout.starts)[0]
-
-        def step(memory, inputs):
-            logits, memory = self.policy_step(params, memory, *inputs)
-            return memory, logits
-
-        _, logits = jax.lax.scan(step, rollout.policy_state[0], (obs, avail, rollout.starts))
-        return logits
-
-    def values(self, params: dict, obs: jax.Array, state: jax.Array) -> jax.Array:
-        """Team value [...] (obs/state critic) or per-agent values [..., N] (decentralised)."""
-        return self._critic.apply(params["critic"], self._critic_input(obs, state))
 
     def prepare_batch(self, params: dict, rollout: Rollout) -> Rollout:
         """V-trace recomputes its targets in every pass: nothing to fix per batch."""
@@ -221,12 +141,9 @@ class MATrace:
         agent_log_rhos = jax.lax.stop_gradient(log_probs - rollout.behaviour_log_probs)
         if not cfg.importance_weights:
             agent_log_rhos = jnp.zeros_like(agent_log_rhos)
-        discounts = cfg.gamma * (1.0 - rollout.dones.astype(jnp.float32))
-        rewards = rollout.rewards
-        if cfg.critic == "decentralised":
+        rewards, discounts = self.team_signals(rollout, values)
+        if self.decentralised_critic:
             log_rhos = agent_log_rhos  # per-agent ratios against per-agent values
-            discounts = jnp.broadcast_to(discounts[..., None], log_rhos.shape)
-            rewards = jnp.broadcast_to(rewards[..., None], log_rhos.shape)
         else:
             log_rhos = jnp.sum(agent_log_rhos, axis=-1)  # joint ratio = product over agents
         vs, pg_adv = vtrace(
@@ -242,7 +159,7 @@ class MATrace:
         )
         if cfg.normalize_advantages:
             pg_adv = (pg_adv - pg_adv.mean()) / (pg_adv.std() + 1e-8)
-        if cfg.critic != "decentralised":
+        if not self.decentralised_critic:
             pg_adv = pg_adv[..., None]  # every agent shares the team advantage
         policy_loss = -jnp.mean(jnp.sum(log_probs * pg_adv, axis=-1))
         value_loss = cfg.baseline_cost * 0.5 * jnp.mean((vs - values[:-1]) ** 2)

@@ -1,0 +1,138 @@
+"""What the online actor-critics share: a decentralised shared actor (MLP or GRU), a
+critic over observations, the global state or each agent's own observation, and the
+unroll of the current policy along a rollout. MA-Trace and PPO build on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from offmarl.config import require
+from offmarl.envs.base import EnvSpec
+from offmarl.networks import GRUPolicy, MLPPolicy, MLPValue, masked_logits, with_agent_id
+from offmarl.types import Rollout
+
+Critic = Literal["obs", "state", "decentralised"]
+
+
+@dataclass(frozen=True)
+class ActorCriticConfig:
+    """Network settings every online actor-critic has."""
+
+    gamma: float = 0.99
+    """Discount factor."""
+    critic: Critic = "obs"
+    """Critic input: all observations concatenated, the global state, or V_i(o_i) per agent."""
+    actor: Literal["mlp", "gru"] = "mlp"
+    """Actor network: a feed-forward MLP, or Dense -> GRU (memory across steps)."""
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden layers of the critic MLP and the MLP actor; a GRU actor uses the first as
+    its embedding width and the last as its memory width."""
+    agent_id: bool = False
+    """Append a one-hot agent id to each agent's observation."""
+
+    def validate(self) -> None:
+        require(0.0 <= self.gamma <= 1.0, f"gamma={self.gamma} is invalid: must be in [0, 1]")
+        require(
+            len(self.hidden_sizes) > 0 and all(h > 0 for h in self.hidden_sizes),
+            f"hidden_sizes={self.hidden_sizes} must be positive integers",
+        )
+
+
+class ActorCritic:
+    """Actor and critic networks for one environment spec, and the Policy half of
+    OnlineAlgorithm. Subclasses add `prepare_batch` and `loss`."""
+
+    def __init__(self, config: ActorCriticConfig, spec: EnvSpec) -> None:
+        config.validate()
+        self.config = config
+        self.spec = spec
+        actor_class = GRUPolicy if config.actor == "gru" else MLPPolicy
+        self._actor = actor_class(config.hidden_sizes, spec.num_actions)
+        self._critic = MLPValue(config.hidden_sizes)
+
+    @property
+    def decentralised_critic(self) -> bool:
+        """True when the critic gives one value per agent ([..., N]), not a team value."""
+        return self.config.critic == "decentralised"
+
+    # -- inputs ---------------------------------------------------------------
+    def _actor_input(self, obs: jax.Array) -> jax.Array:
+        return with_agent_id(obs) if self.config.agent_id else obs
+
+    def _critic_input(self, obs: jax.Array, state: jax.Array) -> jax.Array:
+        if self.config.critic == "state":
+            return state
+        if self.config.critic == "obs":
+            return obs.reshape(obs.shape[:-2] + (-1,))
+        return self._actor_input(obs)  # decentralised: V_i(o_i)
+
+    # -- parameters -----------------------------------------------------------
+    def init_networks(self, rng: jax.Array) -> dict:
+        """Fresh {"actor", "critic"} parameters."""
+        actor_rng, critic_rng = jax.random.split(rng)
+        n, o, s = self.spec.num_agents, self.spec.obs_dim, self.spec.state_dim
+        obs = jnp.zeros((n, o))
+        if self.config.actor == "gru":
+            actor_args = (self.initial_policy_state(()), self._actor_input(obs), jnp.zeros((n,), bool))
+        else:
+            actor_args = (self._actor_input(obs),)
+        return {
+            "actor": self._actor.init(actor_rng, *actor_args),
+            "critic": self._critic.init(critic_rng, self._critic_input(obs, jnp.zeros((s,)))),
+        }
+
+    def init(self, rng: jax.Array) -> dict:
+        return self.init_networks(rng)
+
+    # -- Policy ---------------------------------------------------------------
+    def initial_policy_state(self, batch_shape: tuple[int, ...]) -> jax.Array:
+        width = self.config.hidden_sizes[-1] if self.config.actor == "gru" else 0
+        return jnp.zeros(batch_shape + (self.spec.num_agents, width))
+
+    def policy_step(
+        self, params: dict, policy_state: jax.Array, obs: jax.Array, avail: jax.Array,
+        starts: jax.Array,
+    ) -> tuple[jax.Array, jax.Array]:
+        inputs = self._actor_input(obs)
+        if self.config.actor == "gru":
+            agent_starts = jnp.broadcast_to(starts[..., None], obs.shape[:-1])
+            policy_state, logits = self._actor.apply(params["actor"], policy_state, inputs, agent_starts)
+        else:
+            logits = self._actor.apply(params["actor"], inputs)
+        return masked_logits(logits, avail), policy_state
+
+    # -- along a rollout ------------------------------------------------------
+    def unroll_logits(self, params: dict, rollout: Rollout) -> jax.Array:
+        """Masked logits [T, B, N, A] of the current policy along a rollout.
+
+        A recurrent actor restarts from the memory recorded at the unroll's first step.
+        """
+        obs, avail = rollout.obs[:-1], rollout.avail[:-1]
+        if self.config.actor != "gru":
+            return self.policy_step(params, rollout.policy_state, obs, avail, rollout.starts)[0]
+
+        def step(memory, inputs):
+            logits, memory = self.policy_step(params, memory, *inputs)
+            return memory, logits
+
+        _, logits = jax.lax.scan(step, rollout.policy_state[0], (obs, avail, rollout.starts))
+        return logits
+
+    def values(self, params: dict, obs: jax.Array, state: jax.Array) -> jax.Array:
+        """Team value [...] (obs/state critic) or per-agent values [..., N] (decentralised)."""
+        return self._critic.apply(params["critic"], self._critic_input(obs, state))
+
+    def team_signals(self, rollout: Rollout, values: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Rewards and discounts shaped like `values[:-1]`: [T, B], or [T, B, N] with a
+        decentralised critic (every agent sees the team reward)."""
+        discounts = self.config.gamma * (1.0 - rollout.dones.astype(jnp.float32))
+        rewards = rollout.rewards
+        if self.decentralised_critic:
+            shape = values[:-1].shape
+            discounts = jnp.broadcast_to(discounts[..., None], shape)
+            rewards = jnp.broadcast_to(rewards[..., None], shape)
+        return rewards, discounts

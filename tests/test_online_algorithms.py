@@ -1,0 +1,144 @@
+"""Every registered online algorithm, through the same checks: its config and run
+defaults, an update, acting under action masks, determinism per seed, and resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from offmarl.algos import ALGORITHMS
+from offmarl.cli import main
+from offmarl.experiment import resolve_experiment
+from offmarl.runners.config import OfflineConfig, OnlineConfig
+from offmarl.runners.fused import FusedTrainer
+from offmarl.runners.online import OnlineRun
+from offmarl.runners.saved import SavedRun
+from offmarl.utils.files import read_jsonl
+
+ONLINE = sorted(name for name, entry in ALGORITHMS.items() if entry.kind == "online")
+RUNNER_KEYS = {f.name for f in dataclasses.fields(OnlineConfig)}
+TINY = {"num_envs": 8, "unroll_length": 8, "num_minibatches": 2, "num_epochs": 2, "env_steps": 10_000}
+
+
+def test_the_registry_has_the_online_algorithms_users_compare() -> None:
+    assert {"matrace", "mappo", "ippo"} <= set(ONLINE)
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_algorithm_keys_never_shadow_runner_keys(name: str) -> None:
+    entry = ALGORITHMS[name]
+    runner = OnlineConfig if entry.kind == "online" else OfflineConfig
+    algo_keys = {f.name for f in dataclasses.fields(entry.config_class)}
+    assert not algo_keys & {f.name for f in dataclasses.fields(runner)}
+
+
+@pytest.mark.parametrize("name", ONLINE)
+def test_run_defaults_are_valid_runner_settings_and_apply_only_to_their_algorithm(name: str) -> None:
+    defaults = ALGORITHMS[name].run_defaults
+    assert set(defaults) <= RUNNER_KEYS, set(defaults) - RUNNER_KEYS
+    resolved = resolve_experiment(name, "smax:3m", 0).run_config
+    assert resolved == dataclasses.replace(OnlineConfig(), **defaults)
+    for other in ONLINE:
+        for key, value in ALGORITHMS[other].run_defaults.items():
+            if key not in defaults:
+                assert getattr(resolved, key) == getattr(OnlineConfig(), key), (name, other, key)
+
+
+def test_ppo_and_matrace_keep_their_own_settings() -> None:
+    matrace = resolve_experiment("matrace", "smax:3m", 0).run_config
+    mappo = resolve_experiment("mappo", "smax:3m", 0).run_config
+    assert (matrace.lr, matrace.num_epochs, matrace.unroll_length) == (1e-3, 2, 32)
+    assert (mappo.lr, mappo.num_epochs, mappo.num_minibatches, mappo.unroll_length) == (2e-3, 4, 4, 128)
+    assert resolve_experiment("mappo", "smax:3m", 0, {"lr": 3e-4}).run_config.lr == 3e-4
+
+
+def _trainer(name: str, env, seed_layer: dict | None = None) -> FusedTrainer:
+    experiment = resolve_experiment(name, "smax:3m", 0, TINY, seed_layer or {})
+    algo = ALGORITHMS[name].build(experiment.algo_config, env.spec)
+    return FusedTrainer(experiment.run_config, algo, env)
+
+
+def _leaves(tree) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+@pytest.fixture(scope="module", params=ONLINE)
+def trained(request, smax_3m):
+    """(name, trainer, initial state, state after 2 updates, metrics), and a rerun."""
+    trainer = _trainer(request.param, smax_3m)
+    start = trainer.init(jax.random.PRNGKey(5))
+    runs = [trainer.train(start, 2) for _ in range(2)]
+    return request.param, trainer, start, runs
+
+
+def test_an_update_changes_every_network_and_reports_finite_metrics(trained) -> None:
+    name, _, start, runs = trained
+    state, episodes, metrics = runs[0]
+    assert int(state.update) == 2
+    for network in ("actor", "critic"):
+        before, after = _leaves(start.params[network]), _leaves(state.params[network])
+        assert any(not np.allclose(a, b) for a, b in zip(before, after)), (name, network)
+    assert metrics and all(np.isfinite(float(v)) for v in metrics.values()), metrics
+    assert float(metrics["grad_norm"]) > 0
+
+
+def test_same_seed_same_params_and_another_seed_differs(trained, smax_3m) -> None:
+    name, trainer, _, runs = trained
+    (s1, e1, m1), (s2, e2, m2) = runs
+    assert {k: float(v) for k, v in m1.items()} == {k: float(v) for k, v in m2.items()}
+    for a, b in zip(_leaves(s1.params), _leaves(s2.params)):
+        np.testing.assert_array_equal(a, b)
+    other, _, m3 = trainer.train(trainer.init(jax.random.PRNGKey(6)), 2)
+    assert float(m3["loss"]) != float(m1["loss"])
+
+
+def test_acting_never_picks_an_unavailable_action(trained) -> None:
+    _, trainer, start, _ = trained
+    _, rollout, _ = jax.jit(trainer.collect)(start, start.params)
+    avail = np.asarray(rollout.avail[:-1])
+    actions = np.asarray(rollout.actions)
+    chosen = np.take_along_axis(avail, actions[..., None], axis=-1)[..., 0]
+    assert chosen.all()
+    assert (~avail).any()  # the masks really exclude actions in these rollouts
+    assert np.isfinite(np.asarray(rollout.behaviour_log_probs)).all()
+    assert (np.asarray(rollout.behaviour_log_probs) <= 0).all()
+
+
+CLI_TINY = [
+    "--env", "smax:3m", "--env-steps", "1024", "--num-envs", "16", "--quiet",
+    "unroll_length=16", "num_minibatches=2", "num_epochs=2", "eval_interval=256",
+    "eval_episodes=4", "final_eval_episodes=4", "checkpoint_interval=256",
+]
+
+
+@pytest.mark.parametrize("name", ONLINE)
+def test_interrupted_run_resumes_to_the_same_parameters(name: str, tmp_path: Path, monkeypatch) -> None:
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert main(["train", "--algo", name, "--out", str(straight), *CLI_TINY]) == 0
+    calls = {"n": 0}
+    original_chunk = OnlineRun.train_chunk
+
+    def chunk_with_interrupt(self, state, done):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original_chunk(self, state, done)
+
+    monkeypatch.setattr(OnlineRun, "train_chunk", chunk_with_interrupt)
+    assert main(["train", "--algo", name, "--out", str(interrupted), *CLI_TINY]) == 130
+    assert json.loads((interrupted / "summary.json").read_text())["env_steps"] == 512
+    monkeypatch.setattr(OnlineRun, "train_chunk", original_chunk)
+    assert main(["train", "--resume", str(interrupted), "--quiet"]) == 0
+    assert [r["env_steps"] for r in read_jsonl(interrupted / "metrics.jsonl")] == [256, 512, 768, 1024]
+    config = json.loads((interrupted / "config.json").read_text())
+    assert config["algo"] == name and config["run_config"]["num_epochs"] == 2
+    step_a, params_a = SavedRun.open(straight).newest_readable()
+    step_b, params_b = SavedRun.open(interrupted).newest_readable()
+    assert step_a == step_b == 1024
+    for a, b in zip(_leaves(params_a), _leaves(params_b)):
+        np.testing.assert_array_equal(a, b)
