@@ -113,6 +113,8 @@ def _build_parser() -> argparse.ArgumentParser:
     report = command("report", "statistics of runs per algorithm and environment (e.g. several seeds)")
     report.add_argument("runs", nargs="+", help="run directories")
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    report.add_argument("--reps", type=int, default=None,
+                        help="bootstrap replications of the rliable aggregate (default 5000)")
 
     collect = command("collect", "record a run's saved policy into an OG-MARL vault")
     collect.add_argument("--run", required=True, help="run directory (online or offline)")
@@ -301,9 +303,19 @@ def _config(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from offmarl.evaluation.aggregate import format_report, report_runs
+    from offmarl.evaluation.statistics import DEFAULT_REPS, format_aggregate, rliable_report
 
+    reps = DEFAULT_REPS if args.reps is None else args.reps
+    if reps < 1:
+        raise ConfigError(f"--reps={reps} is invalid: must be a positive integer")
     report = report_runs(args.runs)
-    print(json.dumps(report, indent=2) if args.json else format_report(report), end="" if not args.json else "\n")
+    report["aggregate"] = rliable_report(args.runs, reps=reps)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report), end="")
+        print("\naggregate over tasks (rliable, the statistics of `offmarl sweep`):")
+        print("\n".join(format_aggregate(report["aggregate"])))
     return 0
 
 

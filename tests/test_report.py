@@ -163,3 +163,25 @@ def test_inconsistent_groups_are_warned_about(tmp_path: Path) -> None:
     assert "differ in env_steps" in warnings
     assert "seed 0 appears more than once" in warnings
     assert "final_eval_greedy_win_rate is missing from 1 of 4 completed runs" in warnings
+
+
+def test_report_command_gives_the_sweeps_rliable_aggregate(tmp_path: Path, capsys) -> None:
+    from offmarl.cli import main
+    from offmarl.evaluation.statistics import rliable_report
+
+    wins = {("matrace", "smax:3m"): [0.9, 0.8, 1.0], ("mappo", "smax:3m"): [0.7, 0.6, 0.9],
+            ("matrace", "smax:2s3z"): [1.0, 0.9, 0.95], ("mappo", "smax:2s3z"): [0.2, 0.95, 0.5]}
+    runs = write_runs(tmp_path, {f"{a}_{e[5:]}_{s}": online(s, e, win=w, algo=a)
+                                 for (a, e), ws in wins.items() for s, w in enumerate(ws)})
+    assert main(["report", "--json", "--reps", "300", *runs]) == 0
+    aggregate = json.loads(capsys.readouterr().out)["aggregate"]
+    direct = rliable_report(runs, reps=300)
+    assert aggregate["algorithms"] == direct["algorithms"] and aggregate["pairs"] == direct["pairs"]
+    # 6 scores per algorithm: the IQM (a 25% trimmed mean) drops the lowest and the highest.
+    matrace = sorted(w for (a, _), ws in wins.items() if a == "matrace" for w in ws)
+    assert aggregate["algorithms"]["matrace"]["iqm"]["value"] == pytest.approx(sum(matrace[1:5]) / 4)
+    assert aggregate["pairs"][0]["x"] == "matrace" and aggregate["pairs"][0]["probability"] > 0.5
+    assert main(["report", "--reps", "300", *runs]) == 0
+    text = capsys.readouterr().out
+    assert "aggregate over tasks (rliable" in text and "| matrace | 3 x 2 |" in text
+    assert main(["report", "--reps", "0", *runs]) == 2

@@ -399,6 +399,34 @@ def rliable_report(run_dirs: list[str | Path], reps: int = DEFAULT_REPS, seed: i
     }
 
 
+def format_aggregate(stats: dict | None) -> list[str]:
+    """`rliable_report`'s aggregates and probabilities of improvement as Markdown lines
+    (tables read as well in a terminal), then its warnings."""
+    lines: list[str] = []
+    if not stats or not stats["algorithms"]:
+        lines.append("No aggregate yet (no finished runs on tasks every algorithm has).")
+    else:
+        boot = stats["bootstrap"]
+        lines += [f"Score: {stats['score']}; tasks: {', '.join(stats['tasks'])}. Point estimate "
+                  f"[95% CI], stratified bootstrap over runs within each task, {boot['reps']:,} "
+                  f"replications, seed {boot['seed']}.", "",
+                  "| algorithm | runs x tasks | IQM | mean | median | optimality gap |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for algo, agg in stats["algorithms"].items():
+            cells = [("n/a" if agg[k] is None else f"{agg[k]['value']:.3f} [{agg[k]['ci95'][0]:.3f}, "
+                      f"{agg[k]['ci95'][1]:.3f}]") for k in AGGREGATES]
+            lines.append(f"| {algo} | {agg['runs']} x {agg['tasks']} | {' | '.join(cells)} |")
+        if stats["pairs"]:
+            lines += ["", "| X | Y | P(X > Y) [95% CI] |", "| --- | --- | --- |"]
+            for p in stats["pairs"]:
+                lines.append(f"| {p['x']} | {p['y']} | {p['probability']:.3f} [{p['ci95'][0]:.3f}, "
+                             f"{p['ci95'][1]:.3f}] |")
+    warnings = (stats or {}).get("warnings", [])
+    if warnings:
+        lines += ["", "Warnings:", ""] + [f"* {w}" for w in warnings]
+    return lines
+
+
 SCORE_TEXT = {
     "win_rate": "final greedy win rate",
     "normalised": "final greedy win rate, or final greedy return mapped to [0, 1] by its return range",

@@ -662,28 +662,9 @@ def _table_md(plan_json: dict, table: dict, stats: dict | None, partial: bool) -
                          f"{_n(first['wall_seconds_mean'])} | {reached} | {_n(speed['mean'])} {unit} | "
                          f"{_n(row['wall_seconds_mean'])} |")
         lines.append("")
-    lines += ["## Aggregate over tasks (rliable)", ""]
-    if not stats or not stats["algorithms"]:
-        lines.append("No aggregate yet (no finished runs on tasks every algorithm has).")
-    else:
-        boot = stats["bootstrap"]
-        lines += [f"Score: {stats['score']}; tasks: {', '.join(stats['tasks'])}. Point estimate "
-                  f"[95% CI], stratified bootstrap over runs within each task, {boot['reps']:,} "
-                  f"replications, seed {boot['seed']}.", "",
-                  "| algorithm | runs x tasks | IQM | mean | median | optimality gap |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        for algo, agg in stats["algorithms"].items():
-            cells = [("n/a" if agg[k] is None else f"{agg[k]['value']:.3f} [{agg[k]['ci95'][0]:.3f}, "
-                      f"{agg[k]['ci95'][1]:.3f}]") for k in ("iqm", "mean", "median", "optimality_gap")]
-            lines.append(f"| {algo} | {agg['runs']} x {agg['tasks']} | {' | '.join(cells)} |")
-        if stats["pairs"]:
-            lines += ["", "| X | Y | P(X > Y) [95% CI] |", "| --- | --- | --- |"]
-            for p in stats["pairs"]:
-                lines.append(f"| {p['x']} | {p['y']} | {p['probability']:.3f} [{p['ci95'][0]:.3f}, "
-                             f"{p['ci95'][1]:.3f}] |")
-    warnings = (stats or {}).get("warnings", [])
-    if warnings:
-        lines += ["", "Warnings:", ""] + [f"* {w}" for w in warnings]
+    from offmarl.evaluation.statistics import format_aggregate
+
+    lines += ["## Aggregate over tasks (rliable)", "", *format_aggregate(stats)]
     return "\n".join(lines).rstrip() + "\n"
 
 
