@@ -217,7 +217,6 @@ class DistributedTrainer:
         try:
             for _ in range(num_updates):
                 (rollout, unroll_episodes, behaviour_version, seconds), worker, depth = self._next_unroll()
-                self.counts.produced += 1
                 lag = version - behaviour_version
                 start = time.perf_counter()
                 state, metrics = self.apply_rollout(state, rollout)
@@ -299,8 +298,11 @@ class DistributedTrainer:
                     self.counts.dropped += 1
                 except ray.exceptions.RayError:
                     self.counts.lost += 1
-            self.counts.abandoned += len(self.in_flight) - len(ready)
             self.in_flight.clear()
+        # An interrupt can land between taking an unroll off the queue and counting it, so
+        # the in-flight remainder is derived from the totals rather than counted.
+        self.counts.settle_in_flight()
+        self.counts.dropped = self.counts.produced - self.counts.consumed
         for worker in self.workers:
             ray.kill(worker)
         self.workers = []
@@ -355,6 +357,7 @@ class DistributedTrainer:
                 self._restart(index)
                 self._submit(index)
                 continue
+            self.counts.produced += 1
             self._submit(index)
             return result, index, len(waiting) - 1
 
