@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from offmarl.cli import main
-from offmarl.pipelines.sweep import cell_command, cell_state, plan_sweep, summarise_sweep
+from offmarl.pipelines.sweep import cell_command, cell_state, plan_sweep, suite_table_lines, summarise_sweep
 from offmarl.runners.common import RunLock
 from offmarl.utils.files import read_jsonl
 
@@ -100,6 +100,7 @@ def test_a_tiny_sweep_completes_and_writes_every_output(tiny_sweep) -> None:
     assert statistics["bootstrap"]["reps"] == 200
     table = (out / "table.md").read_text()
     assert "## matrix:xor" in table and "| bc | 2/2 |" in table and "## Aggregate over tasks (rliable)" in table
+    assert "## Suite table" not in table  # no published figure exists for matrix:xor
 
 
 def test_a_rerun_skips_finished_cells_and_a_different_grid_is_refused(tiny_sweep) -> None:
@@ -286,3 +287,22 @@ def test_a_sweep_runs_its_cells_as_ray_tasks(tmp_path: Path) -> None:
         head.stdin.close()
         head.wait(timeout=60)
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_the_suite_table_puts_our_scores_beside_the_published_figures() -> None:
+    def row(wins: list[float]) -> dict:
+        if not wins:
+            return {"done": 0}
+        mean = sum(wins) / len(wins)
+        return {"done": len(wins), "final_greedy_win_rate": {"mean": mean, "ci95": 0.05 if len(wins) > 1 else None}}
+
+    table = {"smax:2s3z": {"matrace": row([1.0, 0.98, 0.99]), "mappo": row([0.9])},
+             "smax:3m": {"matrace": row([0.95]), "mappo": row([])}}
+    lines = suite_table_lines(["matrace", "mappo"], table)
+    header = next(line for line in lines if line.startswith("| map |"))
+    assert header.split(" | ")[1:3] == ["matrace", "mappo"] and "JaxMARL MAPPO" in header and "SMAC" in header
+    two = next(line for line in lines if line.startswith("| smax:2s3z |"))
+    assert two == "| smax:2s3z | 0.990 ± 0.050 (3) | 0.900 (1) | 0.90 | 1.00 | 0.89 | 0.95 | 99/94/98 |"
+    three = next(line for line in lines if line.startswith("| smax:3m |"))
+    assert three == "| smax:3m | 0.950 (1) | pending | – | – | – | – | – |"
+    assert suite_table_lines(["bc"], {"matrix:xor": {"bc": row([1.0])}}) == []

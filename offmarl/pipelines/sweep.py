@@ -633,6 +633,44 @@ def _n(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}" if abs(x) >= 10 else f"{x:.{digits}f}"
 
 
+def _score_text(row: dict) -> str:
+    score = row.get("final_greedy_win_rate") or row.get("final_greedy_return")
+    if score is None:
+        return "n/a"
+    kind = "win rate" if "final_greedy_win_rate" in row else "return"
+    if score["ci95"] is None:
+        return f"{_n(score['mean'])} ({kind}, one seed)"
+    return f"{_n(score['mean'])} ± {_n(score['ci95'])} ({kind})"
+
+
+def suite_table_lines(algos: list[str], table: dict) -> list[str]:
+    """One row per environment: each algorithm's final greedy score beside the peers'
+    published figures and the MA-Trace paper's SMAC figure (offmarl/evaluation/published.py).
+    Empty when no environment of the grid has a published figure."""
+    from offmarl.evaluation.published import (PAPER_SMAC_COLUMN, PAPER_SMAC_MEDIAN_WIN_PERCENT, PEER_COLUMNS,
+                                              PEER_ENV_STEPS, PEER_SMAX_WIN_RATES, has_published)
+
+    if not any(has_published(env) for env in table):
+        return []
+    lines = ["## Suite table", "",
+             f"Ours: final greedy win rate, mean ± 95% t-interval over the seeds done (n in brackets). Peers: "
+             f"published SMAX final win rates at about {PEER_ENV_STEPS:,} env steps, read from plots (±0.05). "
+             "The paper's column is SMAC, a different simulator (median win %).", "",
+             "| map | " + " | ".join(algos) + " | " + " | ".join(PEER_COLUMNS) + f" | {PAPER_SMAC_COLUMN} |",
+             "| --- |" + " --- |" * (len(algos) + len(PEER_COLUMNS) + 1)]
+    for env, rows in table.items():
+        ours = []
+        for algo in algos:
+            row = rows[algo]
+            ours.append(f"{_score_text(row).split(' (')[0]} ({row['done']})" if row["done"] else "pending")
+        peers = PEER_SMAX_WIN_RATES.get(env)
+        paper = PAPER_SMAC_MEDIAN_WIN_PERCENT.get(env)
+        published = [f"{v:.2f}" for v in peers] if peers else ["–"] * len(PEER_COLUMNS)
+        published.append("/".join(str(v) for v in paper) if paper else "–")
+        lines.append(f"| {env} | " + " | ".join(ours + published) + " |")
+    return [*lines, ""]
+
+
 def _table_md(plan_json: dict, table: dict, stats: dict | None, partial: bool) -> str:
     lines = [f"# Sweep results{' (partial)' if partial else ''}", "",
              f"algorithms {', '.join(plan_json['algos'])}; environments {', '.join(plan_json['envs'])}; "
@@ -643,17 +681,14 @@ def _table_md(plan_json: dict, table: dict, stats: dict | None, partial: bool) -
              f"(win rate where the env has one, else return). 'to {THRESHOLD}': the first periodic greedy "
              f"evaluation with win rate >= {THRESHOLD}, mean over the seeds that reach it (steps are env "
              "steps online, iterations offline).", ""]
+    lines += suite_table_lines(plan_json["algos"], table)
     for env, rows in table.items():
         lines += [f"## {env}", "",
                   f"| algorithm | seeds done | final greedy score | steps to {THRESHOLD} | wall s to {THRESHOLD} "
                   "| reached | steps/s | wall s |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for algo, row in rows.items():
-            score = row.get("final_greedy_win_rate") or row.get("final_greedy_return")
-            kind = "win rate" if "final_greedy_win_rate" in row else "return"
-            text = "n/a" if score is None else (
-                f"{_n(score['mean'])} ± {_n(score['ci95'])} ({kind})" if score["ci95"] is not None
-                else f"{_n(score['mean'])} ({kind}, one seed)")
+            text = _score_text(row)
             first = row[f"first_{THRESHOLD}"]
             reached = f"{first['reached']}/{first['of']}" if first["has_win_rate"] else "n/a (no win rate)"
             speed = row["speed"]
