@@ -78,6 +78,8 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="new run directory (default runs/<algo>_<env>_s<seed>)")
     train.add_argument("--num-envs", type=int, help=f"parallel environments (default {online.num_envs})")
     train.add_argument("--policy-lag", type=int, help="act with parameters K updates old (default 0)")
+    train.add_argument("--simulated-workers", type=_count("--simulated-workers"),
+                       help="simulate the policy lag of N IMPALA workers in the fused runner (default 0: off)")
     train.add_argument("--workers", type=int,
                        help="Ray rollout workers feeding one learner (default 0: fused single process)")
     train.add_argument("--ray-address", help="join the Ray cluster at HOST:PORT or 'auto' "
@@ -184,8 +186,11 @@ def _refuse_ignored_flags(args: argparse.Namespace) -> None:
 
 
 def _flag_overrides(args: argparse.Namespace) -> dict[str, object]:
+    if args.simulated_workers is not None and args.simulated_workers < 1:
+        raise ConfigError(f"--simulated-workers={args.simulated_workers} is invalid: must be a positive "
+                          "integer (leave the flag out to run without simulated workers)")
     flags = {"env_steps": args.env_steps, "num_envs": args.num_envs, "policy_lag": args.policy_lag,
-             "workers": args.workers}
+             "simulated_workers": args.simulated_workers, "workers": args.workers}
     return {k: v for k, v in flags.items() if v is not None}
 
 

@@ -102,6 +102,9 @@ def test_sigint_checkpoints_and_resume_continues_without_gap(tmp_path: Path) -> 
     (["--workers", "2", "--ray-address", "headnode"], "--ray-address 'headnode' is invalid: expected HOST:PORT"),
     (["--ray-address", "127.0.0.1:6379"], "--ray-address needs Ray workers: add --workers N"),
     (["--workers", "2", "--policy-lag", "-3"], "policy_lag=-3 is invalid"),
+    (["--simulated-workers", "0"], "--simulated-workers=0 is invalid: must be a positive integer"),
+    (["--simulated-workers", "-2"], "--simulated-workers=-2 is invalid: must be a positive integer"),
+    (["--simulated-workers", "2", "--workers", "2"], "simulated_workers=2 cannot be combined with workers=2"),
 ])
 def test_bad_worker_settings_are_one_line_exit_2(argv: list[str], message: str, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "offmarl", "train", "--env", "smax:3m",
@@ -146,3 +149,22 @@ def test_unroll_counts_survive_a_checkpoint_and_settle_unrolls_in_flight() -> No
     assert restored.lag_histogram == {1: 5, 2: 3} and restored.consumed == 8
     restored.settle_in_flight()
     assert restored.abandoned == 2  # 12 submitted = 9 produced + 1 lost + 2 never returned
+
+
+@pytest.mark.slow
+def test_simulated_workers_lag_like_real_ray_workers(tmp_path: Path) -> None:
+    """The fused runner's --simulated-workers 2 reproduces the lag two Ray workers measure."""
+    budget = ["--env-steps", str(5 * CHUNK_STEPS)]
+    ray_run = subprocess.run([sys.executable, "-m", "offmarl", "train", "--out", str(tmp_path / "ray"), *budget,
+                              *SMALL], capture_output=True, text=True, timeout=300)
+    simulated = SMALL[:SMALL.index("--workers")] + SMALL[SMALL.index("--workers") + 2:]
+    fused_run = subprocess.run([sys.executable, "-m", "offmarl", "train", "--out", str(tmp_path / "sim"), *budget,
+                                "--simulated-workers", "2", *simulated], capture_output=True, text=True, timeout=300)
+    assert ray_run.returncode == 0 and fused_run.returncode == 0, ray_run.stderr + fused_run.stderr
+    ray_summary = json.loads((tmp_path / "ray" / "summary.json").read_text())
+    sim_summary = json.loads((tmp_path / "sim" / "summary.json").read_text())
+    updates = 5 * CHUNK_STEPS // UPDATE_STEPS
+    assert sim_summary["lag_histogram"] == {"0": 1, "1": 1, "2": updates - 2}
+    assert sum(ray_summary["lag_histogram"].values()) == updates
+    assert abs(sim_summary["lag_mean"] - ray_summary["lag_mean"]) <= 0.5, (sim_summary["lag_mean"],
+                                                                            ray_summary["lag_mean"])

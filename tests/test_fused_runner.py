@@ -71,3 +71,47 @@ def test_training_episode_stats_count_finished_episodes(smax_3m) -> None:
     # 3m episodes last well under 100 steps: 16 envs x 128 steps finish many.
     assert 16 <= float(episodes.episodes) <= 16 * 128
     assert 0 <= float(episodes.wins) <= float(episodes.episodes)
+
+
+def test_simulated_workers_take_turns_and_act_with_parameters_n_updates_old(smax_3m) -> None:
+    workers = 3
+    trainer = _trainer(smax_3m, simulated_workers=workers)
+    state = trainer.init(jax.random.PRNGKey(0))
+    assert jax.tree.leaves(state.env_state)[0].shape[:2] == (workers, 8)
+    history = [state.params]
+    update = jax.jit(trainer.update)
+    lags = []
+    for u in range(8):
+        # The behaviour parameters are those of max(u - N, 0) updates ago ...
+        for a, b in zip(_leaves(trainer.behaviour_params(state)), _leaves(history[max(u - workers, 0)])):
+            np.testing.assert_array_equal(a, b)
+        before = state
+        state, _, metrics = update(state)
+        lags.append(int(metrics["lag"]))
+        history.append(state.params)
+        # ... and only the worker whose turn it is steps its environments.
+        moved = [not np.array_equal(np.asarray(before.episode_return[w]), np.asarray(state.episode_return[w]))
+                 or not np.array_equal(np.asarray(before.starts[w]), np.asarray(state.starts[w]))
+                 or not all(np.array_equal(x[w], y[w]) for x, y in
+                            zip(_leaves(before.env_state), _leaves(state.env_state)))
+                 for w in range(workers)]
+        assert moved == [w == u % workers for w in range(workers)], (u, moved)
+    assert lags == [0, 1, 2, 3, 3, 3, 3, 3]
+
+
+def test_the_lag_histogram_is_measured_and_rolls_back_with_an_aborted_chunk(smax_3m) -> None:
+    trainer = _trainer(smax_3m, simulated_workers=2, policy_lag=1)
+    state = trainer.init(jax.random.PRNGKey(0))
+    state, _, metrics = trainer.train(state, 10)
+    # Total lag N + K = 3: updates 0, 1, 2 see lags 0, 1, 2, the next seven lag 3.
+    assert trainer.summary()["lag_histogram"] == {"0": 1, "1": 1, "2": 1, "3": 7}
+    assert metrics["lag_mean"] == pytest.approx(24 / 10) and metrics["lag_max"] == 3.0
+    assert "lag" not in metrics and "lag_counts" not in metrics
+    trainer.commit()
+    trainer.train(state, 5)
+    trainer.abort()
+    assert trainer.summary()["lag_histogram"] == {"0": 1, "1": 1, "2": 1, "3": 7}
+    resumed = _trainer(smax_3m, simulated_workers=2, policy_lag=1)
+    resumed.restore(trainer.checkpoint_meta())
+    assert resumed.summary() == trainer.summary()
+    assert _trainer(smax_3m).summary() == {}  # no lag, nothing to report

@@ -42,6 +42,10 @@ class OnlineConfig:
     policy_lag: int = 0
     """Act with parameters this many updates old, to exercise the off-policy correction
     (with workers, on top of the lag the asynchronous workers create)."""
+    simulated_workers: int = 0
+    """0: off. N > 0 (fused runner only): N simulated IMPALA workers, each with its own
+    num_envs environments, take turns feeding the learner one unroll per update; the
+    behaviour parameters are then N updates old (plus policy_lag), as with N Ray workers."""
     workers: int = 0
     """0: the fused single-process runner. N > 0: N Ray rollout workers feed one learner;
     each unroll (num_envs x unroll_length steps) is one update's batch."""
@@ -84,6 +88,14 @@ class OnlineConfig:
         require(self.policy_lag <= MAX_POLICY_LAG,
                 f"policy_lag={self.policy_lag} is invalid: 0..{MAX_POLICY_LAG} (the runner keeps "
                 "policy_lag + 1 copies of the parameters)")
+        require(0 <= self.simulated_workers <= MAX_POLICY_LAG,
+                f"simulated_workers={self.simulated_workers} is invalid: 0 (off) or 1..{MAX_POLICY_LAG}")
+        require(self.policy_lag + self.simulated_workers <= MAX_POLICY_LAG,
+                f"policy_lag + simulated_workers = {self.policy_lag + self.simulated_workers} is invalid: "
+                f"at most {MAX_POLICY_LAG} (the runner keeps that many + 1 copies of the parameters)")
+        require(not (self.simulated_workers and self.workers),
+                f"simulated_workers={self.simulated_workers} cannot be combined with workers={self.workers}: "
+                "simulated workers run in the fused runner, workers on Ray; choose one")
         require(0 <= self.workers <= MAX_WORKERS,
                 f"workers={self.workers} is invalid: 0 (fused runner) or 1..{MAX_WORKERS} Ray workers")
         require(

@@ -1,15 +1,27 @@
 """Fused single-process runner: vmapped environments, `lax.scan` unrolls and a
-jitted update, in the PureJaxRL style. Works with any `OnlineAlgorithm`."""
+jitted update, in the PureJaxRL style. Works with any `OnlineAlgorithm`.
+
+Two ways to act with stale parameters, for studying the off-policy correction:
+`policy_lag` K acts with the parameters of K updates ago; `simulated_workers` N
+reproduces in one process the lag of N asynchronous IMPALA-style workers feeding one
+learner, as the Ray runner runs them. Each simulated worker owns `num_envs`
+environments; the learner consumes the workers' unrolls in turn, one per update, and a
+worker whose unroll is taken receives the newest parameters at that moment (before the
+learner's step on it), so its next unroll, consumed N updates later, is N versions old.
+Both keep the last lag + 1 parameter versions in a ring, and the lag of every update is
+measured from the version stored with the parameters it acted with."""
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import distrax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from offmarl.algos.base import OnlineAlgorithm
@@ -23,7 +35,9 @@ class TrainState(NamedTuple):
 
     params: Any
     opt_state: Any
-    param_history: Any  # params of the last policy_lag + 1 updates, stacked on axis 0
+    param_history: Any  # params of the last lag + 1 updates, stacked on axis 0
+    param_versions: jax.Array  # [lag + 1] the update count each slot of param_history holds
+    # With simulated workers the environment fields below gain a leading worker axis [W].
     env_state: Any
     timestep: TimeStep
     starts: jax.Array  # [B] the current observation begins an episode
@@ -31,6 +45,10 @@ class TrainState(NamedTuple):
     episode_return: jax.Array  # [B] return of each environment's running episode
     rng: jax.Array
     update: jax.Array  # number of updates done
+
+
+ENV_FIELDS = ("env_state", "timestep", "starts", "policy_state", "episode_return")
+"""The TrainState fields that belong to one set of environments (one simulated worker)."""
 
 
 class EpisodeStats(NamedTuple):
@@ -54,27 +72,36 @@ class FusedTrainer:
     def __init__(self, cfg: OnlineConfig, algo: OnlineAlgorithm, env: MultiAgentEnv) -> None:
         cfg.validate()
         self.cfg, self.algo, self.env = cfg, algo, env
+        self.lag = cfg.policy_lag + cfg.simulated_workers
+        """Versions between the learner and the behaviour parameters in steady state."""
         self.optimizer = make_optimizer(cfg)
-        self.train = jax.jit(self._train)
+        self._train_jit = jax.jit(self._train)
+        self.lag_histogram: Counter = Counter()
+        self._committed_histogram: Counter = Counter()
+
+    def _fresh_envs(self, rng: jax.Array) -> dict:
+        """The environment fields of a TrainState for `num_envs` newly reset environments."""
+        env_state, timestep = jax.vmap(self.env.reset)(jax.random.split(rng, self.cfg.num_envs))
+        return {"env_state": env_state, "timestep": timestep,
+                "starts": jnp.ones((self.cfg.num_envs,), bool),
+                "policy_state": self.algo.initial_policy_state((self.cfg.num_envs,)),
+                "episode_return": jnp.zeros((self.cfg.num_envs,))}
 
     def init(self, rng: jax.Array) -> TrainState:
         param_rng, env_rng, rng = jax.random.split(rng, 3)
         params = self.algo.init(param_rng)
-        env_state, timestep = jax.vmap(self.env.reset)(jax.random.split(env_rng, self.cfg.num_envs))
-        history = jax.tree.map(
-            lambda p: jnp.repeat(p[None], self.cfg.policy_lag + 1, axis=0), params
-        )
+        if self.cfg.simulated_workers:
+            envs = jax.vmap(self._fresh_envs)(jax.random.split(env_rng, self.cfg.simulated_workers))
+        else:
+            envs = self._fresh_envs(env_rng)
         state = TrainState(
             params=params,
             opt_state=self.optimizer.init(params),
-            param_history=history,
-            env_state=env_state,
-            timestep=timestep,
-            starts=jnp.ones((self.cfg.num_envs,), bool),
-            policy_state=self.algo.initial_policy_state((self.cfg.num_envs,)),
-            episode_return=jnp.zeros((self.cfg.num_envs,)),
+            param_history=jax.tree.map(lambda p: jnp.repeat(p[None], self.lag + 1, axis=0), params),
+            param_versions=jnp.zeros((self.lag + 1,), jnp.int32),
             rng=rng,
             update=jnp.zeros((), jnp.int32),
+            **envs,
         )
         # Strong dtypes everywhere, so that the jitted `train` compiles once, not twice.
         return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), state)
@@ -150,14 +177,17 @@ class FusedTrainer:
         )
         return params, opt_state, jax.tree.map(jnp.mean, metrics)
 
+    def _behaviour_slot(self, state: TrainState) -> jax.Array:
+        return jnp.maximum(state.update - self.lag, 0) % (self.lag + 1)
+
     def behaviour_params(self, state: TrainState) -> Any:
-        """The parameters of `policy_lag` updates ago (the initial ones early on)."""
-        slot = jnp.maximum(state.update - self.cfg.policy_lag, 0) % (self.cfg.policy_lag + 1)
+        """The parameters of `lag` updates ago (the initial ones early on)."""
+        slot = self._behaviour_slot(state)
         return jax.tree.map(lambda h: h[slot], state.param_history)
 
     def apply_rollout(self, state: TrainState, rollout: Rollout) -> tuple[TrainState, dict]:
         """The learner's half of an update: learn from `rollout`, then advance the version."""
-        slots = self.cfg.policy_lag + 1
+        slots = self.lag + 1
         rng, learn_rng = jax.random.split(state.rng)
         progress = state.update / self.cfg.num_updates
         params, opt_state, metrics = self.learn(state.params, state.opt_state, rollout, learn_rng, progress)
@@ -166,37 +196,75 @@ class FusedTrainer:
             lambda h, p: h.at[update % slots].set(p), state.param_history, params
         )
         state = state._replace(
-            params=params, opt_state=opt_state, param_history=history, rng=rng, update=update
+            params=params, opt_state=opt_state, param_history=history,
+            param_versions=state.param_versions.at[update % slots].set(update), rng=rng, update=update
         )
         return state, metrics
 
     def update(self, state: TrainState) -> tuple[TrainState, EpisodeStats, dict]:
-        """One update: unroll with the (possibly lagged) behaviour policy, then learn."""
-        state, rollout, episodes = self.collect(state, self.behaviour_params(state))
+        """One update: unroll with the (possibly lagged) behaviour policy, then learn.
+        `metrics["lag"]` is the learner's version minus the behaviour parameters' version."""
+        behaviour = self.behaviour_params(state)
+        lag = state.update - state.param_versions[self._behaviour_slot(state)]
+        if self.cfg.simulated_workers:
+            worker = state.update % self.cfg.simulated_workers
+            own = state._replace(**{f: jax.tree.map(lambda x: x[worker], getattr(state, f)) for f in ENV_FIELDS})
+            own, rollout, episodes = self.collect(own, behaviour)
+            state = state._replace(rng=own.rng, **{
+                f: jax.tree.map(lambda all_, one: all_.at[worker].set(one), getattr(state, f), getattr(own, f))
+                for f in ENV_FIELDS})
+        else:
+            state, rollout, episodes = self.collect(state, behaviour)
         state, metrics = self.apply_rollout(state, rollout)
+        return state, episodes, {**metrics, "lag": lag}
+
+    def train(self, state: TrainState, num_updates: int) -> tuple[TrainState, EpisodeStats, dict]:
+        """Run `num_updates` updates (jitted); returns the state, the summed episode stats
+        and the learner's mean metrics, with lag_mean and lag_max where acting is lagged."""
+        state, episodes, metrics = self._train_jit(state, num_updates)
+        metrics = dict(metrics)
+        counts = np.asarray(metrics.pop("lag_counts"))
+        metrics.pop("lag")
+        if self.lag:
+            seen = np.flatnonzero(counts)
+            self.lag_histogram.update({int(k): int(counts[k]) for k in seen})
+            metrics["lag_mean"] = float(np.dot(np.arange(len(counts)), counts) / max(counts.sum(), 1))
+            metrics["lag_max"] = float(seen.max()) if len(seen) else 0.0
         return state, episodes, metrics
 
     # -- what OnlineRun asks of every trainer; the fused one has nothing extra to keep -----
     def compile(self, state: TrainState, num_updates: int) -> float:
         """Compile `train` ahead of time for this state's shapes; returns the seconds taken."""
         start = time.perf_counter()
-        self.train = jax.jit(self._train).lower(state, num_updates).compile()
+        self._train_jit = jax.jit(self._train).lower(state, num_updates).compile()
         return time.perf_counter() - start
 
     def checkpoint_meta(self) -> dict:
-        return {}
+        return {"lag_histogram": _histogram_json(self.lag_histogram)} if self.lag else {}
 
     def restore(self, meta: dict) -> None:
         """Take back what `checkpoint_meta` saved."""
+        self.lag_histogram = Counter({int(k): v for k, v in meta.get("lag_histogram", {}).items()})
+        self._committed_histogram = self.lag_histogram.copy()
 
     def commit(self) -> None:
         """The last `train` chunk became the run's state."""
+        self._committed_histogram = self.lag_histogram.copy()
 
     def abort(self) -> None:
-        """The last `train` chunk was discarded."""
+        """The last `train` chunk was discarded, and with it the lags it counted."""
+        self.lag_histogram = self._committed_histogram.copy()
 
     def summary(self) -> dict:
-        return {}
+        """The lag of every update learned from, as the Ray runner reports it."""
+        if not self.lag:
+            return {}
+        hist = self.lag_histogram
+        total = sum(hist.values())
+        return {"simulated_workers": self.cfg.simulated_workers,
+                "lag_mean": sum(k * v for k, v in hist.items()) / total if total else None,
+                "lag_max": max(hist) if hist else None,
+                "lag_histogram": _histogram_json(hist)}
 
     def close(self, run_dir: Path) -> None:
         """Release workers and write the trainer's own artefacts into `run_dir`."""
@@ -207,11 +275,17 @@ class FusedTrainer:
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (probe_episodes, probe_metrics))
 
         def body(_, carry):
-            state, (episodes, metrics) = carry
+            state, (episodes, metrics), lag_counts = carry
             state, new_episodes, new_metrics = self.update(state)
             summed = jax.tree.map(jnp.add, (episodes, metrics), (new_episodes, new_metrics))
-            return state, summed
+            return state, summed, lag_counts.at[new_metrics["lag"]].add(1)
 
-        state, (episodes, metrics) = jax.lax.fori_loop(0, num_updates, body, (state, zeros))
+        lag_counts = jnp.zeros((self.lag + 1,), jnp.int32)
+        state, (episodes, metrics), lag_counts = jax.lax.fori_loop(
+            0, num_updates, body, (state, zeros, lag_counts))
         metrics = jax.tree.map(lambda m: m / jnp.maximum(num_updates, 1), metrics)
-        return state, episodes, metrics
+        return state, episodes, {**metrics, "lag_counts": lag_counts}
+
+
+def _histogram_json(histogram: Counter) -> dict[str, int]:
+    return {str(k): v for k, v in sorted(histogram.items())}
