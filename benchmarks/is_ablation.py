@@ -1,7 +1,9 @@
 """MA-Trace with and without importance weights under increasing policy lag.
 
-Arms: `--policy-lag L` in the fused runner (acting with parameters L updates old), and
-real Ray workers (`--workers K`, the lag the asynchronous workers create). Each setting
+Arms: `--policy-lag L` in the fused runner (acting with parameters L updates old),
+`--simulated-workers N` in the fused runner (the lag of N IMPALA workers, simulated in one
+process, so the paper's 30-worker scale fits on a laptop), and real Ray workers
+(`--workers K`, the lag the asynchronous workers create). Each setting
 is trained with importance weights (MA-Trace) and with every ratio set to 1
 (`importance_weights=false`), over several seeds; the final greedy evaluation win rate is
 compared. The paper's claim (section 3.3): without the weights, learning degrades as the
@@ -9,6 +11,7 @@ lag grows. Finished runs are reused, so an interrupted sweep continues where it 
 Writes is_ablation.json, is_ablation.md and is_ablation.png under --out. Usage:
 
     python benchmarks/is_ablation.py --env smax:3m --lags 0,8,32 --workers 2 --seeds 3 [key=value ...]
+    python benchmarks/is_ablation.py --env smax:3m --lags '' --simulated 1,2,8,32 --workers 2 --seeds 3
 
 Trailing key=value words override config fields for every run, as in `offmarl train`.
 """
@@ -89,6 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="smax:3m")
     parser.add_argument("--lags", default="0,8,32", help="fused --policy-lag settings")
+    parser.add_argument("--simulated", default="", help="fused --simulated-workers counts ('' for none)")
     parser.add_argument("--workers", default="2", help="Ray worker counts ('' for none)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--env-steps", type=int, default=3_000_000)
@@ -97,9 +101,10 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config fields for every run, e.g. lr=5e-4")
     args = parser.parse_args()
     settings = [{"policy_lag": int(lag)} for lag in args.lags.split(",") if lag]
+    settings += [{"simulated_workers": int(n)} for n in args.simulated.split(",") if n]
     settings += [{"workers": int(k)} for k in args.workers.split(",") if k]
     if args.seeds < 1 or not settings:
-        parser.error("need --seeds >= 1 and at least one lag or worker setting")
+        parser.error("need --seeds >= 1 and at least one lag, simulated-worker or worker setting")
     out = Path(args.out)
     overrides = parse_overrides(args.overrides)
     budget = {**overrides, "env_steps": args.env_steps, "final_eval_episodes": args.final_eval_episodes}
