@@ -1,12 +1,16 @@
 """Throughput of the Ray runner against the number of rollout workers, in one run.
 
-For each K in 1..max_workers, K workers (each with num_envs environments) feed one
-learner; after a warm-up (worker start-up and compilation), `--updates` updates are
-timed. SPS(K) is environment steps learned from per second; the efficiency is
-SPS(K) / (K x SPS(1)). The fused single-process runner is timed at the same num_envs
-for reference. Writes scaling.json, scaling.md and scaling.png under --out. Usage:
+For each K in 1..max_workers and each batch size U in --unrolls-per-update, K workers
+(each with num_envs environments) feed one learner that consumes U unrolls per update;
+after a warm-up (worker start-up and compilation), `--updates` updates are timed. SPS is
+environment steps learned from per second; the efficiency is SPS(K) / (K x SPS(1)) at
+the same U. A point is learner-bound when the learner's own rate (env steps per second
+of update time) is below what the workers produce (K x their mean rate), else
+worker-bound. The fused single-process runner is timed at the same num_envs for
+reference. Writes scaling.json, scaling.md and scaling.png under --out. Usage:
 
     python benchmarks/scaling.py --env smax:3m                          # 1..cores-1 workers, local Ray
+    python benchmarks/scaling.py --max-workers 4 --unrolls-per-update 1,4   # one-unroll vs batching learner
     python benchmarks/scaling.py --max-workers 32 --ray-address HEAD:6379   # on a cluster
 """
 
@@ -32,10 +36,11 @@ from offmarl.utils.files import atomic_write_bytes, atomic_write_json  # noqa: E
 from timing import machine, time_it  # noqa: E402
 
 
-def ray_throughput(env: str, workers: int, overrides: dict, updates: int, warmup: int,
-                   address: str | None) -> dict:
+def ray_throughput(env: str, workers: int, unrolls_per_update: int, overrides: dict, updates: int,
+                   warmup: int, address: str | None) -> dict:
     """Learned env steps/s, and the mean of the workers' own steps/s, with `workers` workers."""
-    experiment = resolve_experiment("matrace", env, 0, overrides, {"workers": workers})
+    experiment = resolve_experiment("matrace", env, 0, overrides,
+                                    {"workers": workers, "unrolls_per_update": unrolls_per_update})
     built_env, algo = experiment.build()
     learner = FusedTrainer(experiment.run_config, algo, built_env)
     trainer = DistributedTrainer(experiment, built_env.settings, learner, address)
@@ -49,10 +54,12 @@ def ray_throughput(env: str, workers: int, overrides: dict, updates: int, warmup
         trainer.shutdown()
     steps = updates * experiment.run_config.steps_per_update
     per_worker = [v for k, v in metrics.items() if k.startswith("worker")]
-    return {"workers": workers, "steps_per_second": steps / seconds, "lag_mean": metrics["lag_mean"],
-            "queue_depth_mean": metrics["queue_depth_mean"],
-            "worker_steps_per_second_mean": sum(per_worker) / len(per_worker),
-            "learner_steps_per_second": metrics["learner_steps_per_second"]}
+    worker_mean = sum(per_worker) / len(per_worker)
+    learner = metrics["learner_steps_per_second"]
+    return {"workers": workers, "unrolls_per_update": unrolls_per_update, "steps_per_second": steps / seconds,
+            "lag_mean": metrics["lag_mean"], "queue_depth_mean": metrics["queue_depth_mean"],
+            "worker_steps_per_second_mean": worker_mean, "learner_steps_per_second": learner,
+            "bound": "learner" if learner < workers * worker_mean else "workers"}
 
 
 def fused_throughput(env: str, overrides: dict, updates: int) -> float:
@@ -65,21 +72,31 @@ def fused_throughput(env: str, overrides: dict, updates: int) -> float:
 
 
 def write_outputs(rows: list[dict], fused_sps: float, out: Path, info: dict) -> None:
-    base = rows[0]["steps_per_second"]
+    base = {r["unrolls_per_update"]: r["steps_per_second"] for r in rows if r["workers"] == rows[0]["workers"]}
     for row in rows:
-        row["efficiency"] = row["steps_per_second"] / (row["workers"] * base)
+        row["efficiency"] = row["steps_per_second"] / (row["workers"] * base[row["unrolls_per_update"]])
+    one = {r["workers"]: r["learner_steps_per_second"] for r in rows if r["unrolls_per_update"] == 1}
+    for row in rows:
+        row["learner_vs_one_unroll"] = row["learner_steps_per_second"] / one[row["workers"]] if row["workers"] in one else None
     lines = [f"Fused single-process runner at the same num_envs: {fused_sps:,.0f} env steps/s.", "",
-             "| workers | learned env steps/s | efficiency SPS(K)/(K SPS(1)) | mean lag | queue depth "
-             "| steps/s per worker | learner steps/s |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['workers']} | {r['steps_per_second']:,.0f} | {r['efficiency']:.2f} | {r['lag_mean']:.2f} "
-              f"| {r['queue_depth_mean']:.2f} | {r['worker_steps_per_second_mean']:,.0f} "
-              f"| {r['learner_steps_per_second']:,.0f} |" for r in rows]
+             "| workers | unrolls per update | learned env steps/s | efficiency SPS(K)/(K SPS(1)) | mean lag "
+             "| queue depth | steps/s per worker | learner steps/s | learner vs one unroll | bound |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['workers']} | {r['unrolls_per_update']} | {r['steps_per_second']:,.0f} | {r['efficiency']:.2f} "
+              f"| {r['lag_mean']:.2f} | {r['queue_depth_mean']:.2f} | {r['worker_steps_per_second_mean']:,.0f} "
+              f"| {r['learner_steps_per_second']:,.0f} | "
+              + ("-" if r["learner_vs_one_unroll"] is None else f"{r['learner_vs_one_unroll']:.2f}x")
+              + f" | {r['bound']} |" for r in rows]
     atomic_write_bytes(out / "scaling.md", ("\n".join(lines) + "\n").encode())
     atomic_write_json(out / "scaling.json", {**info, "fused_steps_per_second": fused_sps, "rows": rows})
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    ks = [r["workers"] for r in rows]
-    ax.plot(ks, [r["steps_per_second"] for r in rows], marker="o", label="Ray workers")
-    ax.plot(ks, [k * base for k in ks], ls="--", color="grey", label="linear in SPS(1)")
+    for batch in sorted(base):
+        points = [r for r in rows if r["unrolls_per_update"] == batch]
+        ks = [r["workers"] for r in points]
+        line, = ax.plot(ks, [r["steps_per_second"] for r in points], marker="o",
+                        label=f"Ray workers, {batch} unroll{'s' if batch > 1 else ''}/update")
+        ax.plot(ks, [k * base[batch] for k in ks], ls="--", color=line.get_color(), alpha=0.4)
+    ks = sorted({r["workers"] for r in rows})
     ax.axhline(fused_sps, color="tab:green", ls=":", label="fused, one process")
     ax.set_xlabel("workers")
     ax.set_ylabel("learned env steps / s")
@@ -98,6 +115,7 @@ def main() -> None:
                         help="largest worker count (default: cores - 1)")
     parser.add_argument("--updates", type=int, default=60, help="timed updates per worker count")
     parser.add_argument("--warmup", type=int, default=10, help="untimed updates first (start-up, compile)")
+    parser.add_argument("--unrolls-per-update", default="1", help="learner batch sizes to compare, e.g. 1,4")
     parser.add_argument("--ray-address", help="join this Ray cluster instead of a local instance")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="run-config overrides")
@@ -108,10 +126,19 @@ def main() -> None:
     out = Path(args.out)
     info = {"env": args.env, "updates": args.updates, "overrides": overrides,
             "ray_address": args.ray_address or "local", **machine()}
+    try:
+        batches = [int(b) for b in args.unrolls_per_update.split(",") if b]
+    except ValueError:
+        parser.error(f"--unrolls-per-update={args.unrolls_per_update!r} is invalid: comma-separated positive integers")
+    if not batches or min(batches) < 1:
+        parser.error(f"--unrolls-per-update={args.unrolls_per_update!r} is invalid: comma-separated positive integers")
     rows = []
     for workers in range(1, args.max_workers + 1):
-        rows.append(ray_throughput(args.env, workers, overrides, args.updates, args.warmup, args.ray_address))
-        print(f"{workers} workers: {rows[-1]['steps_per_second']:,.0f} env steps/s", flush=True)
+        for batch in batches:
+            rows.append(ray_throughput(args.env, workers, batch, overrides, args.updates, args.warmup,
+                                       args.ray_address))
+            print(f"{workers} workers, {batch} unrolls/update: {rows[-1]['steps_per_second']:,.0f} env steps/s "
+                  f"({rows[-1]['bound']}-bound)", flush=True)
     write_outputs(rows, fused_throughput(args.env, overrides, args.updates), out, info)
 
 

@@ -102,6 +102,8 @@ def test_sigint_checkpoints_and_resume_continues_without_gap(tmp_path: Path) -> 
     (["--workers", "2", "--ray-address", "headnode"], "--ray-address 'headnode' is invalid: expected HOST:PORT"),
     (["--ray-address", "127.0.0.1:6379"], "--ray-address needs Ray workers: add --workers N"),
     (["--workers", "2", "--policy-lag", "-3"], "policy_lag=-3 is invalid"),
+    (["unrolls_per_update=2"], "unrolls_per_update=2 needs Ray workers (workers > 0)"),
+    (["--workers", "2", "unrolls_per_update=0"], "unrolls_per_update=0 is invalid: must be a positive integer"),
     (["--simulated-workers", "0"], "--simulated-workers=0 is invalid: must be a positive integer"),
     (["--simulated-workers", "-2"], "--simulated-workers=-2 is invalid: must be a positive integer"),
     (["--simulated-workers", "2", "--workers", "2"], "simulated_workers=2 cannot be combined with workers=2"),
@@ -168,3 +170,20 @@ def test_simulated_workers_lag_like_real_ray_workers(tmp_path: Path) -> None:
     assert sum(ray_summary["lag_histogram"].values()) == updates
     assert abs(sim_summary["lag_mean"] - ray_summary["lag_mean"]) <= 0.5, (sim_summary["lag_mean"],
                                                                             ray_summary["lag_mean"])
+
+
+@pytest.mark.slow
+def test_a_batching_learner_consumes_several_unrolls_per_update(tmp_path: Path) -> None:
+    """unrolls_per_update=3: every update learns from three unrolls, so a budget of B env
+    steps is B / (3 x unroll) updates and B / unroll consumed unrolls."""
+    out = tmp_path / "batched"
+    budget = 6 * CHUNK_STEPS
+    result = subprocess.run([sys.executable, "-m", "offmarl", "train", "--out", str(out), "--env-steps",
+                             str(budget), *SMALL, "unrolls_per_update=3"], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["env_steps"] == budget // (3 * UPDATE_STEPS) * 3 * UPDATE_STEPS
+    assert_counts_add_up(summary)
+    records = read_jsonl(out / "metrics.jsonl")
+    assert records[-1]["updates"] == budget // (3 * UPDATE_STEPS)

@@ -48,7 +48,11 @@ class OnlineConfig:
     behaviour parameters are then N updates old (plus policy_lag), as with N Ray workers."""
     workers: int = 0
     """0: the fused single-process runner. N > 0: N Ray rollout workers feed one learner;
-    each unroll (num_envs x unroll_length steps) is one update's batch."""
+    each update's batch is unrolls_per_update unrolls of num_envs x unroll_length steps."""
+    unrolls_per_update: int = 1
+    """Ray runner only (IMPALA-style batching): each learner update consumes this many
+    unrolls, the first to arrive from any workers, joined along the environment axis and
+    split into num_minibatches; more unrolls per update means fewer, larger gradient steps."""
     eval_interval: int = 500_000
     """Environment steps between evaluations."""
     eval_episodes: int = 64
@@ -63,8 +67,12 @@ class OnlineConfig:
     """How many of the newest checkpoints to keep."""
 
     @property
-    def steps_per_update(self) -> int:
+    def steps_per_unroll(self) -> int:
         return self.num_envs * self.unroll_length
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.steps_per_unroll * self.unrolls_per_update
 
     @property
     def num_updates(self) -> int:
@@ -72,7 +80,7 @@ class OnlineConfig:
 
     def validate(self) -> None:
         for name in ("env_steps", "num_envs", "unroll_length", "num_epochs", "num_minibatches",
-                     "eval_interval", "eval_episodes", "final_eval_episodes",
+                     "unrolls_per_update", "eval_interval", "eval_episodes", "final_eval_episodes",
                      "checkpoint_interval", "keep_checkpoints"):
             value = getattr(self, name)
             require(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0,
@@ -96,6 +104,9 @@ class OnlineConfig:
         require(not (self.simulated_workers and self.workers),
                 f"simulated_workers={self.simulated_workers} cannot be combined with workers={self.workers}: "
                 "simulated workers run in the fused runner, workers on Ray; choose one")
+        require(self.unrolls_per_update == 1 or self.workers > 0,
+                f"unrolls_per_update={self.unrolls_per_update} needs Ray workers (workers > 0): the "
+                "fused runner learns from one unroll per update")
         require(0 <= self.workers <= MAX_WORKERS,
                 f"workers={self.workers} is invalid: 0 (fused runner) or 1..{MAX_WORKERS} Ray workers")
         require(
@@ -105,7 +116,7 @@ class OnlineConfig:
         require(
             self.env_steps >= self.steps_per_update,
             f"env_steps={self.env_steps} is smaller than one update "
-            f"(num_envs x unroll_length = {self.steps_per_update})",
+            f"(num_envs x unroll_length x unrolls_per_update = {self.steps_per_update})",
         )
 
 

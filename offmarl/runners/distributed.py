@@ -203,7 +203,8 @@ class DistributedTrainer:
         return self.learner.init(rng)
 
     def train(self, state: TrainState, num_updates: int) -> tuple[TrainState, EpisodeStats, dict]:
-        """`num_updates` learner updates, each on the next unroll any worker delivers."""
+        """`num_updates` learner updates, each on the next `unrolls_per_update` unrolls any
+        workers deliver (joined along the environment axis)."""
         version = int(state.update)
         if not self.published or self.published[-1][0] != version:
             self._publish(state.params, version)
@@ -216,20 +217,25 @@ class DistributedTrainer:
         worker_seconds = np.zeros(self.cfg.workers)
         try:
             for _ in range(num_updates):
-                (rollout, unroll_episodes, behaviour_version, seconds), worker, depth = self._next_unroll()
-                lag = version - behaviour_version
+                rollouts, update_lags = [], []
+                for _ in range(self.cfg.unrolls_per_update):
+                    (rollout, unroll_episodes, behaviour_version, seconds), worker, depth = self._next_unroll()
+                    rollouts.append(rollout)
+                    update_lags.append(version - behaviour_version)
+                    depths.append(depth)
+                    worker_steps[worker] += self.cfg.steps_per_unroll
+                    worker_seconds[worker] += seconds
+                    episodes = EpisodeStats(*(a + float(b) for a, b in zip(episodes, unroll_episodes)))
+                batch = rollouts[0] if len(rollouts) == 1 else jax.tree.map(
+                    lambda *parts: np.concatenate(parts, axis=1), *rollouts)
                 start = time.perf_counter()
-                state, metrics = self.apply_rollout(state, rollout)
+                state, metrics = self.apply_rollout(state, batch)
                 version = int(state.update)
                 learn_seconds += time.perf_counter() - start
-                self.counts.consumed += 1
-                self.counts.lag_histogram[lag] += 1
+                self.counts.consumed += len(rollouts)
+                self.counts.lag_histogram.update(update_lags)
                 self._publish(state.params, version)
-                lags.append(lag)
-                depths.append(depth)
-                worker_steps[worker] += self.cfg.steps_per_update
-                worker_seconds[worker] += seconds
-                episodes = EpisodeStats(*(a + float(b) for a, b in zip(episodes, unroll_episodes)))
+                lags += update_lags
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + float(value)
         except BaseException:

@@ -169,7 +169,7 @@ class FusedTrainer:
             return (optax.apply_updates(params, updates), opt_state), metrics
 
         def epoch(carry, epoch_rng):
-            order = jax.random.permutation(epoch_rng, cfg.num_envs)
+            order = jax.random.permutation(epoch_rng, rollout.actions.shape[1])  # unrolls may be joined
             return jax.lax.scan(minibatch_step, carry, order.reshape(cfg.num_minibatches, -1))
 
         (params, opt_state), metrics = jax.lax.scan(

@@ -108,7 +108,7 @@ class OnlineRun(RunLoop):
         if cfg.env_steps == self.budget:
             return None
         return (f"env_steps={cfg.env_steps:,} rounds down to {self.budget:,}: {cfg.num_updates:,} "
-                f"updates of num_envs x unroll_length = {cfg.steps_per_update:,} env steps")
+                f"updates of num_envs x unroll_length x unrolls_per_update = {cfg.steps_per_update:,} env steps")
 
     def _updates_per_chunk(self) -> int:
         return max(1, self.cfg.eval_interval // self.cfg.steps_per_update)
