@@ -19,7 +19,8 @@ from offmarl.utils.files import read_jsonl
 
 EARLY, LATE = 0.2, 0.8
 ENTROPY_SUMMED_OVER_AGENTS = {"matrace": True, "mappo": False, "ippo": False}
-"""Whether an algorithm's logged `entropy` is the joint (summed) entropy or the mean per agent."""
+"""For runs logged before `entropy_per_agent` existed: whether an algorithm's `entropy`
+is the joint (summed) entropy or the mean per agent."""
 
 
 def _window_mean(records: list[dict], key: str, lo: float, hi: float) -> float | None:
@@ -36,8 +37,9 @@ def diagnose(sweep_dir: Path) -> list[str]:
     plan = json.loads((sweep_dir / "sweep.json").read_text())
     specs = {env: make_env(env).spec for env in plan["envs"]}
     lines = ["| map | agents | actions | log(actions) | algorithm | seed | final greedy | entropy/agent early → late "
-             "| clipped joint ratios early → late | value loss early → late | train win rate early → late |",
-             "| --- |" + " --- |" * 10]
+             "| clipped joint ratios early → late | ratio ESS early → late | value loss early → late "
+             "| train win rate early → late |",
+             "| --- |" + " --- |" * 11]
     for cell in plan["cells"]:
         run = sweep_dir / cell["dir"]
         summary_path = run / "summary.json"
@@ -55,9 +57,13 @@ def diagnose(sweep_dir: Path) -> list[str]:
             late = None if late is None else late / scale
             return f"{_fmt(early, digits)} → {_fmt(late, digits)}"
 
+        if any("entropy_per_agent" in r for r in records):
+            entropy = early_late("entropy_per_agent")
+        else:
+            entropy = early_late("entropy", scale=spec.num_agents if ENTROPY_SUMMED_OVER_AGENTS[cell["algo"]] else 1)
         lines.append(f"| {cell['env']} | {spec.num_agents} | {spec.num_actions} | {math.log(spec.num_actions):.2f} "
                      f"| {cell['algo']} | {cell['seed']} | {summary['final_eval_greedy_win_rate']:.3f} "
-                     f"| {early_late('entropy', scale=spec.num_agents if ENTROPY_SUMMED_OVER_AGENTS[cell['algo']] else 1)} | {early_late('rho_clipped_fraction')} "
+                     f"| {entropy} | {early_late('rho_clipped_fraction')} | {early_late('rho_ess')} "
                      f"| {early_late('value_loss', digits=3)} | {early_late('train_win_rate')} |")
     return lines
 

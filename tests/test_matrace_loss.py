@@ -36,6 +36,8 @@ METRICS = [
     "target_entropy",
     "rho_mean",
     "rho_clipped_fraction",
+    "rho_ess",
+    "entropy_per_agent",
     "value_mean",
 ]
 
@@ -157,6 +159,8 @@ def hand_loss(algo: MATrace, params: dict, rollout: Rollout) -> dict[str, float]
         "target_entropy": cfg.target_entropy,  # progress 0: the schedule's start
         "rho_mean": np.mean(rhos),
         "rho_clipped_fraction": np.mean(rhos > cfg.rho_bar),
+        "rho_ess": np.sum(rhos) ** 2 / (rhos.size * np.sum(rhos**2)),
+        "entropy_per_agent": mean_entropy / n,
         "value_mean": np.mean(values),
         "vs": vs,
         "pg": pg,

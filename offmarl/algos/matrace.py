@@ -185,5 +185,8 @@ class MATrace(ActorCritic):
             "target_entropy": jnp.asarray(target, jnp.float32),
             "rho_mean": jnp.mean(rhos),
             "rho_clipped_fraction": jnp.mean(rhos > cfg.rho_bar),
+            # (sum rho)^2 / (n sum rho^2): 1 on-policy, near 1/n when one ratio dominates.
+            "rho_ess": jnp.sum(rhos) ** 2 / (rhos.size * jnp.sum(rhos**2)),
+            "entropy_per_agent": mean_entropy / self.spec.num_agents,
             "value_mean": jnp.mean(values),
         }

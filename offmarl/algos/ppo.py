@@ -154,6 +154,7 @@ class PPO(ActorCritic):
             "policy_loss": policy_loss,
             "value_loss": value_loss,
             "entropy": entropy,
+            "entropy_per_agent": entropy,  # the same: PPO's entropy is already a mean per agent
             "ratio_mean": jnp.mean(ratios),
             "clipped_fraction": jnp.mean(jnp.abs(ratios - 1.0) > cfg.clip_eps),
             "approx_kl": jnp.mean((ratios - 1.0) - jnp.log(ratios)),
