@@ -4,7 +4,10 @@ Peers' SMAX figures: final win rates read from published plots (Mava's
 docs/smax_benchmark.md, which also draws JaxMARL's reported finals; about 10M env steps;
 each value about ±0.05). The MA-Trace paper's figures are SMAC median win rates in percent
 (MA-Trace (obs) / QMIX / MAPPO): a different simulator, shown for orientation only.
-Sources and caveats: ../shared/REFERENCE.md sections 1 and 8."""
+The same tables, their sources and caveats are in docs/references.md (sections
+"MA-Trace: the paper" and "Peer results on SMAX"). SMAX is not SMAC: its 5m_vs_6m is
+much harder than SMAC's and its 6h_vs_8z much easier, so the paper's column is for
+orientation only."""
 
 from __future__ import annotations
 
@@ -45,11 +48,3 @@ def has_published(env: str) -> bool:
     """Whether a suite table has anything to show beside `env`."""
     return env in PEER_SMAX_WIN_RATES or env in PAPER_SMAC_MEDIAN_WIN_PERCENT
 
-
-def best_peer(env: str) -> tuple[str, float] | None:
-    """The highest peer figure for `env` and whose it is, or None."""
-    figures = PEER_SMAX_WIN_RATES.get(env)
-    if figures is None:
-        return None
-    column, value = max(zip(PEER_COLUMNS, figures), key=lambda item: item[1])
-    return column, value

@@ -633,14 +633,20 @@ def _n(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}" if abs(x) >= 10 else f"{x:.{digits}f}"
 
 
-def _score_text(row: dict) -> str:
+def _score_value(row: dict) -> str | None:
+    """The final greedy score as 'mean ± ci', or the mean alone for one seed; None if none."""
     score = row.get("final_greedy_win_rate") or row.get("final_greedy_return")
     if score is None:
+        return None
+    return _n(score["mean"]) if score["ci95"] is None else f"{_n(score['mean'])} ± {_n(score['ci95'])}"
+
+
+def _score_text(row: dict) -> str:
+    value = _score_value(row)
+    if value is None:
         return "n/a"
     kind = "win rate" if "final_greedy_win_rate" in row else "return"
-    if score["ci95"] is None:
-        return f"{_n(score['mean'])} ({kind}, one seed)"
-    return f"{_n(score['mean'])} ± {_n(score['ci95'])} ({kind})"
+    return f"{value} ({kind}, one seed)" if "±" not in value else f"{value} ({kind})"
 
 
 def suite_table_lines(algos: list[str], table: dict) -> list[str]:
@@ -662,7 +668,7 @@ def suite_table_lines(algos: list[str], table: dict) -> list[str]:
         ours = []
         for algo in algos:
             row = rows[algo]
-            ours.append(f"{_score_text(row).split(' (')[0]} ({row['done']})" if row["done"] else "pending")
+            ours.append(f"{_score_value(row)} ({row['done']})" if row["done"] else "pending")
         peers = PEER_SMAX_WIN_RATES.get(env)
         paper = PAPER_SMAC_MEDIAN_WIN_PERCENT.get(env)
         published = [f"{v:.2f}" for v in peers] if peers else ["–"] * len(PEER_COLUMNS)
