@@ -224,7 +224,7 @@ def _train(args: argparse.Namespace) -> int:
                                          env_steps=args.env_steps))
     if not args.env:
         raise ConfigError("--env is required (see `offmarl envs`)")
-    from offmarl.experiment import resolve_experiment
+    from offmarl.runners.experiment import resolve_experiment
 
     algo, seed = args.algo or "matrace", _check_seed(args.seed)
     file_layer = load_config_file(args.config) if args.config else {}
@@ -262,7 +262,7 @@ def _offline(args: argparse.Namespace) -> int:
     if missing:
         hint = " (the vault records no env)" if missing == ["--env"] else ""
         raise ConfigError(f"{', '.join(missing)} required{hint} (see `offmarl algos`, `offmarl envs`)")
-    from offmarl.experiment import resolve_offline_experiment
+    from offmarl.runners.experiment import resolve_offline_experiment
 
     seed = _check_seed(args.seed)
     file_layer = load_config_file(args.config) if args.config else {}
@@ -331,7 +331,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _collect(args: argparse.Namespace) -> int:
-    from offmarl.data.collect import collect_from_run
+    from offmarl.pipelines.collect import collect_from_run
 
     path = collect_from_run(args.run, args.checkpoint, args.episodes, args.out, args.uid,
                             args.epsilon, _check_seed(args.seed), greedy=args.greedy, quiet=args.quiet)
@@ -340,7 +340,7 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _make_datasets(args: argparse.Namespace) -> int:
-    from offmarl.data.make_datasets import make_datasets
+    from offmarl.pipelines.make_datasets import make_datasets
 
     make_datasets(args.env, args.out, run_dir=args.run, episodes=args.episodes, seed=_check_seed(args.seed),
                   env_steps=args.env_steps, quiet=args.quiet)

@@ -12,13 +12,10 @@ import pytest
 from offmarl.algos import get_algorithm
 from offmarl.cli import main
 from offmarl.data.card import episode_wins
-from offmarl.data.collect import (
-    EpisodeCollector,
-    collect_episodes,
-    resolve_run_checkpoint,
-)
+from offmarl.data.collect import EpisodeCollector, collect_episodes
 from offmarl.data.vault import load_vault, vault_metadata
 from offmarl.errors import ConfigError
+from offmarl.pipelines.collect import resolve_run_checkpoint
 
 ATTACK_ACTIONS = slice(5, None)  # SMAX: 5 + enemy index; none is available at reset
 
@@ -79,7 +76,7 @@ def test_bad_epsilon_and_episode_count(smax_3m, policy) -> None:
 @pytest.fixture(scope="module")
 def saved_run(tmp_path_factory, smax_3m, policy) -> Path:
     """A run directory with two checkpoints of an untrained MA-Trace and their evaluations."""
-    from offmarl.experiment import resolve_experiment
+    from offmarl.runners.experiment import resolve_experiment
     from offmarl.runners.fused import FusedTrainer
     from offmarl.utils.checkpoint import save_checkpoint
     from offmarl.utils.files import atomic_write_json, atomic_write_jsonl

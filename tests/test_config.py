@@ -8,7 +8,7 @@ import pytest
 
 from offmarl.config import load_config_file
 from offmarl.errors import ConfigError
-from offmarl.experiment import resolve_experiment
+from offmarl.runners.experiment import resolve_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import pytest
 
 from offmarl.algos import MATrace
 from offmarl.evaluation.evaluate import make_evaluator, summarise
-from offmarl.experiment import resolve_experiment
+from offmarl.runners.experiment import resolve_experiment
 from offmarl.runners.fused import FusedTrainer
 
 

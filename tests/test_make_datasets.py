@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from offmarl.data.make_datasets import (
+from offmarl.pipelines.make_datasets import (
     EVAL_SEED,
     QUALITY_BANDS,
     RANDOM_SEED,

@@ -13,7 +13,7 @@ import pytest
 
 from offmarl.algos import ALGORITHMS
 from offmarl.cli import main
-from offmarl.experiment import resolve_experiment
+from offmarl.runners.experiment import resolve_experiment
 from offmarl.runners.config import OfflineConfig, OnlineConfig
 from offmarl.runners.fused import FusedTrainer
 from offmarl.runners.online import OnlineRun

@@ -22,7 +22,7 @@ from offmarl.data.builtin import load_builtin_dataset
 from offmarl.data.vault import load_vault, write_vault
 from offmarl.envs import make_env
 from offmarl.errors import ConfigError
-from offmarl.experiment import resolve_experiment
+from offmarl.runners.experiment import resolve_experiment
 from offmarl.runners.config import OfflineConfig, OnlineConfig
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)

@@ -10,7 +10,7 @@ import numpy as np
 from offmarl.data.dataset import OfflineDataset
 from offmarl.data.vault import load_vault, vault_metadata
 from offmarl.envs import smax
-from offmarl.evaluation.plots import plt, save_figure
+from offmarl.utils.plotting import plt, save_figure
 from offmarl.utils.files import atomic_write_bytes
 
 def episode_wins(dataset: OfflineDataset, env_name: str | None) -> np.ndarray | None:

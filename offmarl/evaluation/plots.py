@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from offmarl.utils.files import atomic_write_bytes  # noqa: E402
-
-def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 100) -> None:
-    """Write `fig` as a PNG at `path` atomically, then release it."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-
+from offmarl.utils.plotting import plt, save_figure
 
 _SERIES = [("eval_greedy", "eval (greedy)"), ("eval_sampled", "eval (sampled)"), ("train", "train episodes"),
            ("expected", "expected (product of the policies)")]

@@ -179,7 +179,7 @@ def plot_performance_profile(matrices: dict[str, np.ndarray], path: str | Path, 
     """rliable's score-distribution performance profile (the fraction of runs with score
     above tau, with stratified-bootstrap 95% bands), as a PNG written atomically."""
     _check_reps(reps)
-    from offmarl.evaluation.plots import plt, save_figure
+    from offmarl.utils.plotting import plt, save_figure
 
     rly = rliable_modules()
     x = {algo: _matrix(algo, m) for algo, m in matrices.items()}
@@ -203,7 +203,7 @@ def plot_probability_of_improvement(pairs: list[dict], path: str | Path, title: 
     """rliable's probability-of-improvement plot (one bar per pair: the 95% CI, a tick
     at the point estimate), as a PNG written atomically. With no pairs (one algorithm)
     the figure says so."""
-    from offmarl.evaluation.plots import plt, save_figure
+    from offmarl.utils.plotting import plt, save_figure
 
     rly = rliable_modules()
     if not pairs:
@@ -371,7 +371,7 @@ def rliable_report(run_dirs: list[str | Path], reps: int = DEFAULT_REPS, seed: i
             plot_performance_profile(matrices, Path(plot_dir) / "performance_profile.png", reps, seed,
                                      normalised=kind != "return", title=title)
         else:
-            from offmarl.evaluation.plots import plt, save_figure
+            from offmarl.utils.plotting import plt, save_figure
 
             fig, ax = plt.subplots(figsize=(5, 2))
             ax.axis("off")

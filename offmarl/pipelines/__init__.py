@@ -1,3 +1,3 @@
-"""Pipelines built from ordinary runs: `sweep` runs a grid of algorithms x environments x
-seeds, each cell an ordinary run directory made by the `offmarl` command line, and
-aggregates the results (see docs/sweep.md)."""
+"""Pipelines that chain ordinary runs: `sweep` runs a grid of algorithms x environments x
+seeds (see docs/sweep.md), `make_datasets` trains, scores and collects OG-MARL-style
+datasets (docs/datasets.md), and `collect` turns a run's checkpoint into a vault."""

@@ -168,7 +168,7 @@ def _check_dataset(env: str, dataset: str) -> None:
 
 def _resolve_cell(algo: str, kind: str, env: str, seed: int, dataset: str | None,
                   env_steps: int | None, steps: int | None, overrides: dict[str, str]) -> Cell:
-    from offmarl.experiment import resolve_experiment, resolve_offline_experiment
+    from offmarl.runners.experiment import resolve_experiment, resolve_offline_experiment
 
     where = f"{algo} on {env} (seed {seed})"
     try:
@@ -730,7 +730,7 @@ def summarise_sweep(out: str | Path, reps: int | None = None, seed: int = 0, par
     if stats is None:
         from offmarl.evaluation.statistics import plot_probability_of_improvement
 
-        from offmarl.evaluation.plots import plt, save_figure
+        from offmarl.utils.plotting import plt, save_figure
 
         fig, ax = plt.subplots(figsize=(5, 2))
         ax.axis("off")

@@ -245,16 +245,3 @@ class RunProgress:
                 due = time.perf_counter() - self._last_line >= self.heartbeat_s
             if due:
                 self.line(f"{self.phase}: {self.done:,}/{self.total:,} {self.unit} {self.speed}".rstrip())
-
-
-def progress_display(console: Console, unit: str) -> Progress:
-    """A progress bar with counts of `unit`, elapsed time and a free-text stats column
-    (for data collection; runs use RunProgress)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed:,.0f}/{task.total:,.0f} " + unit),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[stats]}"),
-        console=console,
-    )

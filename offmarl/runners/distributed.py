@@ -35,7 +35,7 @@ import ray
 
 from offmarl.errors import ConfigError
 from offmarl.evaluation.plots import plot_lag_histogram
-from offmarl.experiment import Experiment, experiment_from_dict
+from offmarl.runners.experiment import Experiment, experiment_from_dict
 from offmarl.runners.fused import EpisodeStats, FusedTrainer, TrainState
 from offmarl.utils.files import atomic_write_json
 

@@ -19,7 +19,7 @@ from offmarl.errors import ConfigError
 from offmarl.evaluation.evaluate import evaluate_both, make_evaluator
 from offmarl.evaluation.matrix_games import matrix_game_report
 from offmarl.evaluation.plots import plot_learning_curve
-from offmarl.experiment import OfflineExperiment, offline_experiment_from_dict
+from offmarl.runners.experiment import OfflineExperiment, offline_experiment_from_dict
 from offmarl.runners.common import RunLock, read_run_config
 from offmarl.runners.loop import RunLoop, set_headline, with_budget
 from offmarl.types import TransitionBatch

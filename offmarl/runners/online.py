@@ -14,7 +14,7 @@ from offmarl.envs.base import MultiAgentEnv
 from offmarl.errors import ConfigError
 from offmarl.evaluation.evaluate import evaluate_both, make_evaluator
 from offmarl.evaluation.plots import plot_learning_curve
-from offmarl.experiment import Experiment, experiment_from_dict
+from offmarl.runners.experiment import Experiment, experiment_from_dict
 from offmarl.runners.common import RunLock, read_run_config
 from offmarl.runners.fused import FusedTrainer
 from offmarl.runners.loop import RunLoop, set_headline, with_budget

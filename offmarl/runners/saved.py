@@ -14,7 +14,7 @@ import numpy as np
 from offmarl.envs.base import MultiAgentEnv
 from offmarl.errors import ConfigError
 from offmarl.evaluation.evaluate import CLI_EVAL_TAG, evaluate_both, make_evaluator
-from offmarl.experiment import experiment_from_dict, offline_experiment_from_dict
+from offmarl.runners.experiment import experiment_from_dict, offline_experiment_from_dict
 from offmarl.runners.common import read_run_config
 from offmarl.runners.loop import all_finite
 from offmarl.utils.checkpoint import list_checkpoints, load_checkpoint, load_newest_valid, resolve_checkpoint

@@ -42,22 +42,16 @@ from rich.console import Console
 from rich.table import Table
 
 from offmarl.data.card import write_dataset_card
-from offmarl.data.collect import (
-    CollectedEpisodes,
-    EpisodeCollector,
-    check_episodes,
-    outcome_metadata,
-    provenance,
-    split_evenly,
-)
+from offmarl.data.collect import CollectedEpisodes, EpisodeCollector, check_episodes, split_evenly
 from offmarl.data.dataset import concatenate
 from offmarl.data.vault import list_uids, vault_metadata, write_vault
 from offmarl.envs import check_env_name
 from offmarl.errors import ConfigError
-from offmarl.experiment import Experiment, resolve_experiment
-from offmarl.runners.common import progress_display
+from offmarl.pipelines.collect import outcome_metadata, provenance
+from offmarl.runners.experiment import Experiment, resolve_experiment
 from offmarl.runners.saved import SavedRun
 from offmarl.utils.files import atomic_write_json
+from offmarl.utils.progress import progress_display
 
 QUALITY_BANDS: dict[str, tuple[float, float]] = {
     "good": (0.8, 1.0),
