@@ -28,9 +28,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from offmarl.config import parse_overrides  # noqa: E402
-from offmarl.experiment import resolve_experiment  # noqa: E402
+from offmarl.runners.experiment import resolve_experiment  # noqa: E402
 from offmarl.runners.online import train_or_resume  # noqa: E402
-from offmarl.evaluation.plots import save_figure  # noqa: E402
+from offmarl.utils.plotting import save_figure  # noqa: E402
 from offmarl.utils.files import atomic_write_bytes, atomic_write_json  # noqa: E402
 from timing import machine  # noqa: E402
 

@@ -21,7 +21,7 @@ import numpy as np
 from offmarl.data.dataset import OfflineDataset
 from offmarl.data.source import load_dataset
 from offmarl.envs import make_env
-from offmarl.experiment import resolve_offline_experiment
+from offmarl.runners.experiment import resolve_offline_experiment
 from offmarl.runners.offline import make_train_chunk, to_device
 from offmarl.utils.files import atomic_write_json
 from timing import machine, time_it

@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from offmarl.experiment import resolve_experiment
+from offmarl.runners.experiment import resolve_experiment
 from offmarl.runners.fused import FusedTrainer
 from offmarl.utils.files import atomic_write_json
 from timing import machine, time_it

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from offmarl.experiment import resolve_offline_experiment
+from offmarl.runners.experiment import resolve_offline_experiment
 from offmarl.runners.offline import OfflineRun
 from offmarl.utils.compile_cache import enable_compile_cache
 from offmarl.utils.files import atomic_write_bytes, atomic_write_json
