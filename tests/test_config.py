@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from offmarl.algos import ALGORITHMS
 from offmarl.config import load_config_file
 from offmarl.errors import ConfigError
-from offmarl.runners.experiment import resolve_experiment
+from offmarl.runners.experiment import resolve_experiment, resolve_offline_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,3 +52,18 @@ def test_missing_or_unknown_config_file_types(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("lr: 1\n")
     with pytest.raises(ConfigError, match="must end in .json or .toml"):
         load_config_file(tmp_path / "c.yaml")
+
+
+OFFLINE_ALGOS = [name for name, entry in ALGORITHMS.items() if entry.kind == "offline"]
+
+
+@pytest.mark.parametrize("algo", OFFLINE_ALGOS)
+def test_games_get_small_offline_defaults_that_the_user_overrides(algo: str) -> None:
+    game = resolve_offline_experiment(algo, "matrix:xor", "02_20", 0)
+    assert game.algo_config.hidden_sizes == (64, 64)
+    assert (game.run_config.steps, game.run_config.eval_interval) == (2_000, 1_000)
+    assert resolve_offline_experiment(algo, "bridge", "mix", 0).run_config.steps == 10_000
+    mine = resolve_offline_experiment(algo, "matrix:xor", "02_20", 0, {"steps": 500, "hidden_sizes": "32"})
+    assert (mine.run_config.steps, mine.algo_config.hidden_sizes) == (500, (32,))
+    smax = resolve_offline_experiment(algo, "smax:3m", "x.vlt:good", 0)
+    assert smax.algo_config.hidden_sizes == (256, 256) and smax.run_config.steps == 20_000

@@ -9,7 +9,7 @@ from typing import Any
 from offmarl.algos import get_algorithm
 from offmarl.algos.base import OnlineAlgorithm
 from offmarl.config import apply_overrides, to_dict
-from offmarl.envs import check_env_name, make_env
+from offmarl.envs import check_env_name, make_env, offline_run_defaults
 from offmarl.envs.base import MultiAgentEnv
 from offmarl.errors import ConfigError
 from offmarl.runners.config import OfflineConfig, OnlineConfig
@@ -101,8 +101,9 @@ class OfflineExperiment:
 def resolve_offline_experiment(
     algo: str, env: str, dataset: str, seed: int, *layers: dict[str, Any]
 ) -> OfflineExperiment:
-    """Validate names, apply override layers in order (later wins) and check every value."""
-    configs = _resolve_configs(algo, "offline", OfflineConfig, env, seed, layers)
+    """Validate names, apply override layers in order (later wins) and check every value.
+    The environment family's offline defaults (small networks for the games) come first."""
+    configs = _resolve_configs(algo, "offline", OfflineConfig, env, seed, (offline_run_defaults(env), *layers))
     return OfflineExperiment(algo, env, dataset, seed, *configs)
 
 

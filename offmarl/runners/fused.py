@@ -88,6 +88,11 @@ class FusedTrainer:
                 "episode_return": jnp.zeros((self.cfg.num_envs,))}
 
     def init(self, rng: jax.Array) -> TrainState:
+        """The state at step 0: parameters, optimiser and fresh environments, built as one
+        compiled program (run op by op, the initialisers alone compile hundreds of kernels)."""
+        return jax.jit(self._init)(rng)
+
+    def _init(self, rng: jax.Array) -> TrainState:
         param_rng, env_rng, rng = jax.random.split(rng, 3)
         params = self.algo.init(param_rng)
         if self.cfg.simulated_workers:

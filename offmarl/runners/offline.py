@@ -158,7 +158,7 @@ class OfflineRun(RunLoop):
 
     def init_state(self) -> Any:
         init_rng, rng = jax.random.split(jax.random.PRNGKey(self.exp.seed))
-        return self.algo.init(init_rng), rng
+        return jax.jit(self.algo.init)(init_rng), rng  # one program, not one kernel per initialiser
 
     def experiment_dict(self) -> dict:
         return self.exp.to_dict(self.env.settings, self.dataset_info)

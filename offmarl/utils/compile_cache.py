@@ -18,5 +18,5 @@ def enable_compile_cache() -> Path | None:
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "offmarl" / "jax"
     path = Path(setting) if setting else default
     jax.config.update("jax_compilation_cache_dir", str(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
     return path
