@@ -90,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("preset", choices=sorted(PRESETS))
     parser.add_argument("--only", help="comma-separated labels of the preset (default: all)")
-    parser.add_argument("--algos", default="inspo,omiga,bc,iql_cql")
+    parser.add_argument("--algos", default="inspo,omiga,bc,iql_cql,maicq")
     parser.add_argument("--seeds", type=int, help="seeds per game (default: 10 on XOR, 5 elsewhere)")
     parser.add_argument("--out", help="folder for results.md and results.json")
     args = parser.parse_args()

@@ -53,4 +53,5 @@ class TransitionBatch(NamedTuple):
     next_obs: jax.Array  # [B, N, obs_dim]
     next_state: jax.Array  # [B, state_dim]
     next_avail: jax.Array  # [B, N, A] bool
+    next_actions: jax.Array  # [B, N] int32, the dataset's next joint action (garbage where done)
     valid: jax.Array  # [B] float, 0 where a time limit cut the episode (next_* is unknown)

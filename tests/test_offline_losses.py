@@ -17,6 +17,7 @@ from offmarl.algos import ALGORITHMS
 from offmarl.algos.bc import bc_loss
 from offmarl.algos.inspo import InSPOConfig, local_value, policy_exponent, teammate_weights
 from offmarl.algos.iql_cql import iql_cql_loss
+from offmarl.algos.maicq import icq_critic_loss, icq_policy_loss
 from offmarl.algos.offline_common import exponential_value_loss
 from offmarl.algos.omiga import local_advantage_exponent, omiga_q_loss, omiga_v_loss, weighted_bc_loss
 from offmarl.envs.base import EnvSpec
@@ -265,6 +266,77 @@ def test_iql_cql_loss_matches_numpy_over_available_actions_only() -> None:
     np.testing.assert_allclose(float(total), td + cql_weight * cql, rtol=RTOL)
 
 
+# -- MAICQ ---------------------------------------------------------------------------------
+
+
+def np_batch_softmax(x: np.ndarray, valid: np.ndarray, beta: float) -> np.ndarray:
+    """n_valid exp(x / beta) / sum over valid rows, per column; 0 on invalid rows."""
+    keep = valid > 0
+    e = np.exp((x - x[keep].max(axis=0)) / beta) * keep.reshape((-1,) + (1,) * (x.ndim - 1))
+    return keep.sum() * e / e.sum(axis=0)
+
+
+def test_icq_critic_loss_matches_numpy_with_in_sample_weights_over_valid_rows() -> None:
+    """Target r + gamma (1 - d) w Q_tot' with w = n softmax(Q_tot' / beta) over the valid
+    rows; the invalid row is out of the softmax and the mean; no gradient into the target."""
+    rng = np.random.default_rng(21)
+    size, gamma, beta = 6, 0.9, 0.7
+    q_tot, reward, next_q = rng.normal(size=size), rng.normal(size=size), rng.normal(size=size) * 2
+    done = np.array([0, 1, 0, 0, 0, 1.0])
+    valid = np.array([1, 1, 0, 1, 1, 1.0])
+    w = np_batch_softmax(next_q, valid, beta)
+    assert w[2] == 0 and np.isclose(w.sum(), valid.sum()) and w.std() > 0.1
+    target = reward + gamma * (1 - done) * w * next_q
+    expected = 0.5 * np.sum(valid * (q_tot - target) ** 2) / valid.sum()
+    got = icq_critic_loss(f32(q_tot), f32(reward), f32(done), f32(next_q), f32(valid), gamma, beta)
+    np.testing.assert_allclose(float(got), expected, rtol=RTOL)
+    grad_target = jax.grad(lambda n: icq_critic_loss(f32(q_tot), f32(reward), f32(done), n, f32(valid),
+                                                     gamma, beta))(f32(next_q))
+    assert not np.any(np.asarray(grad_target))
+    # A huge temperature (the released code's 1000) leaves the plain SARSA target.
+    flat = icq_critic_loss(f32(q_tot), f32(reward), f32(done), f32(next_q), f32(valid), gamma, 1e6)
+    sarsa = reward + gamma * (1 - done) * next_q
+    np.testing.assert_allclose(float(flat), 0.5 * np.sum(valid * (q_tot - sarsa) ** 2) / valid.sum(), rtol=1e-4)
+
+
+def test_icq_policy_loss_matches_numpy_and_holds_weights_and_k_constant() -> None:
+    rng = np.random.default_rng(22)
+    size, beta = 5, 0.1
+    logits = rng.normal(size=(size, N, A))
+    avail = rng.uniform(size=(size, N, A)) > 0.3
+    avail[..., 0] = True
+    probs = np.where(avail, np.exp(logits), 0.0)
+    probs /= probs.sum(-1, keepdims=True)
+    actions = np.zeros((size, N), int)
+    q = rng.normal(size=(size, N, A))
+    k = np.abs(rng.normal(size=(size, N)))
+    log_pi = np.log(np.take_along_axis(probs, actions[..., None], -1)[..., 0])
+    advantage = np.take_along_axis(q, actions[..., None], -1)[..., 0] - np.sum(probs * q, -1)
+    w = np_batch_softmax(advantage, np.ones(size), beta)
+    expected = -np.mean(k * w * log_pi)
+    got, weights = icq_policy_loss(f32(log_pi), f32(q), f32(probs), jnp.asarray(actions, jnp.int32), f32(k), beta)
+    np.testing.assert_allclose(float(got), expected, rtol=RTOL)
+    np.testing.assert_allclose(np.asarray(weights), w, rtol=1e-4)
+    grads = jax.grad(lambda q_, k_: icq_policy_loss(f32(log_pi), q_, f32(probs), jnp.asarray(actions, jnp.int32),
+                                                    k_, beta)[0], argnums=(0, 1))(f32(q), f32(k))
+    assert not any(np.any(np.asarray(g)) for g in grads)
+
+
+def test_maicq_copies_its_targets_every_period_and_not_between() -> None:
+    algo = ALGORITHMS["maicq"].build(
+        ALGORITHMS["maicq"].config_class(hidden_sizes=(16, 16), target_update_period=3), SPEC)
+    update = jax.jit(algo.update)
+    state = jax.jit(algo.init)(jax.random.PRNGKey(0))
+    for step in range(1, 5):
+        previous = state
+        state, _ = update(state, random_batch(200 + step), jax.random.PRNGKey(step))
+        copied = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.target_q),
+                                                          jax.tree.leaves(state.params.q)))
+        kept = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.target_q),
+                                                        jax.tree.leaves(previous.target_q)))
+        assert (copied, kept) == ((True, False) if step == 3 else (False, True)), step
+
+
 # -- every registered offline algorithm ----------------------------------------------------
 
 
@@ -291,6 +363,7 @@ def random_batch(seed: int, size: int = 16) -> TransitionBatch:
         next_obs=f32(rng.normal(size=(size, n, SPEC.obs_dim))),
         next_state=f32(rng.normal(size=(size, SPEC.state_dim))),
         next_avail=jnp.asarray(availability()),
+        next_actions=jnp.asarray(rng.integers(a, size=(size, n)), jnp.int32),
         valid=f32(np.arange(size) % 7 != 3),
     )
 

@@ -13,6 +13,7 @@ from flax import serialization
 
 import offmarl.runners.offline as offline_runner
 from offmarl.algos.inspo import InSPO, InSPOConfig
+from offmarl.algos.maicq import MAICQ, MAICQConfig
 from offmarl.cli import main
 from offmarl.data.builtin import load_builtin_dataset
 from offmarl.data.source import load_dataset
@@ -64,6 +65,26 @@ def test_inspo_coordinates_on_xor() -> None:
         report = matrix_game_report(algo, algo.acting_params(state), env)
         assert report["greedy_joint_action"] in ("0,1", "1,0"), (seed, report)
         assert report["expected_return"] > 0.9, (seed, report)
+
+
+@pytest.mark.parametrize(("game", "dataset", "predicted"), [
+    ("matrix:xor", "02_20", {"0,0", "1,1"}),  # both agents prefer the same action index
+    ("matrix:mne", "balanced", {"0,1", "1,0"}),  # opposite preferences: the -20 cells
+])
+def test_maicq_miscoordinates_as_linear_decomposition_predicts(game: str, dataset: str, predicted: set) -> None:
+    """docs/maicq.md: a critic Q_tot = sum_i k_i Q_i + b fitted to the two optimal joint
+    actions in the data forces the agents' advantage weights into a miscoordinated joint
+    action; 2 seeds, the games' default 64-64 networks and 2,000 iterations."""
+    env = make_env(game)
+    algo = MAICQ(MAICQConfig(hidden_sizes=(64, 64)), env.spec)
+    data = offline_runner.to_device(load_dataset(game, dataset)[0])
+    train = offline_runner.make_train_chunk(algo, batch_size=128)
+    init = jax.jit(algo.init)
+    for seed in range(2):
+        init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
+        state, _, _ = train(init(init_rng), rng, 2000, data)
+        report = matrix_game_report(algo, algo.acting_params(state), env)
+        assert report["greedy_joint_action"] in predicted, (seed, report)
 
 
 def test_bc_on_xor_keeps_mass_on_the_unseen_joint_action(bc_run: Path) -> None:

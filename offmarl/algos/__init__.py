@@ -66,6 +66,8 @@ ALGORITHMS: dict[str, AlgorithmEntry] = {
                             "InSPO: in-sample sequential policy optimisation"),
     "iql_cql": AlgorithmEntry("offmarl.algos.iql_cql", "IQLCQLConfig", "IQLCQL", "offline",
                               "independent Q-learning + CQL (OG-MARL baseline)"),
+    "maicq": AlgorithmEntry("offmarl.algos.maicq", "MAICQConfig", "MAICQ", "offline",
+                            "MAICQ: implicit constraint Q-learning, in-sample (OMIGA/InSPO/OG-MARL baseline)"),
 }
 
 _COMMAND = {"online": "offmarl train", "offline": "offmarl offline"}
@@ -85,6 +87,8 @@ _LAZY = {
     "InSPOConfig": "offmarl.algos.inspo",
     "IQLCQL": "offmarl.algos.iql_cql",
     "IQLCQLConfig": "offmarl.algos.iql_cql",
+    "MAICQ": "offmarl.algos.maicq",
+    "MAICQConfig": "offmarl.algos.maicq",
     "OMIGA": "offmarl.algos.omiga",
     "OMIGAConfig": "offmarl.algos.omiga",
     "EnvSpec": "offmarl.envs.base",

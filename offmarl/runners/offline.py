@@ -63,6 +63,7 @@ def sample_batch(data: DeviceDataset, rng: jax.Array, batch_size: int) -> Transi
         obs=data.obs[index], state=data.state[index], avail=data.avail[index],
         actions=data.actions[index], reward=data.reward[index], done=data.done[index],
         next_obs=data.obs[nxt], next_state=data.state[nxt], next_avail=data.avail[nxt],
+        next_actions=data.actions[nxt],
         valid=data.valid[index],
     )
 
