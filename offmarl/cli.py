@@ -131,13 +131,17 @@ def _build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--seed", type=int, default=0)
     collect.add_argument("--quiet", action="store_true", help="no progress display")
 
-    make_data = command("make-datasets", "train MA-Trace and record good/medium/poor/replay datasets")
+    make_data = command("make-datasets", "train several MA-Trace runs and record good/medium/poor/replay/mixed "
+                                         "datasets the OG-MARL way (see docs/datasets.md)")
     make_data.add_argument("--env", required=True, help="environment, e.g. smax:3m")
-    make_data.add_argument("--out", required=True, help="directory for <env>.vlt (and the run)")
-    make_data.add_argument("--run", help="use this finished online run instead of training one")
-    make_data.add_argument("--episodes", type=_count("--episodes"), default=1000, help="episodes per dataset")
-    make_data.add_argument("--env-steps", type=_count("--env-steps"), help="training budget of the new run")
-    make_data.add_argument("--seed", type=int, default=0)
+    make_data.add_argument("--out", required=True, help="directory for <env>.vlt (and the runs)")
+    make_data.add_argument("--seeds", default="0,1,2,3", help="one independent MA-Trace run per seed")
+    make_data.add_argument("--runs", help="comma-separated finished online runs to use instead of training")
+    make_data.add_argument("--transitions", type=_count("--transitions"), default=100_000,
+                           help="at least this many transitions per dataset, shared evenly by the runs")
+    make_data.add_argument("--epsilon", type=float, default=0.05,
+                           help="rollout epsilon: probability of a random available action per agent and step")
+    make_data.add_argument("--env-steps", type=_count("--env-steps"), help="training budget of each new run")
     make_data.add_argument("--quiet", action="store_true", help="no progress display")
 
     sweep = command("sweep", "train every (algorithm, environment, seed) of a grid, each an ordinary run "
@@ -342,8 +346,11 @@ def _collect(args: argparse.Namespace) -> int:
 def _make_datasets(args: argparse.Namespace) -> int:
     from offmarl.pipelines.make_datasets import make_datasets
 
-    make_datasets(args.env, args.out, run_dir=args.run, episodes=args.episodes, seed=_check_seed(args.seed),
-                  env_steps=args.env_steps, quiet=args.quiet)
+    from offmarl.pipelines.sweep import parse_names, parse_seeds
+
+    run_dirs = parse_names("--runs", args.runs) if args.runs else None
+    make_datasets(args.env, args.out, run_dirs=run_dirs, seeds=parse_seeds(args.seeds),
+                  transitions=args.transitions, epsilon=args.epsilon, env_steps=args.env_steps, quiet=args.quiet)
     return 0
 
 

@@ -145,9 +145,12 @@ def test_cli_collect_missing_run_and_existing_uid(saved_run: Path, tmp_path: Pat
 
 @pytest.mark.parametrize("argv,problem", [
     (["--env", "smax:4m"], "unknown smax scenario '4m'"),
-    (["--env", "smax:3m", "--episodes", "0"], "episodes=0 is invalid"),
+    (["--env", "smax:3m", "--transitions", "0"], "transitions=0 is invalid"),
     (["--env", "smax:3m", "--env-steps", "0"], "env_steps=0 is invalid"),
-    (["--env", "smax:3m", "--run", "/nonexistent/run"], "is not a run directory"),
+    (["--env", "smax:3m", "--runs", "/nonexistent/run"], "is not a run directory"),
+    (["--env", "smax:3m", "--seeds", ""], "--seeds is empty"),
+    (["--env", "smax:3m", "--seeds", "0,0"], "--seeds names '0' more than once"),
+    (["--env", "smax:3m", "--epsilon", "1.5"], "epsilon=1.5 is invalid"),
 ])
 def test_cli_make_datasets_bad_input_is_one_line_exit_2(
     tmp_path: Path, capsys, argv: list[str], problem: str

@@ -19,6 +19,7 @@ from offmarl.pipelines.make_datasets import (
     _Evaluator,
     _level_metadata,
     choose_behaviour,
+    collect_transitions,
 )
 
 class FakeCollector:
@@ -34,14 +35,14 @@ class FakeCollector:
         self.calls.append((params, seed, epsilon, greedy))
         mean = (1 - epsilon) * self.returns[params, greedy] + epsilon * self.random_return
         win_rate = None if self.win_rates is None else (1 - epsilon) * self.win_rates[params, greedy]
-        return SimpleNamespace(win_rate=win_rate, returns=np.full(episodes, mean))
+        return SimpleNamespace(win_rate=win_rate, returns=np.full(episodes, mean), mean_length=10.0)
 
 
 def make_evaluator(returns, win_rates, has_win: bool = True, random_return: float = 0.2) -> _Evaluator:
     steps = sorted({s for s, _ in returns})
     spec = SimpleNamespace(has_win=has_win)
     run = SimpleNamespace(steps=steps, params=lambda s: s, env=SimpleNamespace(spec=spec))
-    return _Evaluator(run, FakeCollector(returns, win_rates, random_return), episodes=16, seed=7)
+    return _Evaluator([run], [FakeCollector(returns, win_rates, random_return)], episodes=16, seed=7)
 
 
 # Two checkpoints that never win; greedy and sampled returns 0.8 / 1.0 and 0.7 / 0.9.
@@ -54,8 +55,8 @@ def test_no_wins_scores_by_return_between_random_and_best_checkpoint() -> None:
     candidates = evaluator.checkpoints(lambda: None)
     assert evaluator.scoring == "return"
     # The random policy: epsilon 1 on the evaluator's own seed, after the 4 checkpoint runs.
-    assert evaluator.collector.calls[-1][1:3] == (7 + RANDOM_SEED, 1.0)
-    assert [c[1] for c in evaluator.collector.calls[:4]] == [7 + EVAL_SEED] * 4
+    assert evaluator.collectors[0].calls[-1][1:3] == (7 + RANDOM_SEED, 1.0)
+    assert [c[1] for c in evaluator.collectors[0].calls[:4]] == [7 + EVAL_SEED] * 4
     assert evaluator.random_return == pytest.approx(0.2) and evaluator.best_return == pytest.approx(1.0)
     scores = {(b.env_steps, b.greedy): b.score for b in candidates}
     # (R - 0.2) / (1.0 - 0.2)
@@ -79,12 +80,12 @@ def test_levels_by_return_good_is_best_checkpoint_medium_and_poor_epsilon_mixed(
 
     # No checkpoint scores in 0.3-0.6: the weakest above (100 sampled, score 0.625) is mixed.
     # eps 0.5: return 0.45, score 0.3125, in the band at the first bisection step.
-    before = len(evaluator.collector.calls)
+    before = len(evaluator.collectors[0].calls)
     medium, note = choose_behaviour("medium", candidates, evaluator)
     assert (medium.env_steps, medium.greedy, medium.epsilon) == (100, False, 0.5)
     assert medium.mean_return == pytest.approx(0.45) and medium.score == pytest.approx(0.3125)
     assert note == "epsilon-mixed checkpoint 100 to reach the band"
-    assert evaluator.collector.calls[before:] == [(100, 7 + SEARCH_SEED, 0.5, False)]
+    assert evaluator.collectors[0].calls[before:] == [(100, 7 + SEARCH_SEED, 0.5, False)]
 
     # eps 0.5 -> 0.3125, 0.75 -> 0.15625 (both above 0.15), 0.875 -> 0.078125.
     poor, note = choose_behaviour("poor", candidates, evaluator)
@@ -92,11 +93,10 @@ def test_levels_by_return_good_is_best_checkpoint_medium_and_poor_epsilon_mixed(
     assert poor.score == pytest.approx(0.078125) and poor.mean_return == pytest.approx(0.2625)
     assert note == "epsilon-mixed checkpoint 100 to reach the band"
 
-    meta = _level_metadata("poor", poor, note, evaluator)
+    meta = _level_metadata("poor", evaluator)
     assert meta["scoring"] == "return" and meta["quality_band"] == [0.0, 0.15]
     assert meta["quality_band_return"] == pytest.approx([0.2, 0.32])
-    assert meta["selection_eval_score"] == pytest.approx(0.078125)
-    assert meta["selection_eval_win_rate"] == 0.0 and meta["selection_eval_episodes"] == 16
+    assert meta["selection_eval_episodes"] == 16
 
 
 def test_win_rate_scoring_when_the_best_checkpoint_reaches_the_medium_band() -> None:
@@ -104,11 +104,11 @@ def test_win_rate_scoring_when_the_best_checkpoint_reaches_the_medium_band() -> 
     evaluator = make_evaluator(RETURNS, win_rates)
     candidates = evaluator.checkpoints(lambda: None)
     assert evaluator.scoring == "win_rate" and evaluator.scoring_metadata() == {"scoring": "win_rate"}
-    assert len(evaluator.collector.calls) == 4  # no random-policy evaluation
+    assert len(evaluator.collectors[0].calls) == 4  # no random-policy evaluation
     assert {(b.env_steps, b.greedy): b.score for b in candidates} == win_rates
     medium, note = choose_behaviour("medium", candidates, evaluator)
     assert (medium.env_steps, medium.greedy, medium.score, note) == (100, True, 0.5, "checkpoint in band")
-    assert "quality_band_return" not in _level_metadata("medium", medium, note, evaluator)
+    assert "quality_band_return" not in _level_metadata("medium", evaluator)
 
 
 def test_best_win_rate_just_below_the_medium_edge_switches_to_return() -> None:
@@ -130,3 +130,78 @@ def test_no_win_condition_scores_by_return_too() -> None:
     medium, note = choose_behaviour("medium", candidates, evaluator)
     assert (medium.env_steps, medium.greedy, note) == (100, False, "checkpoint in band")
     assert evaluator.scoring_metadata()["random_policy_win_rate"] is None
+
+
+def test_runs_share_one_scale_and_each_level_is_chosen_within_each_run() -> None:
+    """Two runs, no wins: the anchors are the random policy (measured once) and the best
+    checkpoint of *either* run; every run contributes its own policy to each level."""
+    weak = {(100, True): 0.4, (100, False): 0.3, (200, True): 0.6, (200, False): 0.5}
+    spec = SimpleNamespace(has_win=True)
+    runs = [SimpleNamespace(steps=[100, 200], params=lambda s: s, env=SimpleNamespace(spec=spec))] * 2
+    collectors = [FakeCollector(RETURNS, NO_WINS, 0.2), FakeCollector(weak, dict.fromkeys(weak, 0.0), 0.2)]
+    evaluator = _Evaluator(runs, collectors, episodes=16, seed=7, epsilon=0.05)
+    candidates = evaluator.checkpoints(lambda: None)
+    assert evaluator.scoring == "return" and evaluator.best_return == pytest.approx(0.95 * 1.0 + 0.05 * 0.2)
+    assert len(collectors[0].calls) == 5 and len(collectors[1].calls) == 4  # the random policy once
+    assert all(call[2] == 0.05 for c in collectors for call in c.calls[:4])  # rollout epsilon
+    good = [choose_behaviour("good", [b for b in candidates if b.run == r], evaluator)[0] for r in (0, 1)]
+    assert [(b.run, b.env_steps, b.greedy) for b in good] == [(0, 200, True), (1, 200, True)]
+    assert good[0].score == pytest.approx(1.0) and good[1].score < 0.6
+
+
+class LengthCollector:
+    """Episodes of a fixed length, as real CollectedEpisodes."""
+
+    def __init__(self, length: int) -> None:
+        self.length, self.calls = length, []
+
+    def collect(self, params, episodes: int, seed: int, epsilon: float, greedy: bool):
+        from offmarl.data.collect import CollectedEpisodes
+        from offmarl.data.dataset import OfflineDataset
+
+        self.calls.append((episodes, seed))
+        steps, n = episodes * self.length, 2
+        ends = np.zeros((steps, n), np.float32)
+        ends[self.length - 1 :: self.length] = 1
+        dataset = OfflineDataset(
+            observations=np.zeros((steps, n, 3), np.float32), actions=np.zeros((steps, n), np.int32),
+            rewards=np.zeros((steps, n), np.float32), terminals=ends, truncations=np.zeros_like(ends),
+            states=np.zeros((steps, 4), np.float32), legals=np.ones((steps, n, 2), np.float32))
+        return CollectedEpisodes(dataset, np.zeros(episodes, np.float32), None)
+
+
+def test_collect_transitions_tops_up_when_episodes_are_shorter_than_estimated() -> None:
+    collector = LengthCollector(length=4)
+    got = collect_transitions(collector, None, transitions=100, mean_length=10.0, seed=3, epsilon=0.05, greedy=False)
+    assert got.dataset.num_transitions >= 100 and got.dataset.num_episodes == got.returns.shape[0]
+    assert len(collector.calls) >= 2 and len({seed for _, seed in collector.calls}) == len(collector.calls)
+    assert collector.calls[0][0] == 11  # ceil(1.05 * 100 / 10)
+    exact = LengthCollector(length=10)
+    assert collect_transitions(exact, None, 100, 10.0, 0, 0.0, True).dataset.num_transitions == 110
+    assert len(exact.calls) == 1
+
+
+def test_make_datasets_end_to_end_on_xor_writes_five_vaults_with_cards(tmp_path) -> None:
+    """Two tiny MA-Trace runs on matrix:xor: every uid exists with its card, its sources
+    name both runs, every dataset reaches its transition target, mixed is the union."""
+    from offmarl.cli import main
+    from offmarl.data.vault import list_uids, load_vault, vault_metadata
+
+    out = tmp_path / "ds"
+    argv = ["make-datasets", "--env", "matrix:xor", "--out", str(out), "--seeds", "0,1",
+            "--env-steps", "8192", "--transitions", "120", "--quiet"]
+    assert main(argv) == 0
+    vault = out / "matrix_xor.vlt"
+    assert sorted(list_uids(vault)) == sorted(["good", "medium", "poor", "replay", "mixed"])
+    sizes = {}
+    for uid in ("good", "medium", "poor", "replay"):
+        meta = vault_metadata(vault, uid)
+        assert [s["run_seed"] for s in meta["sources"]] == [0, 1], uid
+        assert all(s["epsilon"] >= 0.05 for s in meta["sources"])
+        sizes[uid] = load_vault(vault, uid).num_transitions
+        assert sizes[uid] >= 120 and (vault / f"{uid}.md").exists() and (vault / f"{uid}_returns.png").exists()
+    card = (vault / "medium.md").read_text()
+    assert "## Sources" in card and card.count("/runs/matrace_matrix_xor_s") == 2
+    assert load_vault(vault, "mixed").num_transitions == sizes["good"] + sizes["medium"] + sizes["poor"]
+    assert len(vault_metadata(vault, "mixed")["sources"]) == 6
+    assert main(argv) == 0  # a rerun keeps every dataset and retrains nothing

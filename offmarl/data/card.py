@@ -59,6 +59,11 @@ def _plot_histogram(returns: np.ndarray, title: str, path: Path) -> None:
     save_figure(figure, path, dpi=110)
 
 
+SOURCE_COLUMNS = ("level", "run_seed", "checkpoint_env_steps", "checkpoints", "acting", "epsilon",
+                  "selection", "selection_eval_score", "episodes", "transitions", "collection_seed", "source_run")
+"""The columns of a card's sources table (make-datasets' metadata), those present shown."""
+
+
 def _cell(value: Any) -> str:
     text = f"{value:.4g}" if isinstance(value, float) else str(value)
     return text.replace("|", "\\|")
@@ -87,7 +92,13 @@ def _card_markdown(name: str, stats: dict[str, Any], metadata: dict[str, Any], i
         f"| {agent} | " + " | ".join(f"{p:.3f}" for p in row) + " |"
         for agent, row in enumerate(stats["action_frequencies"])
     ]
-    provenance = [(key, _cell(value)) for key, value in metadata.items()]
+    provenance = [(key, _cell(value)) for key, value in metadata.items() if key != "sources"]
+    sources = metadata.get("sources", [])
+    columns = [c for c in SOURCE_COLUMNS if any(c in s for s in sources)]
+    source_rows = [
+        "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns),
+        *("| " + " | ".join(_cell(s.get(c, "")) for c in columns) + " |" for s in sources),
+    ] if sources else []
     lines = [
         f"# Dataset card: `{name}`",
         "",
@@ -110,6 +121,8 @@ def _card_markdown(name: str, stats: dict[str, Any], metadata: dict[str, Any], i
         "",
         *(_table(provenance, ("field", "value")) if provenance else ["(none recorded)"]),
         "",
+        *(["## Sources", "", "The policies whose episodes make up this dataset, one row per run.", "",
+           *source_rows, ""] if source_rows else []),
     ]
     return "\n".join(lines)
 

@@ -45,6 +45,10 @@ class CollectedEpisodes(NamedTuple):
     def win_rate(self) -> float | None:
         return None if self.wins is None else float(self.wins.mean())
 
+    @property
+    def mean_length(self) -> float:
+        return self.dataset.num_transitions / max(self.dataset.num_episodes, 1)
+
 
 def check_epsilon(epsilon: float) -> None:
     if not 0.0 <= epsilon <= 1.0:

@@ -1,38 +1,46 @@
-"""Datasets of several qualities from one MA-Trace run, in OG-MARL's vault layout.
+"""Datasets of several qualities from several MA-Trace runs, made the OG-MARL way, in
+OG-MARL's vault layout (docs/datasets.md).
 
-One MA-Trace run with dense checkpoints is trained (or an existing one reused). Every
-saved checkpoint is evaluated, greedy and sampled, and scored; each quality level takes
-the policy whose score lies in its band (closest to the band's target):
+Several independent MA-Trace runs (one per seed, dense checkpoints) are trained, or
+existing ones reused. Every saved checkpoint of every run is evaluated, greedy and
+sampled, acting epsilon-mixed with random available actions at the rollout epsilon
+(0.05 by default, OG-MARL's), and scored. Each quality level then takes, *from every
+run*, the policy whose score lies in its band (closest to the band's target):
 
     good    score >= 0.80 (the highest available if no policy reaches 0.8)
     medium  0.30 <= score <= 0.60, target 0.45
     poor    score <= 0.15, target 0.10
 
+and rolls it out with the same epsilon until the run's share of the dataset's
+transitions (at least 100k per dataset by default) is collected. Two more datasets:
+
+    replay  each run's training checkpoints up to its medium policy, sampled acting,
+            transitions spread evenly over them: the replay of training to medium
+    mixed   the union of good, medium and poor
+
 The score is the win rate ("win_rate" scoring) if the environment has a win condition
-and the best checkpoint's win rate reaches the medium band's lower edge (0.3). Otherwise
-the win rate cannot separate the levels (no win condition, as in MPE, or a run that
-never learned to win, as MA-Trace on smax:5m_vs_6m), and the score is the mean return
-rescaled between two anchors ("return" scoring, OG-MARL's practice of grading SMAC
+and the best checkpoint's win rate over all runs reaches the medium band's lower edge
+(0.3). Otherwise the win rate cannot separate the levels (no win condition, as in MPE,
+or runs that never learned to win), and the score is the mean return rescaled between
+two anchors shared by all runs ("return" scoring, OG-MARL's practice of grading SMAC
 datasets by episode return): 0 is the mean return of the uniform-random policy
-(epsilon = 1: uniform over the available actions, measured on its own seed), 1 that of
-the best evaluated checkpoint. In return units a band [a, b] is then
-[R_random + a (R_best - R_random), R_random + b (R_best - R_random)], so good is the best
-checkpoint itself.
+(epsilon = 1, measured on its own seed), 1 that of the best evaluated checkpoint. In
+return units a band [a, b] is [R_random + a (R_best - R_random), R_random + b (R_best -
+R_random)].
 
-If no checkpoint lands in the medium or poor band, the weakest policy above the band is
-epsilon-mixed with random available actions, epsilon found by bisection on fresh
+If no checkpoint of a run lands in the medium or poor band, the run's weakest policy
+above the band is mixed with a larger epsilon, found by bisection on fresh
 evaluations. A band that still cannot be hit gets the closest policy found, and the
-vault metadata says so. The metadata of every level and checkpoint_evaluations.json
-record the scoring and, for "return", both anchors.
-
-The `replay` dataset spreads its episodes evenly over every saved checkpoint (sampled
-acting), like the replay buffer of the whole run.
+metadata says so. Each dataset's metadata lists its sources (run, seed, checkpoint,
+acting, epsilon, episodes, transitions, how the policy was chosen); the vault's
+checkpoint_evaluations.json records every evaluation and the scoring.
 """
 
 from __future__ import annotations
 
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,9 +50,9 @@ from rich.console import Console
 from rich.table import Table
 
 from offmarl.data.card import write_dataset_card
-from offmarl.data.collect import CollectedEpisodes, EpisodeCollector, check_episodes, split_evenly
+from offmarl.data.collect import CollectedEpisodes, EpisodeCollector, check_epsilon, split_evenly
 from offmarl.data.dataset import concatenate
-from offmarl.data.vault import list_uids, vault_metadata, write_vault
+from offmarl.data.vault import list_uids, load_vault, vault_metadata, write_vault
 from offmarl.envs import check_env_name
 from offmarl.errors import ConfigError
 from offmarl.pipelines.collect import outcome_metadata, provenance
@@ -60,26 +68,35 @@ QUALITY_BANDS: dict[str, tuple[float, float]] = {
 }
 BAND_TARGETS: dict[str, float] = {"good": 1.0, "medium": 0.45, "poor": 0.1}
 REPLAY_UID = "replay"
+MIXED_UID = "mixed"
+ALL_UIDS = [*QUALITY_BANDS, REPLAY_UID, MIXED_UID]
 EVALUATIONS_FILE = "checkpoint_evaluations.json"
+DEFAULT_SEEDS = (0, 1, 2, 3)
+DEFAULT_TRANSITIONS = 100_000
+DEFAULT_EPSILON = 0.05
 DEFAULT_CHECKPOINTS = 20
 DEFAULT_EVAL_EPISODES = 128
 EPSILON_SEARCH_STEPS = 6
+MAX_TOP_UPS = 8
 # Seed offsets, so evaluation, the epsilon search and each dataset use their own streams.
 EVAL_SEED, SEARCH_SEED, LEVEL_SEED, REPLAY_SEED, RANDOM_SEED = 1_000, 2_000, 3_000, 4_000, 5_000
+RUN_SEED_STRIDE = 100_000  # run r's collection seeds are offset by r * this
 # Below this best checkpoint win rate (the medium band's lower edge), score by return.
 WIN_SCORING_MIN = QUALITY_BANDS["medium"][0]
 
 
 @dataclass(frozen=True)
 class Behaviour:
-    """A way of acting (checkpoint, greedy or sampled, epsilon) and how well it did."""
+    """A way of acting (run, checkpoint, greedy or sampled, epsilon) and how well it did."""
 
+    run: int  # index into the pipeline's runs
     env_steps: int
     greedy: bool
     epsilon: float
     score: float  # win rate, or mean return rescaled random -> 0, best checkpoint -> 1
     win_rate: float | None
     mean_return: float
+    mean_length: float
 
 
 def vault_path(out_dir: str | Path, env_name: str) -> Path:
@@ -119,22 +136,28 @@ def train_run(experiment: Experiment, run_dir: Path, console: Console, quiet: bo
 
 
 class _Evaluator:
-    """Measures behaviours with fresh episodes and scores them (see the module docstring)."""
+    """Measures behaviours of several runs with fresh episodes and scores them on one scale
+    (see the module docstring)."""
 
-    def __init__(self, run: SavedRun, collector: EpisodeCollector, episodes: int, seed: int) -> None:
-        """`seed` is the base seed; evaluations and the epsilon search offset it."""
-        self.run, self.collector, self.episodes, self.seed = run, collector, episodes, seed
-        self.has_win = run.env.spec.has_win
+    def __init__(self, runs: Sequence[SavedRun], collectors: Sequence[Any], episodes: int, seed: int,
+                 epsilon: float = 0.0) -> None:
+        """`seed` is the base seed; evaluations and the epsilon search offset it. `epsilon`
+        is the rollout epsilon every checkpoint is evaluated (and later collected) with."""
+        self.runs, self.collectors = list(runs), list(collectors)
+        self.episodes, self.seed, self.epsilon = episodes, seed, epsilon
+        self.has_win = self.runs[0].env.spec.has_win
         self.scoring = "win_rate" if self.has_win else "return"
         self.random_return: float | None = None  # the "return" anchors: score 0 ...
         self.best_return: float | None = None  # ... and score 1
         self.random_win_rate: float | None = None
 
-    def measure(self, env_steps: int, greedy: bool, epsilon: float, seed: int) -> tuple[float | None, float]:
-        collected = self.collector.collect(
-            self.run.params(env_steps), self.episodes, seed, epsilon, greedy
+    def measure(self, run: int, env_steps: int, greedy: bool, epsilon: float,
+                seed: int) -> tuple[float | None, float, float]:
+        """(win rate, mean return, mean episode length) of fresh episodes."""
+        collected = self.collectors[run].collect(
+            self.runs[run].params(env_steps), self.episodes, seed, epsilon, greedy
         )
-        return collected.win_rate, float(collected.returns.mean())
+        return collected.win_rate, float(collected.returns.mean()), float(collected.mean_length)
 
     def score(self, win_rate: float | None, mean_return: float) -> float:
         if self.scoring == "win_rate":
@@ -144,33 +167,36 @@ class _Evaluator:
         low, high = self.random_return, self.best_return
         return (mean_return - low) / max(high - low, 1e-8)
 
-    def behaviour(self, env_steps: int, greedy: bool, epsilon: float, seed: int) -> Behaviour:
-        win_rate, mean_return = self.measure(env_steps, greedy, epsilon, seed)
-        return Behaviour(env_steps, greedy, epsilon, self.score(win_rate, mean_return), win_rate,
-                         mean_return)
+    def behaviour(self, run: int, env_steps: int, greedy: bool, epsilon: float, seed: int) -> Behaviour:
+        win_rate, mean_return, length = self.measure(run, env_steps, greedy, epsilon, seed)
+        return Behaviour(run, env_steps, greedy, epsilon, self.score(win_rate, mean_return), win_rate,
+                         mean_return, length)
 
     def checkpoints(self, on_done: Callable[[], None]) -> list[Behaviour]:
-        """Greedy and sampled acting of every saved checkpoint, all on the same seed, scored.
+        """Greedy and sampled acting of every saved checkpoint of every run, all on the same
+        seed and at the rollout epsilon, scored.
 
         Then chooses the scoring (see the module docstring); "return" scoring also
         measures the uniform-random policy, calling `on_done` once more.
         """
         raw = []
-        for env_steps in self.run.steps:
-            for greedy in (True, False):
-                measured = self.measure(env_steps, greedy, 0.0, self.seed + EVAL_SEED)
-                raw.append((env_steps, greedy, *measured))
-                on_done()
-        best_win = max((w for _, _, w, _ in raw if w is not None), default=None)
+        for run, saved in enumerate(self.runs):
+            for env_steps in saved.steps:
+                for greedy in (True, False):
+                    measured = self.measure(run, env_steps, greedy, self.epsilon, self.seed + EVAL_SEED)
+                    raw.append((run, env_steps, greedy, *measured))
+                    on_done()
+        best_win = max((w for _, _, _, w, _, _ in raw if w is not None), default=None)
         if best_win is None or best_win < WIN_SCORING_MIN:
             self.scoring = "return"
             # epsilon = 1: every action uniform over the available ones, whatever the params.
-            self.random_win_rate, self.random_return = self.measure(
-                self.run.steps[-1], True, 1.0, self.seed + RANDOM_SEED
+            self.random_win_rate, self.random_return, _ = self.measure(
+                0, self.runs[0].steps[-1], True, 1.0, self.seed + RANDOM_SEED
             )
             on_done()
-            self.best_return = max(mean_return for *_, mean_return in raw)
-        return [Behaviour(s, g, 0.0, self.score(w, r), w, r) for s, g, w, r in raw]
+            self.best_return = max(mean_return for *_, mean_return, _ in raw)
+        return [Behaviour(r, s, g, self.epsilon, self.score(w, ret), w, ret, length)
+                for r, s, g, w, ret, length in raw]
 
     def scoring_metadata(self) -> dict[str, Any]:
         """How behaviours were scored: "win_rate", or "return" with its two anchors."""
@@ -200,7 +226,8 @@ def _in_band(score: float, band: tuple[float, float]) -> bool:
 def choose_behaviour(
     level: str, candidates: list[Behaviour], evaluator: _Evaluator
 ) -> tuple[Behaviour, str]:
-    """The behaviour for quality `level` and a note on how it was chosen."""
+    """The behaviour for quality `level` among one run's `candidates`, and a note on how it
+    was chosen."""
     band, target = QUALITY_BANDS[level], BAND_TARGETS[level]
 
     def closest(behaviours: list[Behaviour]) -> Behaviour:
@@ -224,13 +251,13 @@ def choose_behaviour(
 def _search_epsilon(
     base: Behaviour, band: tuple[float, float], target: float, evaluator: _Evaluator
 ) -> Behaviour:
-    """Bisect epsilon until mixing `base` with random actions scores inside `band`."""
-    low, high = 0.0, 1.0
+    """Bisect epsilon (above `base`'s own) until mixing `base` with random actions scores in `band`."""
+    low, high = base.epsilon, 1.0
     best = base
     for attempt in range(EPSILON_SEARCH_STEPS):
         epsilon = (low + high) / 2
         trial = evaluator.behaviour(
-            base.env_steps, base.greedy, epsilon, evaluator.seed + SEARCH_SEED + attempt
+            base.run, base.env_steps, base.greedy, epsilon, evaluator.seed + SEARCH_SEED + attempt
         )
         if abs(trial.score - target) < abs(best.score - target):
             best = trial
@@ -240,41 +267,60 @@ def _search_epsilon(
     return best
 
 
-def _level_metadata(
-    level: str, behaviour: Behaviour, note: str, evaluator: _Evaluator
-) -> dict[str, Any]:
+def _level_metadata(level: str, evaluator: _Evaluator) -> dict[str, Any]:
+    """What a quality level is and how it was scored (the sources list its policies)."""
     returns_band = evaluator.band_in_returns(QUALITY_BANDS[level])
     return {
         "quality": level,
         "quality_band": list(QUALITY_BANDS[level]),
         **({} if returns_band is None else {"quality_band_return": returns_band}),
         **evaluator.scoring_metadata(),
-        "selection": note,
         "selection_eval_episodes": evaluator.episodes,
-        "selection_eval_score": behaviour.score,
-        "selection_eval_win_rate": behaviour.win_rate,
-        "selection_eval_return": behaviour.mean_return,
     }
 
 
-def _collect_replay(
-    run: SavedRun, collector: EpisodeCollector, episodes: int, seed: int,
-    on_progress: Callable[[int], None],
-) -> CollectedEpisodes:
-    """`episodes` episodes spread evenly over all saved checkpoints, sampled acting."""
-    parts, done = [], 0
-    for index, (env_steps, count) in enumerate(zip(run.steps, split_evenly(episodes, len(run.steps)))):
-        if count == 0:
-            continue
-        parts.append(collector.collect(
-            run.params(env_steps), count, seed + REPLAY_SEED + index,
-            on_progress=lambda finished, _, before=done: on_progress(before + finished),
-        ))
-        done += count
+def _source_metadata(run: SavedRun, behaviour: Behaviour, note: str, seed: int,
+                     collected: CollectedEpisodes) -> dict[str, Any]:
+    """One run's contribution to a dataset: provenance, selection and size."""
+    return {
+        **provenance(run, behaviour.env_steps, behaviour.greedy, behaviour.epsilon, seed),
+        "selection": note,
+        "selection_eval_score": behaviour.score,
+        "selection_eval_win_rate": behaviour.win_rate,
+        "selection_eval_return": behaviour.mean_return,
+        "episodes": collected.dataset.num_episodes,
+        "transitions": collected.dataset.num_transitions,
+    }
+
+
+def merge_collected(parts: Sequence[CollectedEpisodes]) -> CollectedEpisodes:
+    """One CollectedEpisodes holding every part's episodes, in order."""
     wins = None if parts[0].wins is None else np.concatenate([p.wins for p in parts])
-    return CollectedEpisodes(
-        concatenate([p.dataset for p in parts]), np.concatenate([p.returns for p in parts]), wins
-    )
+    return CollectedEpisodes(concatenate([p.dataset for p in parts]),
+                             np.concatenate([p.returns for p in parts]), wins)
+
+
+def collect_transitions(
+    collector: Any, params: Any, transitions: int, mean_length: float, seed: int, epsilon: float,
+    greedy: bool, on_progress: Callable[[int], None] = lambda _: None,
+) -> CollectedEpisodes:
+    """Whole episodes until at least `transitions` steps are recorded.
+
+    The first batch is sized from `mean_length` (from the evaluation); top-ups on new
+    seeds follow if the episodes turned out shorter. `on_progress` gets transitions so far.
+    """
+    parts, have = [], 0
+    for top_up in range(MAX_TOP_UPS + 1):
+        missing = transitions - have
+        episodes = max(1, math.ceil(1.05 * missing / max(mean_length, 1.0)))
+        part = collector.collect(params, episodes, seed + 7_919 * top_up, epsilon, greedy)
+        parts.append(part)
+        have += part.dataset.num_transitions
+        on_progress(have)
+        if have >= transitions:
+            break
+        mean_length = part.dataset.num_transitions / part.dataset.num_episodes
+    return merge_collected(parts)
 
 
 def _fmt(value: float | None) -> str:
@@ -282,137 +328,215 @@ def _fmt(value: float | None) -> str:
 
 
 def _print_results(vault: Path) -> None:
-    """A table of the datasets with their measured win rates, then how each was chosen."""
+    """A table of the datasets and their sources with measured win rates, then the scoring."""
     table = Table(title=f"datasets in {vault}")
-    for column in ("uid", "band", "checkpoint", "acting", "eps", "eval score", "eval win",
-                   "data win", "return", "episodes"):
+    for column in ("uid", "run seed", "checkpoint", "acting", "eps", "eval score", "data win",
+                   "return", "episodes", "transitions"):
         table.add_column(column)
-    notes = []
     scoring = None
-    for uid in [*QUALITY_BANDS, REPLAY_UID]:
-        if uid not in list_uids(vault):
+    uids = list_uids(vault)
+    for uid in ALL_UIDS:
+        if uid not in uids:
             continue
         meta = vault_metadata(vault, uid)
-        band = meta.get("quality_band")
-        checkpoint = meta.get("checkpoint_env_steps")
-        table.add_row(
-            uid,
-            "-" if band is None else f"{band[0]:.2f}-{band[1]:.2f}",
-            f"all {len(meta.get('checkpoints', []))}" if checkpoint is None else f"{checkpoint:,}",
-            str(meta.get("acting")),
-            f"{meta.get('epsilon', 0.0):.2f}",
-            _fmt(meta.get("selection_eval_score")),
-            _fmt(meta.get("selection_eval_win_rate")),
-            _fmt(meta.get("win_rate")),
-            _fmt(meta.get("mean_return")),
-            str(meta.get("episodes")),
-        )
-        if "selection" in meta:
-            notes.append(f"{uid}: {meta['selection']}")
-            scoring = scoring or meta
+        table.add_row(uid, "all", "-", "-", "-", "-", _fmt(meta.get("win_rate")), _fmt(meta.get("mean_return")),
+                      str(meta.get("episodes")), str(meta.get("transitions")))
+        for source in meta.get("sources", []):
+            checkpoint = source.get("checkpoint_env_steps")
+            table.add_row(
+                source.get("level", ""), str(source.get("run_seed")),
+                f"{len(source.get('checkpoints', []))} up to {source['checkpoints'][-1]:,}"
+                if checkpoint is None else f"{checkpoint:,}",
+                str(source.get("acting")), f"{source.get('epsilon', 0.0):.2f}",
+                _fmt(source.get("selection_eval_score")), "", "",
+                str(source.get("episodes")), str(source.get("transitions")),
+            )
+        scoring = scoring or (meta if "scoring" in meta else None)
+    notes = []
     if scoring is not None and scoring.get("scoring") == "return":
-        notes.insert(0, "score: mean return rescaled, uniform-random policy "
-                        f"{scoring['score_0_return']:.3f} -> 0, best checkpoint "
-                        f"{scoring['score_1_return']:.3f} -> 1")
-    elif scoring is not None and scoring.get("scoring") == "win_rate":
-        notes.insert(0, "score: win rate")
+        notes.append("score: mean return rescaled, uniform-random policy "
+                     f"{scoring['score_0_return']:.3f} -> 0, best checkpoint {scoring['score_1_return']:.3f} -> 1")
+    elif scoring is not None:
+        notes.append("score: win rate")
     # Wide enough for every column when stdout is a file or pipe (rich assumes 80 there).
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    console = Console(width=None if sys.stdout.isatty() else 140)
     console.print(table)
     console.print("\n".join(notes))
 
 
-def make_datasets(
-    env_name: str, out_dir: str | Path, run_dir: str | Path | None = None, episodes: int = 1000,
-    seed: int = 0, env_steps: int | None = None, num_checkpoints: int = DEFAULT_CHECKPOINTS,
-    eval_episodes: int = DEFAULT_EVAL_EPISODES, quiet: bool = False,
-) -> Path:
-    """Build `<out_dir>/<env>.vlt` with uids good, medium, poor and replay, and their cards.
+def _check_arguments(seeds: Sequence[int], transitions: int, epsilon: float, num_checkpoints: int,
+                     eval_episodes: int) -> None:
+    if not seeds:
+        raise ConfigError("seeds is empty: give at least one run seed, e.g. --seeds 0,1,2,3")
+    for name, value in (("transitions", transitions), ("num_checkpoints", num_checkpoints),
+                        ("eval_episodes", eval_episodes)):
+        if value <= 0:
+            raise ConfigError(f"{name}={value} is invalid: must be a positive integer")
+    check_epsilon(epsilon)
 
-    Trains an MA-Trace run into `<out_dir>/runs/` unless `run_dir` is given. Datasets that
-    already exist are kept (and not recollected). Returns the vault path.
+
+def make_datasets(
+    env_name: str, out_dir: str | Path, run_dirs: Sequence[str | Path] | None = None,
+    seeds: Sequence[int] = DEFAULT_SEEDS, transitions: int = DEFAULT_TRANSITIONS,
+    epsilon: float = DEFAULT_EPSILON, env_steps: int | None = None,
+    num_checkpoints: int = DEFAULT_CHECKPOINTS, eval_episodes: int = DEFAULT_EVAL_EPISODES,
+    quiet: bool = False,
+) -> Path:
+    """Build `<out_dir>/<env>.vlt` with uids good, medium, poor, replay and mixed, and cards.
+
+    Trains one MA-Trace run per seed into `<out_dir>/runs/` (resuming interrupted ones)
+    unless `run_dirs` are given. Datasets that already exist are kept (and not
+    recollected). Returns the vault path.
     """
     from offmarl.runners.online import load_run
 
     check_env_name(env_name)
-    check_episodes(episodes)
-    check_episodes(eval_episodes)
-    if num_checkpoints <= 0:
-        raise ConfigError(f"num_checkpoints={num_checkpoints} is invalid: must be a positive integer")
-    train = run_dir is None
-    if train:
-        experiment = dense_checkpoint_experiment(env_name, seed, env_steps, num_checkpoints)
-        run_dir = Path(out_dir) / "runs" / f"matrace_{env_name.replace(':', '_')}_s{seed}"
+    _check_arguments(list(seeds) if run_dirs is None else [0], transitions, epsilon, num_checkpoints,
+                     eval_episodes)
+    if run_dirs is None:
+        planned = [(dense_checkpoint_experiment(env_name, seed, env_steps, num_checkpoints),
+                    Path(out_dir) / "runs" / f"matrace_{env_name.replace(':', '_')}_s{seed}") for seed in seeds]
     else:
         if env_steps is not None:
-            raise ConfigError("--env-steps sets the budget of a new run; it cannot change --run")
-        run_dir = Path(run_dir)
-        experiment, _ = load_run(run_dir)
-        if experiment.env != env_name:
-            raise ConfigError(f"run {str(run_dir)!r} trained on {experiment.env}, not {env_name}")
+            raise ConfigError("--env-steps sets the budget of new runs; it cannot change --runs")
+        planned = []
+        for run_dir in map(Path, run_dirs):
+            experiment, _ = load_run(run_dir)
+            if experiment.env != env_name:
+                raise ConfigError(f"run {str(run_dir)!r} trained on {experiment.env}, not {env_name}")
+            planned.append((None, run_dir))
     vault = vault_path(out_dir, env_name)
     console = Console(stderr=True, quiet=quiet)
-    todo = [uid for uid in [*QUALITY_BANDS, REPLAY_UID] if uid not in list_uids(vault)]
+    todo = [uid for uid in ALL_UIDS if uid not in list_uids(vault)]
     if todo:
-        if train:
-            train_run(experiment, run_dir, console, quiet)
-        _build_levels(todo, vault, SavedRun.open(run_dir), episodes, seed, eval_episodes, console)
+        for experiment, run_dir in planned:
+            if experiment is not None:
+                train_run(experiment, run_dir, console, quiet)
+        runs = [SavedRun.open(run_dir) for _, run_dir in planned]
+        _build_datasets(todo, vault, runs, transitions, epsilon, eval_episodes, console)
     else:
         console.print(f"every dataset of {vault} exists already")
     _print_results(vault)
     return vault
 
 
-def _build_levels(
-    todo: list[str], vault: Path, run: SavedRun, episodes: int, seed: int, eval_episodes: int,
-    console: Console,
+def _collectors(runs: Sequence[SavedRun]) -> list[EpisodeCollector]:
+    """One collector per distinct policy configuration (runs with equal configs share its compile)."""
+    by_config: dict[str, EpisodeCollector] = {}
+    out = []
+    for run in runs:
+        key = repr(run.experiment.algo_config)
+        if key not in by_config:
+            by_config[key] = EpisodeCollector(run.env, run.algo)
+        out.append(by_config[key])
+    return out
+
+
+def _build_datasets(
+    todo: list[str], vault: Path, runs: list[SavedRun], transitions: int, epsilon: float,
+    eval_episodes: int, console: Console,
 ) -> None:
-    """Evaluate the run's checkpoints (if a quality level is to be made), then collect and
-    write each uid in `todo` with its card."""
-    collector = EpisodeCollector(run.env, run.algo)
-    evaluator = _Evaluator(run, collector, eval_episodes, seed)
-    with progress_display(console, "episodes") as progress:
-        if any(uid in QUALITY_BANDS for uid in todo):
-            task = progress.add_task("evaluate checkpoints", total=2 * len(run.steps) * eval_episodes,
-                                     stats="")
-            candidates = evaluator.checkpoints(lambda: progress.advance(task, eval_episodes))
-            if evaluator.scoring == "return":
-                progress.update(task, total=(2 * len(run.steps) + 1) * eval_episodes)
-                span = (evaluator.best_return or 0.0) - (evaluator.random_return or 0.0)
-                if span <= 0:
-                    console.print("[yellow]no checkpoint beats the uniform-random policy's mean "
-                                  "return: the quality levels cannot be told apart")
-            atomic_write_json(vault / EVALUATIONS_FILE, {
-                "source_run": str(run.run_dir.resolve()),
-                "episodes_each": eval_episodes,
-                "seed": seed + EVAL_SEED,
-                **evaluator.scoring_metadata(),
-                "evaluations": [asdict(b) for b in candidates],
-            })
+    """Evaluate every run's checkpoints, then collect and write each uid in `todo` with its card."""
+    collectors = _collectors(runs)
+    base_seed = runs[0].experiment.seed
+    evaluator = _Evaluator(runs, collectors, eval_episodes, base_seed, epsilon)
+    share = math.ceil(transitions / len(runs))  # each run's part of every dataset
+    with progress_display(console, "") as progress:
+        total = 2 * sum(len(run.steps) for run in runs) * eval_episodes
+        task = progress.add_task("evaluate checkpoints (episodes)", total=total, stats="")
+        candidates = evaluator.checkpoints(lambda: progress.advance(task, eval_episodes))
+        if evaluator.scoring == "return":
+            progress.update(task, total=total + eval_episodes)
+            if (evaluator.best_return or 0.0) <= (evaluator.random_return or 0.0):
+                console.print("[yellow]no checkpoint beats the uniform-random policy's mean return: "
+                              "the quality levels cannot be told apart")
+        atomic_write_json(vault / EVALUATIONS_FILE, {
+            "source_runs": [str(run.run_dir.resolve()) for run in runs],
+            "episodes_each": eval_episodes,
+            "seed": base_seed + EVAL_SEED,
+            "rollout_epsilon": epsilon,
+            **evaluator.scoring_metadata(),
+            "evaluations": [asdict(b) for b in candidates],
+        })
+        per_run = [[b for b in candidates if b.run == r] for r in range(len(runs))]
+        medium = [choose_behaviour("medium", per_run[r], evaluator) for r in range(len(runs))]
+
+        def collect(uid: str, make_part: Callable[[int, Callable[[int], None]], tuple[CollectedEpisodes, dict]]
+                    ) -> tuple[CollectedEpisodes, dict[str, Any]]:
+            """Every run's part of dataset `uid`, merged, and the metadata naming the parts."""
+            bar = progress.add_task(f"collect {uid} (transitions)", total=share * len(runs), stats="")
+            parts, sources = [], []
+            for r in range(len(runs)):
+                done = sum(p.dataset.num_transitions for p in parts)
+                part, source = make_part(r, lambda have, done=done: progress.update(bar, completed=done + have))
+                parts.append(part)
+                sources.append(source)
+            collected = merge_collected(parts)
+            meta = {"env": runs[0].experiment.env, "sources": sources, "rollout_epsilon": epsilon}
+            return collected, meta
+
         for uid in todo:
-            task = progress.add_task(f"collect {uid}", total=episodes, stats="")
+            if uid in QUALITY_BANDS:
+                def level_part(r: int, report: Callable[[int], None], uid: str = uid):
+                    behaviour, note = medium[r] if uid == "medium" else choose_behaviour(uid, per_run[r], evaluator)
+                    seed = base_seed + LEVEL_SEED + list(QUALITY_BANDS).index(uid) + r * RUN_SEED_STRIDE
+                    part = collect_transitions(collectors[r], runs[r].params(behaviour.env_steps), share,
+                                               behaviour.mean_length, seed, behaviour.epsilon, behaviour.greedy,
+                                               report)
+                    return part, _source_metadata(runs[r], behaviour, note, seed, part)
 
-            def report(done: int, task: Any = task) -> None:
-                progress.update(task, completed=done)
+                collected, meta = collect(uid, level_part)
+                meta.update(_level_metadata(uid, evaluator))
+            elif uid == REPLAY_UID:
+                def replay_part(r: int, report: Callable[[int], None]):
+                    return _replay_of_run(runs[r], collectors[r], medium[r][0], per_run[r], share, epsilon,
+                                          base_seed + REPLAY_SEED + r * RUN_SEED_STRIDE, report)
 
-            if uid == REPLAY_UID:
-                collected = _collect_replay(run, collector, episodes, seed, report)
-                origin = {
-                    **provenance(run, None, False, 0.0, seed + REPLAY_SEED),
-                    "checkpoints": run.steps,
-                    "episodes_per_checkpoint": split_evenly(episodes, len(run.steps)),
-                }
+                collected, meta = collect(uid, replay_part)
+                meta.update({"quality": "replay of training up to the medium policy", **evaluator.scoring_metadata()})
             else:
-                behaviour, note = choose_behaviour(uid, candidates, evaluator)
-                level_seed = seed + LEVEL_SEED + list(QUALITY_BANDS).index(uid)
-                collected = collector.collect(
-                    run.params(behaviour.env_steps), episodes, level_seed, behaviour.epsilon,
-                    behaviour.greedy, on_progress=lambda done, _: report(done),
-                )
-                origin = {
-                    **provenance(run, behaviour.env_steps, behaviour.greedy, behaviour.epsilon,
-                                 level_seed),
-                    **_level_metadata(uid, behaviour, note, evaluator),
-                }
-            write_vault(collected.dataset, vault, uid, {**origin, **outcome_metadata(collected)})
+                levels = list(QUALITY_BANDS)
+                collected = merge_collected([_reload(vault, level) for level in levels])
+                sources = [{**s, "level": level} for level in levels
+                           for s in vault_metadata(vault, level).get("sources", [])]
+                meta = {"env": runs[0].experiment.env, "quality": "union of " + ", ".join(levels),
+                        "mixed_of": levels, "sources": sources, "rollout_epsilon": epsilon,
+                        **evaluator.scoring_metadata()}
+            write_vault(collected.dataset, vault, uid, {**meta, **outcome_metadata(collected)})
             write_dataset_card(vault, uid)
+
+
+def _replay_of_run(
+    run: SavedRun, collector: Any, medium: Behaviour, candidates: list[Behaviour], transitions: int,
+    epsilon: float, seed: int, report: Callable[[int], None],
+) -> tuple[CollectedEpisodes, dict[str, Any]]:
+    """Sampled acting of each of `run`'s checkpoints up to its medium policy, transitions
+    spread evenly over them."""
+    steps = [s for s in run.steps if s <= medium.env_steps] or run.steps[:1]
+    lengths = {b.env_steps: b.mean_length for b in candidates if not b.greedy}
+    parts, done = [], 0
+    for index, (env_steps, quota) in enumerate(zip(steps, split_evenly(transitions, len(steps)))):
+        if quota == 0:
+            continue
+        part = collect_transitions(collector, run.params(env_steps), quota, lengths.get(env_steps, 1.0),
+                                   seed + index, epsilon, False, lambda have, done=done: report(done + have))
+        parts.append(part)
+        done += part.dataset.num_transitions
+    collected = merge_collected(parts)
+    source = {
+        **provenance(run, None, False, epsilon, seed),
+        "checkpoints": steps,
+        "selection": f"checkpoints up to the medium policy ({medium.env_steps:,} env steps)",
+        "episodes": collected.dataset.num_episodes,
+        "transitions": collected.dataset.num_transitions,
+    }
+    return collected, source
+
+
+def _reload(vault: Path, uid: str) -> CollectedEpisodes:
+    """A dataset of the vault with its episode returns and wins, as collected."""
+    from offmarl.data.card import episode_wins
+
+    dataset = load_vault(vault, uid)
+    env = vault_metadata(vault, uid).get("env")
+    return CollectedEpisodes(dataset, dataset.episode_returns().astype(np.float32), episode_wins(dataset, env))
