@@ -18,7 +18,7 @@ from offmarl.algos.bc import bc_loss
 from offmarl.algos.inspo import InSPOConfig, local_value, policy_exponent, teammate_weights
 from offmarl.algos.iql_cql import iql_cql_loss
 from offmarl.algos.maicq import icq_critic_loss, icq_policy_loss
-from offmarl.algos.offline_common import exponential_value_loss
+from offmarl.algos.offline_common import exponential_value_loss, weight_diagnostics
 from offmarl.algos.omiga import local_advantage_exponent, omiga_q_loss, omiga_v_loss, weighted_bc_loss
 from offmarl.envs.base import EnvSpec
 from offmarl.errors import ConfigError
@@ -264,6 +264,17 @@ def test_iql_cql_loss_matches_numpy_over_available_actions_only() -> None:
     np.testing.assert_allclose(float(got_td), td, rtol=RTOL)
     np.testing.assert_allclose(float(got_cql), cql, rtol=RTOL)
     np.testing.assert_allclose(float(total), td + cql_weight * cql, rtol=RTOL)
+
+
+def test_weight_diagnostics_match_numpy_and_the_ess_limits() -> None:
+    w = np.random.default_rng(5).exponential(size=(8, 3))
+    got = {k: float(v) for k, v in weight_diagnostics("w", f32(w)).items()}
+    assert got["w_mean"] == pytest.approx(w.mean(), rel=RTOL) and got["w_std"] == pytest.approx(w.std(), rel=1e-4)
+    assert got["w_max"] == pytest.approx(w.max(), rel=RTOL)
+    assert got["w_ess_fraction"] == pytest.approx(w.sum() ** 2 / (w.size * (w**2).sum()), rel=1e-4)
+    assert float(weight_diagnostics("w", jnp.ones(10))["w_ess_fraction"]) == pytest.approx(1.0)
+    one_hot = jnp.zeros(10).at[3].set(5.0)
+    assert float(weight_diagnostics("w", one_hot)["w_ess_fraction"]) == pytest.approx(0.1)
 
 
 # -- MAICQ ---------------------------------------------------------------------------------

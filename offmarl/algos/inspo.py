@@ -33,6 +33,7 @@ from offmarl.algos.offline_common import (
     soft_update,
     taken,
     validate_common,
+    weight_diagnostics,
 )
 from offmarl.config import require
 from offmarl.envs.base import EnvSpec
@@ -260,8 +261,8 @@ class InSPO(StatelessPolicy):
             self.optimizer, state.critics, state.critic_opt, self._critic_loss, state.target, batch,
             joint_in, q_target, log_mu, local_weights, value_floor)
         target = soft_update(state.target, (critics.q_joint, critics.v_joint), cfg.tau)
-        metrics = {**m_mu, **m_critic, "weight_mean": jnp.mean(jnp.exp(exponent)),
-                   "teammate_weight_mean": jnp.mean(local_weights)}
+        metrics = {**m_mu, **m_critic, **weight_diagnostics("weight", jnp.exp(exponent)),
+                   **weight_diagnostics("teammate_weight", local_weights)}
         new_state = InSPOState(policy, policy_opt, behaviour, behaviour_opt, critics, target,
                                critic_opt, state.step + 1, value_floor)
         return new_state, metrics

@@ -28,6 +28,7 @@ from offmarl.algos.offline_common import (
     make_optimizer,
     taken,
     validate_common,
+    weight_diagnostics,
 )
 from offmarl.config import require
 from offmarl.envs.base import EnvSpec
@@ -151,9 +152,8 @@ class MAICQ(SharedActor):
         actor, weights = icq_policy_loss(log_prob_taken(logits, batch.actions),
                                          jax.lax.stop_gradient(q_values), probs, batch.actions, k,
                                          self.config.advantage_beta)
-        ess = jnp.sum(weights, axis=0) ** 2 / jnp.maximum(jnp.sum(weights**2, axis=0), 1e-12)
         return critic + actor, {"q_loss": critic, "policy_loss": actor, "q_tot": jnp.mean(q_tot),
-                                "weight_ess_fraction": jnp.mean(ess) / weights.shape[0]}
+                                **weight_diagnostics("weight", weights)}
 
     def update(self, state: MAICQState, batch: TransitionBatch, rng: jax.Array) -> tuple[MAICQState, dict]:
         params, opt_state, metrics = gradient_step(self.optimizer, state.params, state.opt_state, self._loss,

@@ -57,6 +57,16 @@ def exponential_value_loss(z: jax.Array, linear: jax.Array) -> jax.Array:
     return jnp.mean(jnp.exp(z - m) + jnp.exp(-m) * linear)
 
 
+def weight_diagnostics(name: str, weights: jax.Array) -> dict[str, jax.Array]:
+    """Mean, standard deviation, maximum and effective-sample-size fraction of a batch of
+    non-negative sample weights (all entries pooled): ESS / n = (sum w)^2 / (n sum w^2), 1
+    for equal weights, 1/n when one sample carries everything."""
+    w = jnp.ravel(weights)
+    ess = jnp.sum(w) ** 2 / jnp.maximum(w.size * jnp.sum(w**2), 1e-30)
+    return {f"{name}_mean": jnp.mean(w), f"{name}_std": jnp.std(w), f"{name}_max": jnp.max(w),
+            f"{name}_ess_fraction": ess}
+
+
 def validate_common(config: Any) -> None:
     """Checks shared by every offline config: learning rate, discount (if any), clip, widths."""
     require(config.lr > 0, f"lr={config.lr} is invalid: must be > 0")

@@ -25,6 +25,7 @@ from offmarl.algos.offline_common import (
     soft_update,
     taken,
     validate_common,
+    weight_diagnostics,
 )
 from offmarl.config import require
 from offmarl.envs.base import EnvSpec
@@ -162,7 +163,7 @@ class OMIGA(SharedActor):
         v, v_opt, m_v = gradient_step(self.optimizer, state.critics.v, state.v_opt, self._v_loss, state.target, batch)
         critics = Critics(q, v, mixer)
         target = soft_update(state.target, critics, self.config.tau)
-        metrics = {**m_pi, **m_q, **m_v, "weight_mean": jnp.mean(jnp.exp(z))}
+        metrics = {**m_pi, **m_q, **m_v, **weight_diagnostics("weight", jnp.exp(z))}
         return OMIGAState(policy, critics, target, policy_opt, q_opt, v_opt), metrics
 
     def acting_params(self, state: OMIGAState) -> Any:
