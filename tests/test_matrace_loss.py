@@ -38,6 +38,7 @@ METRICS = [
     "rho_clipped_fraction",
     "rho_ess",
     "entropy_per_agent",
+    "behaviour_kl",
     "value_mean",
 ]
 
@@ -143,15 +144,23 @@ def hand_loss(algo: MATrace, params: dict, rollout: Rollout) -> dict[str, float]
         assert values.shape == (T + 1, B)
         log_rhos = agent_log_rhos.sum(axis=-1)  # joint ratio = product of the agents' ratios
         vs, pg = vtrace_oracle(log_rhos, discounts, rewards, values[:-1], values[-1], **clips)
+        if cfg.pg_ratio == "per_agent":  # agent i's TD clipped by its own ratio, not the product
+            team_td = rewards + discounts * np.concatenate([vs[1:], values[-1:]]) - values[:-1]
+            pg = np.minimum(cfg.pg_rho_bar, np.exp(agent_log_rhos)) * team_td[..., None]
+        else:
+            pg = np.repeat(pg[..., None], n, axis=-1)
         if cfg.normalize_advantages:
             pg = (pg - pg.mean()) / (pg.std() + 1e-8)
-        policy_loss = -np.mean(np.sum(log_pi_a, axis=-1) * pg)
+        policy_loss = -np.mean(np.sum(log_pi_a * pg, axis=-1))
     value_loss = cfg.baseline_cost * 0.5 * np.mean((vs - values[:-1]) ** 2)
     mean_entropy = np.mean(entropy.sum(axis=-1))
     entropy_loss = -cfg.entropy_cost * mean_entropy
+    log_ratio = np.clip(log_pi_a - np.asarray(rollout.behaviour_log_probs, np.float64), -20, 20)
+    behaviour_kl = np.mean(np.sum(np.exp(log_ratio) - 1 - log_ratio, axis=-1))
     rhos = np.exp(log_rhos)
     return {
-        "loss": policy_loss + value_loss + entropy_loss,
+        "loss": policy_loss + value_loss + entropy_loss + cfg.behaviour_kl_cost * behaviour_kl,
+        "behaviour_kl": behaviour_kl,
         "policy_loss": policy_loss,
         "value_loss": value_loss,
         "entropy": mean_entropy,
@@ -180,10 +189,11 @@ def assert_metrics_match(total: jax.Array, metrics: dict, expected: dict[str, fl
 SETTINGS = [
     {},
     dict(rho_bar=2.0, c_bar=1.5, pg_rho_bar=0.7, lambda_=1.0, gamma=0.99, agent_id=True),
+    dict(pg_ratio="per_agent", behaviour_kl_cost=0.3, pg_rho_bar=0.7),
 ]
 
 
-@pytest.mark.parametrize("overrides", SETTINGS, ids=["paper-clips", "loose-clips-agent-id"])
+@pytest.mark.parametrize("overrides", SETTINGS, ids=["paper-clips", "loose-clips-agent-id", "per-agent-kl"])
 @pytest.mark.parametrize("critic", ["obs", "state", "decentralised"])
 def test_loss_matches_hand_computation(critic: str, overrides: dict) -> None:
     """Total loss and every metric equal the NumPy recomputation for each critic."""
@@ -210,13 +220,13 @@ def test_normalized_advantages_match_hand_computation() -> None:
     assert abs(float(plain) - float(metrics["policy_loss"])) > 1e-3
 
 
-@pytest.mark.parametrize("critic", ["obs", "decentralised"])
-def test_gradients_hold_targets_constant(critic: str) -> None:
+@pytest.mark.parametrize(("critic", "pg_ratio"), [("obs", "joint"), ("obs", "per_agent"), ("decentralised", "joint")])
+def test_gradients_hold_targets_constant(critic: str, pg_ratio: str) -> None:
     """Loss gradients equal those of the hand surrogate with vs and pg advantages as constants.
 
     This fails if gradient leaks through the ratios or V-trace targets.
     """
-    algo = MATrace(make_config(critic), SPEC)
+    algo = MATrace(make_config(critic, pg_ratio=pg_ratio), SPEC)
     params = make_params(algo, seed=5)
     rollout = make_rollout(seed=6)
     expected = hand_loss(algo, params, rollout)
@@ -229,8 +239,7 @@ def test_gradients_hold_targets_constant(critic: str) -> None:
         log_pi_a = jnp.take_along_axis(log_pi, rollout.actions[..., None], axis=-1)[..., 0]
         entropy = -jnp.sum(jnp.exp(log_pi) * log_pi, axis=-1).sum(axis=-1)
         values = algo.values(p, rollout.obs, rollout.state)[:-1]
-        adv = pg if critic == "decentralised" else pg[..., None]
-        policy_loss = -jnp.mean(jnp.sum(log_pi_a * adv, axis=-1))
+        policy_loss = -jnp.mean(jnp.sum(log_pi_a * pg, axis=-1))
         value_loss = cfg.baseline_cost * 0.5 * jnp.mean((vs - values) ** 2)
         return policy_loss + value_loss - cfg.entropy_cost * jnp.mean(entropy)
 
@@ -411,3 +420,21 @@ def test_target_entropy_schedule_follows_progress() -> None:
         np.testing.assert_allclose(float(metrics["target_entropy"]), want, rtol=1e-6)
     with pytest.raises(ConfigError, match="target_entropy_decay=1.5 is invalid"):
         make_config(target_entropy_decay=1.5).validate()
+
+
+def test_lag_robust_settings_are_off_by_default_and_agree_on_policy() -> None:
+    """On-policy data (every ratio 1): the per-agent clip equals the joint one and the
+    behaviour KL is exactly 0; stale data makes the KL positive."""
+    algo = MATrace(make_config("obs"), SPEC)
+    params = make_params(algo, seed=3)
+    stale = make_rollout(seed=4)
+    log_pi = jax.nn.log_softmax(algo.unroll_logits(params, stale))
+    fresh = stale._replace(behaviour_log_probs=jnp.take_along_axis(log_pi, stale.actions[..., None], -1)[..., 0])
+    joint = algo.loss(params, fresh)
+    per_agent = MATrace(make_config("obs", pg_ratio="per_agent", behaviour_kl_cost=1.0), SPEC).loss(params, fresh)
+    np.testing.assert_allclose(float(joint[0]), float(per_agent[0]), rtol=1e-6, atol=1e-7)
+    assert float(per_agent[1]["behaviour_kl"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(algo.loss(params, stale)[1]["behaviour_kl"]) > 0.1
+    assert (MATraceConfig().pg_ratio, MATraceConfig().behaviour_kl_cost) == ("joint", 0.0)
+    with pytest.raises(ConfigError, match="pg_ratio='mean' is invalid; valid choices: joint, per_agent"):
+        make_config(pg_ratio="mean").validate()

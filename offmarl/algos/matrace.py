@@ -95,9 +95,21 @@ class MATraceConfig(ActorCriticConfig):
     """Fraction by which the target falls, linearly, over the run (0 keeps it constant)."""
     normalize_advantages: bool = False
     """Standardise policy-gradient advantages within each minibatch."""
+    pg_ratio: Literal["joint", "per_agent"] = "joint"
+    """Ratio clipped by pg_rho_bar in agent i's policy gradient: the joint product of all
+    agents' ratios (the paper), or agent i's own ratio only (a lag-robust variant whose
+    clip does not tighten with the number of agents; the V-trace targets keep the joint
+    ratio either way; docs/matrace.md)."""
+    behaviour_kl_cost: float = 0.0
+    """Weight of a per-agent KL(mu_i || pi_i) penalty towards the behaviour policy,
+    estimated on the taken actions as mean((rho_i - 1) - log rho_i); a soft trust region
+    for stale data. 0 is the paper."""
 
     def validate(self) -> None:
         super().validate()
+        require(self.pg_ratio in ("joint", "per_agent"),
+                f"pg_ratio={self.pg_ratio!r} is invalid; valid choices: joint, per_agent")
+        require(self.behaviour_kl_cost >= 0, f"behaviour_kl_cost={self.behaviour_kl_cost} must be >= 0")
         require(self.rho_bar > 0, f"rho_bar={self.rho_bar} is invalid: must be > 0")
         require(self.pg_rho_bar > 0, f"pg_rho_bar={self.pg_rho_bar} is invalid: must be > 0")
         require(
@@ -157,11 +169,20 @@ class MATrace(ActorCritic):
             pg_rho_bar=cfg.pg_rho_bar,
             lambda_=cfg.lambda_,
         )
+        if not self.decentralised_critic and cfg.pg_ratio == "per_agent":
+            # The same V-trace TD as vtrace's pg_adv, clipped by each agent's own ratio instead.
+            vs_tp1 = jnp.concatenate([vs[1:], jax.lax.stop_gradient(values[-1])[None]], axis=0)
+            team_td = rewards + discounts * vs_tp1 - jax.lax.stop_gradient(values[:-1])
+            pg_adv = jnp.minimum(cfg.pg_rho_bar, jnp.exp(agent_log_rhos)) * team_td[..., None]  # [T, B, N]
+        elif not self.decentralised_critic:
+            pg_adv = pg_adv[..., None]  # every agent shares the team advantage
         if cfg.normalize_advantages:
             pg_adv = (pg_adv - pg_adv.mean()) / (pg_adv.std() + 1e-8)
-        if not self.decentralised_critic:
-            pg_adv = pg_adv[..., None]  # every agent shares the team advantage
         policy_loss = -jnp.mean(jnp.sum(log_probs * pg_adv, axis=-1))
+        # k3 estimator of KL(mu_i || pi_i) on actions drawn from mu: (rho - 1) - log rho >= 0,
+        # the log ratio clipped so a near-impossible action cannot overflow it.
+        log_ratio = jnp.clip(log_probs - rollout.behaviour_log_probs, -20.0, 20.0)
+        behaviour_kl = jnp.mean(jnp.sum(jnp.exp(log_ratio) - 1.0 - log_ratio, axis=-1))
         value_loss = cfg.baseline_cost * 0.5 * jnp.mean((vs - values[:-1]) ** 2)
         mean_entropy = jnp.mean(entropy)
         entropy_cost = jnp.exp(10.0 * params["entropy_param"])
@@ -175,6 +196,8 @@ class MATrace(ActorCritic):
             entropy_cost = jnp.asarray(cfg.entropy_cost, jnp.float32)
             entropy_loss = -entropy_cost * mean_entropy
         total = policy_loss + value_loss + entropy_loss
+        if cfg.behaviour_kl_cost > 0:
+            total = total + cfg.behaviour_kl_cost * behaviour_kl
         rhos = jnp.exp(log_rhos)
         return total, {
             "loss": total,
@@ -188,5 +211,6 @@ class MATrace(ActorCritic):
             # (sum rho)^2 / (n sum rho^2): 1 on-policy, near 1/n when one ratio dominates.
             "rho_ess": jnp.sum(rhos) ** 2 / (rhos.size * jnp.sum(rhos**2)),
             "entropy_per_agent": mean_entropy / self.spec.num_agents,
+            "behaviour_kl": jax.lax.stop_gradient(behaviour_kl),
             "value_mean": jnp.mean(values),
         }
