@@ -24,6 +24,8 @@ CASES = [
     (["--env", "smax:3m", "--policy-lag", "-1"], "policy_lag=-1 is invalid", ">= 0"),
     (["--env", "smax:3m", "num_minibatches=3"], "num_minibatches=3 must divide num_envs=128", ""),
     (["--env", "smax:3m", "lr"], "override 'lr' is not of the form key=value", ""),
+    (["--env", "mpe:simple_spread_continuous"], "algorithm 'matrace' supports discrete actions only",
+     "'mpe:simple_spread_continuous' has continuous actions; algorithms with continuous support: none yet"),
 ]
 
 

@@ -64,6 +64,41 @@ def test_mpe_spread_spec_and_team_reward(mpe_spread) -> None:
     assert dones[25].all() and not dones[:25].any()
 
 
+def test_mpe_spread_continuous_has_a_box_and_moves_with_forces() -> None:
+    """mpe:simple_spread_continuous: 5 forces in [0, 1] per agent, no masks; different
+    forces move the agents differently, and the spec says continuous."""
+    from offmarl.envs import has_continuous_actions, make_env
+    from offmarl.envs.base import BoxActions, DiscreteActions
+
+    env = make_env("mpe:simple_spread_continuous")
+    spec = env.spec
+    assert spec.continuous and spec.action_space == BoxActions((0.0,) * 5, (1.0,) * 5)
+    assert spec.num_actions == 0 and (spec.num_agents, spec.obs_dim) == (3, 18)
+    assert has_continuous_actions("mpe:simple_spread_continuous") and not has_continuous_actions("mpe:simple_spread")
+    assert make_env("matrix:xor").spec.action_space == DiscreteActions(2)
+    state, ts = env.reset(jax.random.PRNGKey(0))
+    assert ts.avail.shape == (3, 0)
+    key = jax.random.PRNGKey(1)
+    _, still = env.step(key, state, jnp.zeros((3, 5)))
+    _, pushed = env.step(key, state, jnp.tile(jnp.array([0.0, 1.0, 0.0, 1.0, 0.0]), (3, 1)))
+    assert not np.allclose(np.asarray(still.obs), np.asarray(pushed.obs))
+    assert np.isfinite(float(pushed.reward))
+
+
+def test_algorithms_without_continuous_support_are_refused_naming_both_sides() -> None:
+    from offmarl.algos import ALGORITHMS
+    from offmarl.runners.experiment import resolve_experiment, resolve_offline_experiment
+
+    for name, entry in ALGORITHMS.items():
+        assert not entry.continuous  # none yet: every one must be refused
+        with pytest.raises(ConfigError, match=f"algorithm '{name}' supports discrete actions only, and "
+                                              "'mpe:simple_spread_continuous' has continuous actions"):
+            if entry.kind == "online":
+                resolve_experiment(name, "mpe:simple_spread_continuous", 0)
+            else:
+                resolve_offline_experiment(name, "mpe:simple_spread_continuous", "x.vlt:good", 0)
+
+
 def test_env_names_listed_and_validated() -> None:
     names = list_envs()
     for name in ("smax:3m", "smax:2s3z", "smax:5m_vs_6m", "smax:27m_vs_30m", "mpe:simple_spread"):
@@ -92,8 +127,8 @@ def test_static_scenario_lists_match_jaxmarl() -> None:
     assert smax.scenario_names() == list(MAP_NAME_TO_SCENARIO)
     for map_name in smax.scenario_names():
         map_name_to_scenario(map_name)  # the public lookup make_smax uses accepts every name
-    assert mpe.scenario_names() == ["simple_spread"]  # the cooperative tasks the adapter supports
-    for jaxmarl_id in mpe.SCENARIOS.values():
+    assert mpe.scenario_names() == ["simple_spread", "simple_spread_continuous"]  # cooperative tasks
+    for jaxmarl_id, _ in mpe.SCENARIOS.values():
         assert jaxmarl_id in registered_envs
 
 

@@ -32,6 +32,8 @@ class AlgorithmEntry:
     build_name: str
     kind: Kind
     description: str
+    continuous: bool = False
+    """Capability flag: trains and acts with continuous (box) actions."""
 
     def _load(self, attr: str) -> Any:
         return getattr(importlib.import_module(self.module), attr)
@@ -107,6 +109,16 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
 
+def check_action_support(name: str, env: str, continuous_env: bool) -> None:
+    """ConfigError naming both sides if algorithm `name` cannot act in `env`'s action space."""
+    if continuous_env and not ALGORITHMS[name].continuous:
+        able = [n for n, e in ALGORITHMS.items() if e.continuous]
+        raise ConfigError(
+            f"algorithm {name!r} supports discrete actions only, and {env!r} has continuous actions; "
+            f"algorithms with continuous support: {', '.join(able) or 'none yet'}"
+        )
+
+
 def get_algorithm(name: str, kind: Kind | None = None) -> AlgorithmEntry:
     """The registry entry called `name` (of `kind` if given); ConfigError names the valid choices."""
     valid = [n for n, e in ALGORITHMS.items() if kind is None or e.kind == kind]
@@ -121,4 +133,5 @@ def get_algorithm(name: str, kind: Kind | None = None) -> AlgorithmEntry:
     return entry
 
 
-__all__ = ["ALGORITHMS", "AlgorithmEntry", "MATrace", "MATraceConfig", "get_algorithm", "vtrace"]
+__all__ = ["ALGORITHMS", "AlgorithmEntry", "MATrace", "MATraceConfig", "check_action_support", "get_algorithm",
+           "vtrace"]

@@ -70,6 +70,16 @@ def offline_run_defaults(name: str) -> dict[str, Any]:
     return dict(_OFFLINE_DEFAULTS.get(name.partition(":")[0], {}))
 
 
+def has_continuous_actions(name: str) -> bool:
+    """Whether environment `name` (already checked) has box actions; known without building it."""
+    family, _, scenario = name.partition(":")
+    if family == "mpe":
+        from offmarl.envs import mpe
+
+        return scenario in mpe.CONTINUOUS
+    return False
+
+
 def list_envs() -> list[str]:
     """All environment names `make_env` accepts (besides `matrix:<path>.json`)."""
     families = [f"{fam}:{s}" for fam, (names, _) in _families().items() for s in names()]
@@ -119,4 +129,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["EnvSpec", "MultiAgentEnv", "check_env_name", "list_envs", "make_env", "offline_run_defaults"]
+__all__ = ["EnvSpec", "MultiAgentEnv", "check_env_name", "has_continuous_actions", "list_envs", "make_env",
+           "offline_run_defaults"]

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from offmarl.envs.base import EnvSpec
+from offmarl.envs.base import ActionSpace, BoxActions, DiscreteActions, EnvSpec
 from offmarl.types import TimeStep
 
 
@@ -33,6 +33,15 @@ def quiet_import_jaxmarl() -> Any:
         os.close(saved_fd)
         sys.stdout, sys.stderr = streams
     return jaxmarl
+
+
+def action_space_of(space: Any) -> ActionSpace:
+    """offmarl's action space for a JaxMARL space: Discrete(n) or a Box with bounds."""
+    if hasattr(space, "n"):
+        return DiscreteActions(int(space.n))
+    shape = tuple(space.shape)
+    low, high = (jnp.broadcast_to(jnp.asarray(b, jnp.float32), shape).reshape(-1) for b in (space.low, space.high))
+    return BoxActions(tuple(float(x) for x in low), tuple(float(x) for x in high))
 
 
 class JaxMARLAdapter:
@@ -60,14 +69,16 @@ class JaxMARLAdapter:
         self.agents = list(env.agents)
         obs, env_state = env.reset(jax.random.PRNGKey(0))
         stacked = self._stack(obs)
+        space = action_space_of(env.action_space(self.agents[0]))
         self.spec = EnvSpec(
             name=name,
             num_agents=len(self.agents),
             obs_dim=int(stacked.shape[-1]),
             state_dim=int(state_fn(obs, stacked).shape[-1]),
-            num_actions=int(env.action_space(self.agents[0]).n),
+            num_actions=space.num_actions if isinstance(space, DiscreteActions) else 0,
             max_episode_steps=int(env.max_steps),
             has_win=has_win,
+            action_space=space,
         )
 
     def _stack(self, obs: dict[str, jax.Array]) -> jax.Array:

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from offmarl.algos import get_algorithm
+from offmarl.algos import check_action_support, get_algorithm
 from offmarl.algos.base import OnlineAlgorithm
 from offmarl.config import apply_overrides, to_dict
-from offmarl.envs import check_env_name, make_env, offline_run_defaults
+from offmarl.envs import check_env_name, has_continuous_actions, make_env, offline_run_defaults
 from offmarl.envs.base import MultiAgentEnv
 from offmarl.errors import ConfigError
 from offmarl.runners.config import OfflineConfig, OnlineConfig
@@ -44,6 +44,7 @@ def _resolve_configs(
     """The algorithm's and the runner's configs after the override layers, both validated."""
     entry = get_algorithm(algo, kind)
     check_env_name(env)
+    check_action_support(algo, env, has_continuous_actions(env))
     if seed < 0:
         raise ConfigError(f"seed={seed} is invalid: must be >= 0")
     configs = [entry.config_class(), run_config_class()]
