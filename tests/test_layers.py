@@ -19,6 +19,7 @@ LAYERS: list[set[str]] = [
     {"errors", "types", "config", "utils"},
     {"envs", "networks"},
     {"algos"},
+    {"acting"},
     {"data"},
     {"evaluation"},
     {"runners"},

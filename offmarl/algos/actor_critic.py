@@ -10,6 +10,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from offmarl.algos.base import CategoricalActing
 from offmarl.config import require
 from offmarl.envs.base import EnvSpec
 from offmarl.networks import GRUPolicy, MLPPolicy, MLPValue, masked_logits, with_agent_id
@@ -42,7 +43,7 @@ class ActorCriticConfig:
         )
 
 
-class ActorCritic:
+class ActorCritic(CategoricalActing):
     """Actor and critic networks for one environment spec, and the Policy half of
     OnlineAlgorithm. Subclasses add `prepare_batch` and `loss`."""
 

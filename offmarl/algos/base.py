@@ -6,6 +6,7 @@ from typing import Any, Protocol
 
 import jax
 
+from offmarl.networks.distributions import ActionDistribution, MaskedCategorical
 from offmarl.types import Rollout, TransitionBatch
 
 Params = Any
@@ -18,6 +19,15 @@ class Policy(Protocol):
         """Actor memory [*batch_shape, N, H] at an episode start (H = 0 if stateless)."""
         ...
 
+    def action_distribution(
+        self, params: Params, policy_state: jax.Array, obs: jax.Array, avail: jax.Array,
+        starts: jax.Array,
+    ) -> tuple[ActionDistribution, jax.Array]:
+        """Each agent's action distribution for one decentralised step (batch [..., N]) and
+        the next memory. The acting loop (offmarl/acting/loop.py) samples it, scores
+        actions with it and takes its mode; it never builds a distribution itself."""
+        ...
+
     def policy_step(
         self, params: Params, policy_state: jax.Array, obs: jax.Array, avail: jax.Array,
         starts: jax.Array,
@@ -28,6 +38,17 @@ class Policy(Protocol):
         episode (the memory is reset there).
         """
         ...
+
+
+class CategoricalActing:
+    """`action_distribution` for policies whose `policy_step` returns masked logits."""
+
+    def action_distribution(
+        self, params: Params, policy_state: jax.Array, obs: jax.Array, avail: jax.Array,
+        starts: jax.Array,
+    ) -> tuple[MaskedCategorical, jax.Array]:
+        logits, memory = self.policy_step(params, policy_state, obs, avail, starts)  # type: ignore[attr-defined]
+        return MaskedCategorical(logits), memory
 
 
 class OnlineAlgorithm(Policy, Protocol):

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from offmarl.algos.base import CategoricalActing
 from offmarl.config import require
 from offmarl.envs.base import EnvSpec
 from offmarl.networks import MLPPolicy, masked_logits, with_agent_id
@@ -79,7 +80,7 @@ def validate_common(config: Any) -> None:
     )
 
 
-class StatelessPolicy:
+class StatelessPolicy(CategoricalActing):
     """Decentralised acting without memory: subclasses give `logits(params, obs, avail)`."""
 
     spec: EnvSpec

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from offmarl.acting.loop import LoopCarry, fresh_carry, run_steps
 from offmarl.algos.base import Policy
 from offmarl.data.dataset import OfflineDataset
 from offmarl.envs.base import MultiAgentEnv
@@ -61,52 +62,29 @@ def check_episodes(episodes: int) -> None:
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2))
-def _reset_envs(env: MultiAgentEnv, policy: Policy, num_envs: int, rng: jax.Array) -> tuple[Any, ...]:
-    """The rollout carry at fresh episodes of `num_envs` environments."""
-    env_state, ts = jax.vmap(env.reset)(jax.random.split(rng, num_envs))
-    memory = policy.initial_policy_state((num_envs,))
-    starts = jnp.ones((num_envs,), bool)
-    return env_state, ts, memory, starts, jnp.zeros((num_envs,)), jnp.zeros((num_envs,), jnp.int32)
+def _fresh_envs(env: MultiAgentEnv, policy: Policy, num_envs: int, rng: jax.Array) -> LoopCarry:
+    return fresh_carry(env, policy, num_envs, rng)
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2))
+@partial(jax.jit, static_argnums=(0, 1))
 def _rollout_chunk(
-    env: MultiAgentEnv, policy: Policy, num_envs: int, params: Any, carry: tuple[Any, ...],
-    rng: jax.Array, epsilon: jax.Array, greedy: jax.Array,
-) -> tuple[tuple[Any, ...], dict[str, jax.Array]]:
+    env: MultiAgentEnv, policy: Policy, params: Any, carry: LoopCarry, epsilon: jax.Array, greedy: jax.Array,
+) -> tuple[LoopCarry, dict[str, jax.Array]]:
     """`max_episode_steps` steps of every environment: the next carry and per-step records.
 
     Compiled once per (env, policy, num_envs); params, epsilon and greedy are traced.
     """
     max_steps = env.spec.max_episode_steps
-
-    def step(carry, step_rng):
-        env_state, ts, memory, starts, ep_return, ep_length = carry
-        sample_rng, random_rng, explore_rng, env_rng = jax.random.split(step_rng, 4)
-        logits, memory = policy.policy_step(params, memory, ts.obs, ts.avail, starts)
-        policy_actions = jnp.where(
-            greedy, jnp.argmax(logits, axis=-1), jax.random.categorical(sample_rng, logits)
-        )
-        random_actions = jax.random.categorical(random_rng, jnp.where(ts.avail, 0.0, -jnp.inf))
-        explore = jax.random.uniform(explore_rng, policy_actions.shape) < epsilon
-        actions = jnp.where(explore, random_actions, policy_actions).astype(jnp.int32)
-        env_state, next_ts = jax.vmap(env.step)(jax.random.split(env_rng, num_envs), env_state, actions)
-        ep_return = ep_return + next_ts.reward
-        ep_length = ep_length + 1
-        done = next_ts.done
-        record = {
-            "obs": ts.obs, "state": ts.state, "avail": ts.avail, "actions": actions,
-            "reward": next_ts.reward, "done": done, "won": next_ts.won,
-            # JaxMARL reports a time limit as a plain done; a non-won episode that
-            # lasted the whole limit is recorded as truncated.
-            "truncated": done & (ep_length >= max_steps) & ~next_ts.won,
-            "episode_return": ep_return,
-        }
-        keep = ~done
-        carry = (env_state, next_ts, memory, done, ep_return * keep, ep_length * keep)
-        return carry, record
-
-    return jax.lax.scan(step, carry, jax.random.split(rng, max_steps))
+    carry, steps = run_steps(env, policy, params, carry, max_steps, greedy=greedy, epsilon=epsilon)
+    record = {
+        "obs": steps.obs, "state": steps.state, "avail": steps.avail, "actions": steps.actions,
+        "reward": steps.reward, "done": steps.done, "won": steps.won,
+        # JaxMARL reports a time limit as a plain done; a non-won episode that
+        # lasted the whole limit is recorded as truncated.
+        "truncated": steps.done & (steps.episode_length >= max_steps) & ~steps.won,
+        "episode_return": steps.episode_return,
+    }
+    return carry, record
 
 
 class EpisodeCollector:
@@ -129,15 +107,12 @@ class EpisodeCollector:
         check_episodes(num_episodes)
         check_epsilon(epsilon)
         quotas = np.array(split_evenly(num_episodes, self.num_envs))
-        rng, reset_rng = jax.random.split(jax.random.PRNGKey(seed))
-        carry = _reset_envs(self.env, self.policy, self.num_envs, reset_rng)
+        carry = _fresh_envs(self.env, self.policy, self.num_envs, jax.random.PRNGKey(seed))
         chunks: list[dict[str, np.ndarray]] = []
         finished = np.zeros(self.num_envs, np.int64)
         while (finished < quotas).any():
-            rng, chunk_rng = jax.random.split(rng)
             carry, record = _rollout_chunk(
-                self.env, self.policy, self.num_envs, params, carry, chunk_rng,
-                jnp.float32(epsilon), jnp.bool_(greedy),
+                self.env, self.policy, params, carry, jnp.float32(epsilon), jnp.bool_(greedy),
             )
             chunks.append(jax.device_get(record))
             finished += chunks[-1]["done"].sum(axis=0)

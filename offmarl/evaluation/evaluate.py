@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from offmarl.acting.loop import first_episode_mask, fresh_carry, run_steps
 from offmarl.algos.base import Policy
 from offmarl.envs.base import MultiAgentEnv
 
@@ -18,42 +19,21 @@ def make_evaluator(
     """Return a jitted `evaluate(params, rng, greedy)` over `num_episodes` fresh episodes.
 
     The episodes run in parallel, one per environment, and each counts only its
-    first episode (the scan runs for the longest possible episode).
+    first episode (the loop runs for the longest possible episode).
     """
     horizon = env.spec.max_episode_steps + 1
 
     def evaluate(params: Any, rng: jax.Array, greedy: bool) -> dict[str, jax.Array]:
-        reset_rng, rollout_rng = jax.random.split(rng)
-        env_state, ts = jax.vmap(env.reset)(jax.random.split(reset_rng, num_episodes))
-        zeros = jnp.zeros((num_episodes,))
-        no = jnp.zeros((num_episodes,), bool)
-
-        def step(carry, rng_t):
-            env_state, ts, memory, starts, ret, length, won, finished = carry
-            act_rng, env_rng = jax.random.split(rng_t)
-            logits, memory = policy.policy_step(params, memory, ts.obs, ts.avail, starts)
-            if greedy:
-                actions = jnp.argmax(logits, axis=-1)
-            else:
-                actions = jax.random.categorical(act_rng, logits)
-            env_state, ts = jax.vmap(env.step)(
-                jax.random.split(env_rng, num_episodes), env_state, actions
-            )
-            running = ~finished
-            ret = ret + jnp.where(running, ts.reward, 0.0)
-            length = length + running
-            won = won | (running & ts.won)
-            finished = finished | ts.done
-            return (env_state, ts, memory, ts.done, ret, length, won, finished), None
-
-        memory = policy.initial_policy_state((num_episodes,))
-        carry = (env_state, ts, memory, ~no, zeros, zeros, no, no)
-        (*_, ret, length, won, finished), _ = jax.lax.scan(
-            step, carry, jax.random.split(rollout_rng, horizon)
-        )
-        out = {"return": ret, "length": length, "finished": finished}
+        carry = fresh_carry(env, policy, num_episodes, rng)
+        _, steps = run_steps(env, policy, params, carry, horizon, greedy=greedy)
+        first = first_episode_mask(steps.done)  # [T, E]
+        out = {
+            "return": jnp.sum(jnp.where(first, steps.reward, 0.0), axis=0),
+            "length": jnp.sum(first, axis=0).astype(jnp.float32),
+            "finished": jnp.any(steps.done, axis=0),
+        }
         if env.spec.has_win:
-            out["won"] = won
+            out["won"] = jnp.any(first & steps.won, axis=0)
         return out
 
     return jax.jit(evaluate, static_argnums=2)

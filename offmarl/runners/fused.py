@@ -18,12 +18,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from offmarl.acting.loop import LoopCarry, run_steps
 from offmarl.algos.base import OnlineAlgorithm
 from offmarl.envs.base import MultiAgentEnv
 from offmarl.runners.config import OnlineConfig
@@ -117,46 +117,28 @@ class FusedTrainer:
     ) -> tuple[TrainState, Rollout, EpisodeStats]:
         """Roll every environment `unroll_length` steps with the behaviour policy."""
         num_envs = self.cfg.num_envs
-
-        def step(carry, _):
-            env_state, ts, starts, memory, ep_return, rng = carry
-            rng, act_rng, env_rng = jax.random.split(rng, 3)
-            logits, next_memory = self.algo.policy_step(
-                behaviour_params, memory, ts.obs, ts.avail, starts
-            )
-            dist = distrax.Categorical(logits=logits)
-            actions = dist.sample(seed=act_rng)
-            env_state, next_ts = jax.vmap(self.env.step)(
-                jax.random.split(env_rng, num_envs), env_state, actions
-            )
-            ep_return = ep_return + next_ts.reward
-            finished = next_ts.done.astype(jnp.float32)
-            stats = EpisodeStats(finished, ep_return * finished, next_ts.won.astype(jnp.float32))
-            record = (ts.obs, ts.state, ts.avail, starts, memory, actions,
-                      dist.log_prob(actions), next_ts.reward, next_ts.done)
-            carry = (env_state, next_ts, next_ts.done, next_memory, ep_return * (1.0 - finished), rng)
-            return carry, (record, stats)
-
-        carry = (state.env_state, state.timestep, state.starts, state.policy_state,
-                 state.episode_return, state.rng)
-        (env_state, ts, starts, memory, ep_return, rng), (record, stats) = jax.lax.scan(
-            step, carry, None, length=self.cfg.unroll_length
-        )
-        obs, glob, avail, step_starts, step_memory, actions, logp, rewards, dones = record
+        carry = LoopCarry(state.env_state, state.timestep, state.starts, state.policy_state,
+                          state.episode_return, jnp.zeros((num_envs,), jnp.int32), state.rng)
+        carry, steps = run_steps(self.env, self.algo, behaviour_params, carry, self.cfg.unroll_length)
+        ts = carry.timestep
         rollout = Rollout(
-            obs=jnp.concatenate([obs, ts.obs[None]]),
-            state=jnp.concatenate([glob, ts.state[None]]),
-            avail=jnp.concatenate([avail, ts.avail[None]]),
-            starts=step_starts,
-            policy_state=step_memory,
-            actions=actions,
-            behaviour_log_probs=logp,
-            rewards=rewards,
-            dones=dones,
+            obs=jnp.concatenate([steps.obs, ts.obs[None]]),
+            state=jnp.concatenate([steps.state, ts.state[None]]),
+            avail=jnp.concatenate([steps.avail, ts.avail[None]]),
+            starts=steps.starts,
+            policy_state=steps.policy_state,
+            actions=steps.actions,
+            behaviour_log_probs=steps.log_probs,
+            rewards=steps.reward,
+            dones=steps.done,
         )
-        state = state._replace(env_state=env_state, timestep=ts, starts=starts,
-                               policy_state=memory, episode_return=ep_return, rng=rng)
-        return state, rollout, EpisodeStats(*(jnp.sum(x) for x in stats))
+        finished = steps.done.astype(jnp.float32)
+        episodes = EpisodeStats(jnp.sum(finished), jnp.sum(steps.episode_return * finished),
+                                jnp.sum(steps.won.astype(jnp.float32)))
+        state = state._replace(env_state=carry.env_state, timestep=ts, starts=carry.starts,
+                               policy_state=carry.policy_state, episode_return=carry.episode_return,
+                               rng=carry.rng)
+        return state, rollout, episodes
 
     # -- learning ------------------------------------------------------------
     def learn(self, params: Any, opt_state: Any, rollout: Rollout, rng: jax.Array, progress: jax.Array):

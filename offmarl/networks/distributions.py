@@ -1,0 +1,96 @@
+"""Action distributions a policy owns, one per kind of action space. Runners, evaluation
+and data collection only call these methods (sample, log_prob, entropy, mode), so the
+same acting code serves discrete and continuous actions.
+
+Both are NamedTuples, hence pytrees: they pass through jit, vmap and scan.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+import distrax
+import jax
+import jax.numpy as jnp
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0  # OMIGA's clamp of a Gaussian policy's log-std
+_EDGE = 1e-6  # actions this close to a box edge are pulled in before inverting tanh
+
+
+class ActionDistribution(Protocol):
+    def sample(self, rng: jax.Array) -> jax.Array: ...
+    def log_prob(self, actions: jax.Array) -> jax.Array: ...
+    def entropy(self) -> jax.Array: ...
+    def mode(self) -> jax.Array: ...
+
+
+class MaskedCategorical(NamedTuple):
+    """A categorical over each agent's actions from logits that already carry the
+    legal-action mask (unavailable actions at a large negative value). [..., A] -> [...]."""
+
+    logits: jax.Array
+
+    def _distrax(self) -> distrax.Categorical:
+        return distrax.Categorical(logits=self.logits)
+
+    def sample(self, rng: jax.Array) -> jax.Array:
+        return self._distrax().sample(seed=rng)
+
+    def log_prob(self, actions: jax.Array) -> jax.Array:
+        return self._distrax().log_prob(actions)
+
+    def entropy(self) -> jax.Array:
+        return self._distrax().entropy()
+
+    def mode(self) -> jax.Array:
+        """The greedy action: the highest logit (the first of ties)."""
+        return jnp.argmax(self.logits, axis=-1)
+
+
+class TanhGaussian(NamedTuple):
+    """A diagonal Gaussian squashed by tanh and scaled onto the box [low, high] (OMIGA's
+    continuous policy). mean, log_std [..., D]; low, high [D]. Log-probabilities include
+    the tanh and scaling Jacobians; the greedy action is the squashed mean."""
+
+    mean: jax.Array
+    log_std: jax.Array
+    low: jax.Array
+    high: jax.Array
+
+    def _scale(self) -> tuple[jax.Array, jax.Array]:
+        return (self.high - self.low) / 2.0, (self.high + self.low) / 2.0
+
+    def _std(self) -> jax.Array:
+        return jnp.exp(jnp.clip(self.log_std, LOG_STD_MIN, LOG_STD_MAX))
+
+    def _squash(self, u: jax.Array) -> jax.Array:
+        half, centre = self._scale()
+        return centre + half * jnp.tanh(u)
+
+    def sample(self, rng: jax.Array) -> jax.Array:
+        return self._squash(self.mean + self._std() * jax.random.normal(rng, self.mean.shape))
+
+    def log_prob(self, actions: jax.Array) -> jax.Array:
+        """Density of box actions, summed over the action dimensions: [..., D] -> [...]."""
+        half, centre = self._scale()
+        y = jnp.clip((actions - centre) / half, -1.0 + _EDGE, 1.0 - _EDGE)
+        u = jnp.arctanh(y)
+        gaussian = distrax.Normal(self.mean, self._std()).log_prob(u)
+        # da = half (1 - tanh(u)^2) du
+        return jnp.sum(gaussian - jnp.log(half * (1.0 - y**2)), axis=-1)
+
+    def entropy(self) -> jax.Array:
+        """The entropy of the Gaussian before squashing (the squashed one has no closed form)."""
+        return jnp.sum(distrax.Normal(self.mean, self._std()).entropy(), axis=-1)
+
+    def mode(self) -> jax.Array:
+        return self._squash(self.mean)
+
+
+def uniform_actions(rng: jax.Array, avail: jax.Array, low: jax.Array | None = None,
+                    high: jax.Array | None = None, shape: tuple[int, ...] = ()) -> jax.Array:
+    """Uniformly random actions: over the available ones ([..., A] mask), or, given a box,
+    uniform in [low, high] with leading `shape`."""
+    if low is None:
+        return jax.random.categorical(rng, jnp.where(avail, 0.0, -jnp.inf))
+    return jax.random.uniform(rng, (*shape, low.shape[-1]), minval=low, maxval=high)
