@@ -24,8 +24,6 @@ CASES = [
     (["--env", "smax:3m", "--policy-lag", "-1"], "policy_lag=-1 is invalid", ">= 0"),
     (["--env", "smax:3m", "num_minibatches=3"], "num_minibatches=3 must divide num_envs=128", ""),
     (["--env", "smax:3m", "lr"], "override 'lr' is not of the form key=value", ""),
-    (["--env", "mpe:simple_spread_continuous"], "algorithm 'matrace' supports discrete actions only",
-     "'mpe:simple_spread_continuous' has continuous actions; algorithms with continuous support: none yet"),
 ]
 
 
@@ -108,3 +106,13 @@ def test_version_and_help_with_defaults(capsys, monkeypatch) -> None:
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "default: the algorithm's, see `offmarl config --algo NAME`" in capsys.readouterr().out
+
+
+def test_an_offline_algorithm_without_continuous_support_is_refused_on_a_box_task(tmp_path: Path, capsys) -> None:
+    code = main(["offline", "--algo", "omiga", "--env", "mpe:simple_spread_continuous", "--dataset",
+                 str(tmp_path / "none.vlt:good"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "algorithm 'omiga' supports discrete actions only, and 'mpe:simple_spread_continuous' has " \
+           "continuous actions; algorithms with continuous support: matrace, mappo, ippo" in err
+    assert not (tmp_path / "run").exists()

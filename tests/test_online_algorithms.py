@@ -142,3 +142,35 @@ def test_interrupted_run_resumes_to_the_same_parameters(name: str, tmp_path: Pat
     assert step_a == step_b == 1024
     for a, b in zip(_leaves(params_a), _leaves(params_b)):
         np.testing.assert_array_equal(a, b)
+
+
+CONTINUOUS = sorted(name for name in ONLINE if ALGORITHMS[name].continuous)
+
+
+@pytest.mark.parametrize("name", CONTINUOUS)
+def test_continuous_algorithms_learn_and_act_in_a_box(name: str) -> None:
+    """mpe:simple_spread_continuous: two updates change every network with finite metrics,
+    the rollout holds float actions [T, E, N, 5] scored by a Gaussian, and greedy
+    evaluation (the mean, clipped by the environment) runs."""
+    from offmarl.envs import make_env
+    from offmarl.evaluation.evaluate import make_evaluator
+
+    env = make_env("mpe:simple_spread_continuous")
+    experiment = resolve_experiment(name, "mpe:simple_spread_continuous", 0, TINY)
+    algo = ALGORITHMS[name].build(experiment.algo_config, env.spec)
+    trainer = FusedTrainer(experiment.run_config, algo, env)
+    start = trainer.init(jax.random.PRNGKey(1))
+    state, rollout, _ = jax.jit(trainer.collect)(start, start.params)
+    assert rollout.actions.shape == (8, 8, 3, 5) and rollout.actions.dtype == np.float32
+    assert np.isfinite(np.asarray(rollout.behaviour_log_probs)).all()
+    end, _, metrics = trainer.train(start, 2)
+    assert all(np.isfinite(np.asarray(v)).all() for v in metrics.values()), metrics
+    changed = [np.any(a != b) for a, b in zip(_leaves(start.params), _leaves(end.params))]
+    assert all(changed)
+    raw = make_evaluator(env, algo, 4)(end.params, jax.random.PRNGKey(2), True)
+    assert np.isfinite(np.asarray(raw["return"])).all() and (np.asarray(raw["length"]) == 26).all()
+
+
+def test_the_online_algorithms_declare_continuous_support_and_offline_ones_do_not_yet() -> None:
+    assert CONTINUOUS == ["ippo", "mappo", "matrace"]
+    assert not any(e.continuous for e in ALGORITHMS.values() if e.kind == "offline")

@@ -55,11 +55,11 @@ class AlgorithmEntry:
 
 ALGORITHMS: dict[str, AlgorithmEntry] = {
     "matrace": AlgorithmEntry("offmarl.algos.matrace", "MATraceConfig", "MATrace", "online",
-                              "MA-Trace: multi-agent V-trace actor-critic"),
+                              "MA-Trace: multi-agent V-trace actor-critic", continuous=True),
     "mappo": AlgorithmEntry("offmarl.algos.ppo", "MAPPOConfig", "PPO", "online",
-                            "MAPPO: PPO-clip + GAE, centralised critic on the global state"),
+                            "MAPPO: PPO-clip + GAE, centralised critic on the global state", continuous=True),
     "ippo": AlgorithmEntry("offmarl.algos.ppo", "IPPOConfig", "PPO", "online",
-                           "IPPO: PPO-clip + GAE, per-agent critics V_i(o_i)"),
+                           "IPPO: PPO-clip + GAE, per-agent critics V_i(o_i)", continuous=True),
     "bc": AlgorithmEntry("offmarl.algos.bc", "BCConfig", "BC", "offline",
                          "behaviour cloning, shared actor"),
     "omiga": AlgorithmEntry("offmarl.algos.omiga", "OMIGAConfig", "OMIGA", "offline",

@@ -10,10 +10,10 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from offmarl.algos.base import CategoricalActing
 from offmarl.config import require
-from offmarl.envs.base import EnvSpec
-from offmarl.networks import GRUPolicy, MLPPolicy, MLPValue, masked_logits, with_agent_id
+from offmarl.envs.base import BoxActions, EnvSpec
+from offmarl.networks import GRUPolicy, MLPGaussianPolicy, MLPPolicy, MLPValue, masked_logits, with_agent_id
+from offmarl.networks.distributions import DiagGaussian, MaskedCategorical
 from offmarl.types import Rollout
 
 Critic = Literal["obs", "state", "decentralised"]
@@ -43,7 +43,7 @@ class ActorCriticConfig:
         )
 
 
-class ActorCritic(CategoricalActing):
+class ActorCritic:
     """Actor and critic networks for one environment spec, and the Policy half of
     OnlineAlgorithm. Subclasses add `prepare_batch` and `loss`."""
 
@@ -51,8 +51,16 @@ class ActorCritic(CategoricalActing):
         config.validate()
         self.config = config
         self.spec = spec
-        actor_class = GRUPolicy if config.actor == "gru" else MLPPolicy
-        self._actor = actor_class(config.hidden_sizes, spec.num_actions)
+        # Discrete: one logit per action. Box: a mean and a log-std per action dimension
+        # (the MLP actor's log-std a learned vector, the GRU actor's an output).
+        space = spec.action_space
+        if config.actor == "gru":
+            outputs = 2 * space.dim if isinstance(space, BoxActions) else spec.num_actions
+            self._actor = GRUPolicy(config.hidden_sizes, outputs)
+        elif isinstance(space, BoxActions):
+            self._actor = MLPGaussianPolicy(config.hidden_sizes, space.dim)
+        else:
+            self._actor = MLPPolicy(config.hidden_sizes, spec.num_actions)
         self._critic = MLPValue(config.hidden_sizes)
 
     @property
@@ -104,11 +112,27 @@ class ActorCritic(CategoricalActing):
             policy_state, logits = self._actor.apply(params["actor"], policy_state, inputs, agent_starts)
         else:
             logits = self._actor.apply(params["actor"], inputs)
+        if self.spec.continuous:
+            return logits, policy_state  # [..., N, 2D]: means, then log-stds
         return masked_logits(logits, avail), policy_state
+
+    def distribution(self, outputs: jax.Array) -> MaskedCategorical | DiagGaussian:
+        """The action distribution of actor outputs (`policy_step`'s first result): a masked
+        categorical, or with box actions a diagonal Gaussian (the environment clips)."""
+        if self.spec.continuous:
+            mean, log_std = jnp.split(outputs, 2, axis=-1)
+            return DiagGaussian(mean, log_std)
+        return MaskedCategorical(outputs)
+
+    def action_distribution(
+        self, params: dict, policy_state: jax.Array, obs: jax.Array, avail: jax.Array, starts: jax.Array,
+    ) -> tuple[MaskedCategorical | DiagGaussian, jax.Array]:
+        outputs, policy_state = self.policy_step(params, policy_state, obs, avail, starts)
+        return self.distribution(outputs), policy_state
 
     # -- along a rollout ------------------------------------------------------
     def unroll_logits(self, params: dict, rollout: Rollout) -> jax.Array:
-        """Masked logits [T, B, N, A] of the current policy along a rollout.
+        """Actor outputs along a rollout: masked logits [T, B, N, A] (or means and log-stds).
 
         A recurrent actor restarts from the memory recorded at the unroll's first step.
         """
@@ -122,6 +146,10 @@ class ActorCritic(CategoricalActing):
 
         _, logits = jax.lax.scan(step, rollout.policy_state[0], (obs, avail, rollout.starts))
         return logits
+
+    def unroll_distribution(self, params: dict, rollout: Rollout) -> MaskedCategorical | DiagGaussian:
+        """The current policy's action distribution at every step of a rollout ([T, B, N])."""
+        return self.distribution(self.unroll_logits(params, rollout))
 
     def values(self, params: dict, obs: jax.Array, state: jax.Array) -> jax.Array:
         """Team value [...] (obs/state critic) or per-agent values [..., N] (decentralised)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-import distrax
 import jax
 import jax.numpy as jnp
 
@@ -145,7 +144,7 @@ class MATrace(ActorCritic):
         self, params: dict, rollout: Rollout, progress: jax.Array | float = 0.0
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         cfg = self.config
-        dist = distrax.Categorical(logits=self.unroll_logits(params, rollout))
+        dist = self.unroll_distribution(params, rollout)
         log_probs = dist.log_prob(rollout.actions)  # [T, B, N]
         entropy = jnp.sum(dist.entropy(), axis=-1)  # [T, B], summed over agents
         values = self.values(params, rollout.obs, rollout.state)  # [T+1, B] or [T+1, B, N]
@@ -198,7 +197,7 @@ class MATrace(ActorCritic):
         total = policy_loss + value_loss + entropy_loss
         if cfg.behaviour_kl_cost > 0:
             total = total + cfg.behaviour_kl_cost * behaviour_kl
-        rhos = jnp.exp(log_rhos)
+        rhos = jnp.exp(jnp.minimum(log_rhos, 20.0))  # diagnostics only: capped so a density ratio cannot overflow
         return total, {
             "loss": total,
             "policy_loss": policy_loss,
@@ -209,7 +208,7 @@ class MATrace(ActorCritic):
             "rho_mean": jnp.mean(rhos),
             "rho_clipped_fraction": jnp.mean(rhos > cfg.rho_bar),
             # (sum rho)^2 / (n sum rho^2): 1 on-policy, near 1/n when one ratio dominates.
-            "rho_ess": jnp.sum(rhos) ** 2 / (rhos.size * jnp.sum(rhos**2)),
+            "rho_ess": jnp.sum(rhos) ** 2 / jnp.maximum(rhos.size * jnp.sum(rhos**2), 1e-30),
             "entropy_per_agent": mean_entropy / self.spec.num_agents,
             "behaviour_kl": jax.lax.stop_gradient(behaviour_kl),
             "value_mean": jnp.mean(values),

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
-import distrax
 import jax
 import jax.numpy as jnp
 
@@ -127,7 +126,7 @@ class PPO(ActorCritic):
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
         cfg = self.config
         targets: PPOTargets = rollout.extras
-        dist = distrax.Categorical(logits=self.unroll_logits(params, rollout))
+        dist = self.unroll_distribution(params, rollout)
         log_probs = dist.log_prob(rollout.actions)  # [T, B, N]
         ratios = jnp.exp(log_probs - rollout.behaviour_log_probs)
 

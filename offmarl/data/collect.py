@@ -97,6 +97,9 @@ class EpisodeCollector:
     def __init__(self, env: MultiAgentEnv, policy: Policy, num_envs: int = DEFAULT_NUM_ENVS) -> None:
         if num_envs <= 0:
             raise ConfigError(f"num_envs={num_envs} is invalid: must be a positive integer")
+        if env.spec.continuous:
+            raise ConfigError(f"{env.spec.name} has continuous actions; datasets hold discrete actions only "
+                              "for now (continuous vaults are not written yet)")
         self.env, self.policy, self.num_envs = env, policy, num_envs
 
     def collect(

@@ -100,6 +100,9 @@ class JaxMARLAdapter:
         return env_state, self._timestep(obs, env_state, 0.0, False, False)
 
     def step(self, key: jax.Array, env_state: Any, actions: jax.Array) -> tuple[Any, TimeStep]:
+        space = self.spec.action_space
+        if isinstance(space, BoxActions):  # a Gaussian policy's samples may leave the box
+            actions = jnp.clip(actions, jnp.asarray(space.low), jnp.asarray(space.high))
         action_dict = {a: actions[i] for i, a in enumerate(self.agents)}
         obs, env_state, rewards, dones, _ = self._env.step(key, env_state, action_dict)
         team_reward = jnp.mean(jnp.stack([rewards[a] for a in self.agents]))

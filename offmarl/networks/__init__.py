@@ -2,6 +2,7 @@
 
 from offmarl.networks.mlp import (
     MLPActionValues,
+    MLPGaussianPolicy,
     MLPPolicy,
     MLPValue,
     MonotonicMixer,
@@ -11,6 +12,6 @@ from offmarl.networks.mlp import (
 from offmarl.networks.recurrent import GRUPolicy
 
 __all__ = [
-    "GRUPolicy", "MLPActionValues", "MLPPolicy", "MLPValue", "MonotonicMixer", "masked_logits",
+    "GRUPolicy", "MLPActionValues", "MLPGaussianPolicy", "MLPPolicy", "MLPValue", "MonotonicMixer", "masked_logits",
     "with_agent_id",
 ]

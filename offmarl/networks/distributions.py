@@ -47,6 +47,30 @@ class MaskedCategorical(NamedTuple):
         return jnp.argmax(self.logits, axis=-1)
 
 
+class DiagGaussian(NamedTuple):
+    """A diagonal Gaussian over box actions, unsquashed: the environment clips what falls
+    outside the box (the usual choice for on-policy policy gradients, whose ratios need
+    the density of the very sample that was drawn). mean, log_std [..., D]."""
+
+    mean: jax.Array
+    log_std: jax.Array
+
+    def _normal(self) -> distrax.Normal:
+        return distrax.Normal(self.mean, jnp.exp(jnp.clip(self.log_std, LOG_STD_MIN, LOG_STD_MAX)))
+
+    def sample(self, rng: jax.Array) -> jax.Array:
+        return self._normal().sample(seed=rng)
+
+    def log_prob(self, actions: jax.Array) -> jax.Array:
+        return jnp.sum(self._normal().log_prob(actions), axis=-1)
+
+    def entropy(self) -> jax.Array:
+        return jnp.sum(self._normal().entropy(), axis=-1)
+
+    def mode(self) -> jax.Array:
+        return self.mean
+
+
 class TanhGaussian(NamedTuple):
     """A diagonal Gaussian squashed by tanh and scaled onto the box [low, high] (OMIGA's
     continuous policy). mean, log_std [..., D]; low, high [D]. Log-probabilities include

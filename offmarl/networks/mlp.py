@@ -40,6 +40,23 @@ class MLPPolicy(nn.Module):
         return nn.Dense(self.num_actions, kernel_init=nn.initializers.orthogonal(0.01))(x)
 
 
+class MLPGaussianPolicy(nn.Module):
+    """Shared actor for box actions: observation -> [means, log-stds] ([..., 2D]), the
+    log-std a learned vector independent of the observation (PPO's usual choice; it drifts
+    far less per update than a log-std head)."""
+
+    hidden_sizes: Sequence[int]
+    action_dim: int
+    initial_log_std: float = -0.5
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> jax.Array:
+        x = _Torso(self.hidden_sizes)(obs)
+        mean = nn.Dense(self.action_dim, kernel_init=nn.initializers.orthogonal(0.01))(x)
+        log_std = self.param("log_std", nn.initializers.constant(self.initial_log_std), (self.action_dim,))
+        return jnp.concatenate([mean, jnp.broadcast_to(log_std, mean.shape)], axis=-1)
+
+
 class MLPValue(nn.Module):
     """Critic: input vector -> scalar value."""
 
