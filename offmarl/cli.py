@@ -135,7 +135,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                          "datasets the OG-MARL way (see docs/datasets.md)")
     make_data.add_argument("--env", required=True, help="environment, e.g. smax:3m")
     make_data.add_argument("--out", required=True, help="directory for <env>.vlt (and the runs)")
-    make_data.add_argument("--seeds", default="0,1,2,3", help="one independent MA-Trace run per seed")
+    make_data.add_argument("--seeds", help="one independent MA-Trace run per seed (default 0,1,2,3)")
     make_data.add_argument("--runs", help="comma-separated finished online runs to use instead of training")
     make_data.add_argument("--transitions", type=_count("--transitions"), default=100_000,
                            help="at least this many transitions per dataset, shared evenly by the runs")
@@ -344,12 +344,15 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _make_datasets(args: argparse.Namespace) -> int:
-    from offmarl.pipelines.make_datasets import make_datasets
+    from offmarl.pipelines.make_datasets import DEFAULT_SEEDS, make_datasets
 
     from offmarl.pipelines.sweep import parse_names, parse_seeds
 
+    if args.runs and args.seeds:
+        raise ConfigError("--runs and --seeds exclude each other: the runs' own seeds are used")
     run_dirs = parse_names("--runs", args.runs) if args.runs else None
-    make_datasets(args.env, args.out, run_dirs=run_dirs, seeds=parse_seeds(args.seeds),
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else list(DEFAULT_SEEDS)
+    make_datasets(args.env, args.out, run_dirs=run_dirs, seeds=seeds,
                   transitions=args.transitions, epsilon=args.epsilon, env_steps=args.env_steps, quiet=args.quiet)
     return 0
 

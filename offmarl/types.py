@@ -34,7 +34,7 @@ class Rollout(NamedTuple):
     avail: jax.Array  # [T+1, B, N, A] bool
     starts: jax.Array  # [T, B] bool, obs_t is the first of its episode
     policy_state: jax.Array  # [T, B, N, H] actor memory before step t (H = 0 if stateless)
-    actions: jax.Array  # [T, B, N] int32
+    actions: jax.Array  # [T, B, N] int32, or [T, B, N, D] float32 with box actions
     behaviour_log_probs: jax.Array  # [T, B, N] log mu_i(a_i | o_i)
     rewards: jax.Array  # [T, B]
     dones: jax.Array  # [T, B] bool

@@ -288,15 +288,16 @@ def np_batch_softmax(x: np.ndarray, valid: np.ndarray, beta: float) -> np.ndarra
 
 
 def test_icq_critic_loss_matches_numpy_with_in_sample_weights_over_valid_rows() -> None:
-    """Target r + gamma (1 - d) w Q_tot' with w = n softmax(Q_tot' / beta) over the valid
-    rows; the invalid row is out of the softmax and the mean; no gradient into the target."""
+    """Target r + gamma (1 - d) w Q_tot' with w = n softmax(Q_tot' / beta) over the rows that
+    bootstrap (valid, not done); the invalid row is out of the mean too; no gradient into the target."""
     rng = np.random.default_rng(21)
     size, gamma, beta = 6, 0.9, 0.7
     q_tot, reward, next_q = rng.normal(size=size), rng.normal(size=size), rng.normal(size=size) * 2
     done = np.array([0, 1, 0, 0, 0, 1.0])
     valid = np.array([1, 1, 0, 1, 1, 1.0])
-    w = np_batch_softmax(next_q, valid, beta)
-    assert w[2] == 0 and np.isclose(w.sum(), valid.sum()) and w.std() > 0.1
+    bootstraps = valid * (1 - done)  # done rows' next states belong to other episodes
+    w = np_batch_softmax(next_q, bootstraps, beta)
+    assert w[2] == 0 and w[1] == 0 and np.isclose(w.sum(), bootstraps.sum()) and w.std() > 0.1
     target = reward + gamma * (1 - done) * w * next_q
     expected = 0.5 * np.sum(valid * (q_tot - target) ** 2) / valid.sum()
     got = icq_critic_loss(f32(q_tot), f32(reward), f32(done), f32(next_q), f32(valid), gamma, beta)

@@ -44,7 +44,8 @@ class StepRecord(NamedTuple):
     starts: jax.Array  # [E] bool
     policy_state: jax.Array  # [E, N, H] memory before acting
     actions: jax.Array  # [E, N] int32, or [E, N, D] float with box actions
-    log_probs: jax.Array  # [E, N] log-probability under the acting (mixed) policy's distribution
+    log_probs: jax.Array  # [E, N] log-probability under the policy's own distribution (before any
+    #                      epsilon mixing, and the stochastic policy's even when acting greedily)
     reward: jax.Array  # [E] team reward of the step
     done: jax.Array  # [E] bool, the episode ended with this step
     won: jax.Array  # [E] bool

@@ -111,11 +111,12 @@ def __dir__() -> list[str]:
 
 def check_action_support(name: str, env: str, continuous_env: bool) -> None:
     """ConfigError naming both sides if algorithm `name` cannot act in `env`'s action space."""
-    if continuous_env and not ALGORITHMS[name].continuous:
-        able = [n for n, e in ALGORITHMS.items() if e.continuous]
+    entry = ALGORITHMS[name]
+    if continuous_env and not entry.continuous:
+        able = [n for n, e in ALGORITHMS.items() if e.continuous and e.kind == entry.kind]
         raise ConfigError(
             f"algorithm {name!r} supports discrete actions only, and {env!r} has continuous actions; "
-            f"algorithms with continuous support: {', '.join(able) or 'none yet'}"
+            f"{entry.kind} algorithms with continuous support: {', '.join(able) or 'none yet'}"
         )
 
 

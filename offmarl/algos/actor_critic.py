@@ -119,9 +119,11 @@ class ActorCritic:
     def distribution(self, outputs: jax.Array) -> MaskedCategorical | DiagGaussian:
         """The action distribution of actor outputs (`policy_step`'s first result): a masked
         categorical, or with box actions a diagonal Gaussian (the environment clips)."""
-        if self.spec.continuous:
+        space = self.spec.action_space
+        if isinstance(space, BoxActions):
             mean, log_std = jnp.split(outputs, 2, axis=-1)
-            return DiagGaussian(mean, log_std)
+            centre = (jnp.asarray(space.low) + jnp.asarray(space.high)) / 2.0  # a zero output acts mid-box
+            return DiagGaussian(mean + centre, log_std)
         return MaskedCategorical(outputs)
 
     def action_distribution(

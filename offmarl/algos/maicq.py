@@ -97,8 +97,10 @@ def icq_critic_loss(
     q_tot: jax.Array, reward: jax.Array, done: jax.Array, next_target_q_tot: jax.Array,
     valid: jax.Array, gamma: float, beta: float,
 ) -> jax.Array:
-    """0.5 mean over valid rows of (Q_tot - target)^2, target without gradient."""
-    weights = batch_softmax_weights(next_target_q_tot, valid, beta)
+    """0.5 mean over valid rows of (Q_tot - target)^2, target without gradient. The
+    in-sample weights are normalised over the rows that bootstrap (valid, not done): a
+    done row's next state belongs to another episode."""
+    weights = batch_softmax_weights(next_target_q_tot, valid * (1.0 - done), beta)
     target = jax.lax.stop_gradient(reward + gamma * (1.0 - done) * weights * next_target_q_tot)
     return 0.5 * jnp.sum(valid * (q_tot - target) ** 2) / jnp.maximum(jnp.sum(valid), 1.0)
 

@@ -109,6 +109,9 @@ class MATraceConfig(ActorCriticConfig):
         require(self.pg_ratio in ("joint", "per_agent"),
                 f"pg_ratio={self.pg_ratio!r} is invalid; valid choices: joint, per_agent")
         require(self.behaviour_kl_cost >= 0, f"behaviour_kl_cost={self.behaviour_kl_cost} must be >= 0")
+        require(not (self.pg_ratio == "per_agent" and self.critic == "decentralised"),
+                "pg_ratio=per_agent needs a team critic (critic=obs or state): with critic=decentralised "
+                "every agent's V-trace already uses its own ratio")
         require(self.rho_bar > 0, f"rho_bar={self.rho_bar} is invalid: must be > 0")
         require(self.pg_rho_bar > 0, f"pg_rho_bar={self.pg_rho_bar} is invalid: must be > 0")
         require(

@@ -129,6 +129,7 @@ class PPO(ActorCritic):
         dist = self.unroll_distribution(params, rollout)
         log_probs = dist.log_prob(rollout.actions)  # [T, B, N]
         ratios = jnp.exp(log_probs - rollout.behaviour_log_probs)
+        safe_log_ratios = jax.lax.stop_gradient(jnp.clip(log_probs - rollout.behaviour_log_probs, -20.0, 20.0))
 
         advantages = targets.advantages
         if cfg.normalize_advantages:
@@ -156,6 +157,6 @@ class PPO(ActorCritic):
             "entropy_per_agent": entropy,  # the same: PPO's entropy is already a mean per agent
             "ratio_mean": jnp.mean(ratios),
             "clipped_fraction": jnp.mean(jnp.abs(ratios - 1.0) > cfg.clip_eps),
-            "approx_kl": jnp.mean((ratios - 1.0) - jnp.log(ratios)),
+            "approx_kl": jnp.mean(jnp.expm1(safe_log_ratios) - safe_log_ratios),
             "value_mean": jnp.mean(values),
         }

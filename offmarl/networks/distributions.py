@@ -109,12 +109,3 @@ class TanhGaussian(NamedTuple):
 
     def mode(self) -> jax.Array:
         return self._squash(self.mean)
-
-
-def uniform_actions(rng: jax.Array, avail: jax.Array, low: jax.Array | None = None,
-                    high: jax.Array | None = None, shape: tuple[int, ...] = ()) -> jax.Array:
-    """Uniformly random actions: over the available ones ([..., A] mask), or, given a box,
-    uniform in [low, high] with leading `shape`."""
-    if low is None:
-        return jax.random.categorical(rng, jnp.where(avail, 0.0, -jnp.inf))
-    return jax.random.uniform(rng, (*shape, low.shape[-1]), minval=low, maxval=high)

@@ -53,7 +53,7 @@ from offmarl.data.card import write_dataset_card
 from offmarl.data.collect import CollectedEpisodes, EpisodeCollector, check_epsilon, split_evenly
 from offmarl.data.dataset import concatenate
 from offmarl.data.vault import list_uids, load_vault, vault_metadata, write_vault
-from offmarl.envs import check_env_name
+from offmarl.envs import check_env_name, has_continuous_actions
 from offmarl.errors import ConfigError
 from offmarl.pipelines.collect import outcome_metadata, provenance
 from offmarl.runners.experiment import Experiment, resolve_experiment
@@ -391,6 +391,11 @@ def make_datasets(
     from offmarl.runners.online import load_run
 
     check_env_name(env_name)
+    if has_continuous_actions(env_name):
+        raise ConfigError(f"{env_name} has continuous actions; datasets hold discrete actions only for now "
+                          "(continuous vaults are not written yet)")
+    if run_dirs is not None and not run_dirs:
+        raise ConfigError("--runs is empty: name at least one finished online run")
     _check_arguments(list(seeds) if run_dirs is None else [0], transitions, epsilon, num_checkpoints,
                      eval_episodes)
     if run_dirs is None:

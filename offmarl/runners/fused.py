@@ -117,6 +117,8 @@ class FusedTrainer:
     ) -> tuple[TrainState, Rollout, EpisodeStats]:
         """Roll every environment `unroll_length` steps with the behaviour policy."""
         num_envs = self.cfg.num_envs
+        # Episode lengths are not kept across unrolls (training needs none): the records'
+        # episode_length counts from this unroll's start.
         carry = LoopCarry(state.env_state, state.timestep, state.starts, state.policy_state,
                           state.episode_return, jnp.zeros((num_envs,), jnp.int32), state.rng)
         carry, steps = run_steps(self.env, self.algo, behaviour_params, carry, self.cfg.unroll_length)
