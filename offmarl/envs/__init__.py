@@ -54,22 +54,6 @@ def _standalone() -> dict[str, Callable[[], MultiAgentEnv]]:
     return {"bridge": _make_bridge}
 
 
-# Offline defaults for the small games, applied after the algorithm's and before the user's:
-# 64-64 networks and runs long enough for the README's known answers (docs/games.md), so a
-# game a table solves trains in seconds rather than minutes. Keys common to every offline
-# algorithm's and the offline runner's configs.
-_GAME_NETWORK = {"hidden_sizes": (64, 64)}
-_OFFLINE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "matrix": {**_GAME_NETWORK, "steps": 2_000, "eval_interval": 1_000, "checkpoint_interval": 2_000},
-    "bridge": {**_GAME_NETWORK, "steps": 10_000, "eval_interval": 2_000, "checkpoint_interval": 10_000},
-}
-
-
-def offline_run_defaults(name: str) -> dict[str, Any]:
-    """The offline config values environment `name`'s family sets (empty for most)."""
-    return dict(_OFFLINE_DEFAULTS.get(name.partition(":")[0], {}))
-
-
 def has_continuous_actions(name: str) -> bool:
     """Whether environment `name` (already checked) has box actions; known without building it."""
     family, _, scenario = name.partition(":")
@@ -129,5 +113,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["EnvSpec", "MultiAgentEnv", "check_env_name", "has_continuous_actions", "list_envs", "make_env",
-           "offline_run_defaults"]
+__all__ = ["EnvSpec", "MultiAgentEnv", "check_env_name", "has_continuous_actions", "list_envs", "make_env"]

@@ -464,7 +464,9 @@ def _build_datasets(
             "evaluations": [asdict(b) for b in candidates],
         })
         per_run = [[b for b in candidates if b.run == r] for r in range(len(runs))]
-        medium = [choose_behaviour("medium", per_run[r], evaluator) for r in range(len(runs))]
+        # The medium policies serve the medium level and bound replay; chosen once, only if needed.
+        needs_medium = "medium" in todo or REPLAY_UID in todo
+        medium = [choose_behaviour("medium", per_run[r], evaluator) for r in range(len(runs))] if needs_medium else []
 
         def collect(uid: str, make_part: Callable[[int, Callable[[int], None]], tuple[CollectedEpisodes, dict]]
                     ) -> tuple[CollectedEpisodes, dict[str, Any]]:

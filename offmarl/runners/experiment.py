@@ -9,7 +9,7 @@ from typing import Any
 from offmarl.algos import check_action_support, get_algorithm
 from offmarl.algos.base import OnlineAlgorithm
 from offmarl.config import apply_overrides, to_dict
-from offmarl.envs import check_env_name, has_continuous_actions, make_env, offline_run_defaults
+from offmarl.envs import check_env_name, has_continuous_actions, make_env
 from offmarl.envs.base import MultiAgentEnv
 from offmarl.errors import ConfigError
 from offmarl.runners.config import OfflineConfig, OnlineConfig
@@ -36,6 +36,22 @@ class Experiment:
     def build(self) -> tuple[MultiAgentEnv, OnlineAlgorithm]:
         env = make_env(self.env)
         return env, get_algorithm(self.algo).build(self.algo_config, env.spec)
+
+
+# Offline defaults for the small games, applied after the algorithm's and before the user's:
+# 64-64 networks and runs long enough for the README's known answers (docs/games.md), so a
+# game a table solves trains in seconds rather than minutes. Keys common to every offline
+# algorithm's and the offline runner's configs.
+_GAME_NETWORK = {"hidden_sizes": (64, 64)}
+_OFFLINE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "matrix": {**_GAME_NETWORK, "steps": 2_000, "eval_interval": 1_000, "checkpoint_interval": 2_000},
+    "bridge": {**_GAME_NETWORK, "steps": 10_000, "eval_interval": 2_000, "checkpoint_interval": 10_000},
+}
+
+
+def offline_run_defaults(name: str) -> dict[str, Any]:
+    """The offline config values environment `name`'s family sets (empty for most)."""
+    return dict(_OFFLINE_DEFAULTS.get(name.partition(":")[0], {}))
 
 
 def _resolve_configs(
