@@ -2,7 +2,9 @@
 metrics.jsonl of its finished MA-Trace and MAPPO runs: per map and algorithm, the final
 greedy win rate, the entropy per agent against the uniform policy's log(actions), the
 fraction of clipped joint ratios (MA-Trace), the value loss, and the training win rate,
-each early (the first 20% of the budget) and late (the last 20%). Usage (docs/tuning.md):
+each early (the first 20% of the budget) and late (the last 20%), and where the final
+greedy evaluation's lost episodes were lost: the mean fraction of the enemy's health they
+removed (a lost SMAX episode's return, which has no win bonus). Usage (docs/tuning.md):
 
     python experiments/suite_diagnostics.py docs/results/smax_suite
 """
@@ -32,14 +34,22 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def _lost_damage(summary: dict) -> str:
+    """Mean return of the final greedy evaluation's lost episodes: in SMAX the damage reward
+    sums to the fraction of the enemy team's health removed, and only a win adds the bonus."""
+    pairs = zip(summary.get("final_eval_greedy_returns", []), summary.get("final_eval_greedy_wins", []))
+    lost = [ret for ret, win in pairs if not win]
+    return f"{sum(lost) / len(lost):.2f} ({len(lost)})" if lost else "– (0)"
+
+
 def diagnose(sweep_dir: Path) -> list[str]:
     """Markdown lines: one row per finished run of the sweep in `sweep_dir`."""
     plan = json.loads((sweep_dir / "sweep.json").read_text())
     specs = {env: make_env(env).spec for env in plan["envs"]}
     lines = ["| map | agents | actions | log(actions) | algorithm | seed | final greedy | entropy/agent early → late "
              "| clipped joint ratios early → late | ratio ESS early → late | value loss early → late "
-             "| train win rate early → late |",
-             "| --- |" + " --- |" * 11]
+             "| train win rate early → late | lost episodes: enemy health removed |",
+             "| --- |" + " --- |" * 12]
     for cell in plan["cells"]:
         run = sweep_dir / cell["dir"]
         summary_path = run / "summary.json"
@@ -64,7 +74,7 @@ def diagnose(sweep_dir: Path) -> list[str]:
         lines.append(f"| {cell['env']} | {spec.num_agents} | {spec.num_actions} | {math.log(spec.num_actions):.2f} "
                      f"| {cell['algo']} | {cell['seed']} | {summary['final_eval_greedy_win_rate']:.3f} "
                      f"| {entropy} | {early_late('rho_clipped_fraction')} | {early_late('rho_ess')} "
-                     f"| {early_late('value_loss', digits=3)} | {early_late('train_win_rate')} |")
+                     f"| {early_late('value_loss', digits=3)} | {early_late('train_win_rate')} | {_lost_damage(summary)} |")
     return lines
 
 
