@@ -6,8 +6,9 @@ single environment without scenarios (like `bridge`) goes in `_standalone()`.
 `matrix:` also accepts a path to a game file ending in `.json`.
 
 Listing and validating names (`list_envs`, `check_env_name`) imports neither jax nor
-JaxMARL: scenario lists are static (smax.py, mpe.py) or read from the JSON game files,
-and each family's module with jax in it is imported only when an environment is built.
+JaxMARL: scenario lists are static (smax.py, mpe.py, mabrax.py) or read from the JSON
+game files, and each family's module with jax in it is imported only when an
+environment is built.
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ def _make_matrix(scenario: str) -> MultiAgentEnv:
 
 
 def _families() -> dict[str, tuple[Callable[[], list[str]], Callable[[str], MultiAgentEnv]]]:
-    from offmarl.envs import mpe, smax  # static name lists; jax is imported by make_* only
+    from offmarl.envs import mabrax, mpe, smax  # static name lists; jax is imported by make_* only
 
     return {
         "smax": (smax.scenario_names, smax.make_smax),
         "mpe": (mpe.scenario_names, mpe.make_mpe),
+        "mabrax": (mabrax.scenario_names, mabrax.make_mabrax),
         "matrix": (_matrix_names, _make_matrix),
     }
 
@@ -61,6 +63,10 @@ def has_continuous_actions(name: str) -> bool:
         from offmarl.envs import mpe
 
         return scenario in mpe.CONTINUOUS
+    if family == "mabrax":
+        from offmarl.envs import mabrax
+
+        return scenario in mabrax.SCENARIOS
     return False
 
 

@@ -67,14 +67,14 @@ class JaxMARLAdapter:
         self._avail_fn = avail_fn
         self._won_fn = won_fn
         self.agents = list(env.agents)
-        obs, env_state = env.reset(jax.random.PRNGKey(0))
-        stacked = self._stack(obs)
+        # Shapes only: tracing a reset is much cheaper than compiling one (MABrax: seconds).
+        _, first = jax.eval_shape(self.reset, jax.random.PRNGKey(0))
         space = action_space_of(env.action_space(self.agents[0]))
         self.spec = EnvSpec(
             name=name,
             num_agents=len(self.agents),
-            obs_dim=int(stacked.shape[-1]),
-            state_dim=int(state_fn(obs, stacked).shape[-1]),
+            obs_dim=int(first.obs.shape[-1]),
+            state_dim=int(first.state.shape[-1]),
             num_actions=space.num_actions if isinstance(space, DiscreteActions) else 0,
             max_episode_steps=int(env.max_steps),
             has_win=has_win,
