@@ -174,3 +174,25 @@ def test_continuous_algorithms_learn_and_act_in_a_box(name: str) -> None:
 def test_the_online_algorithms_declare_continuous_support_and_offline_ones_do_not_yet() -> None:
     assert CONTINUOUS == ["ippo", "mappo", "matrace"]
     assert not any(e.continuous for e in ALGORITHMS.values() if e.kind == "offline")
+
+
+def test_one_compiled_evaluation_serves_both_modes_and_any_episode_count() -> None:
+    """Greedy and sampled acting share one program; 7 episodes in batches of 3 are the
+    three batches seeded fold_in(rng, k), cut to 7; one batch uses rng itself."""
+    from offmarl.envs import make_env
+    from offmarl.evaluation.evaluate import make_evaluator
+
+    env = make_env("mpe:simple_spread")
+    experiment = resolve_experiment("matrace", "mpe:simple_spread", 0, TINY)
+    algo = ALGORITHMS["matrace"].build(experiment.algo_config, env.spec)
+    params = algo.init(jax.random.PRNGKey(0))
+    evaluator = make_evaluator(env, algo, 3)
+    rng = jax.random.PRNGKey(5)
+    many = evaluator(params, rng, False, 7)
+    batches = [evaluator(params, jax.random.fold_in(rng, k), False) for k in range(3)]
+    np.testing.assert_array_equal(many["return"], np.concatenate([b["return"] for b in batches])[:7])
+    greedy = evaluator(params, rng, True)
+    sampled = evaluator(params, rng, False)
+    assert many["return"].shape == (7,) and greedy["return"].shape == (3,)
+    assert not np.array_equal(greedy["return"], sampled["return"])
+    assert evaluator._batch._cache_size() == 1

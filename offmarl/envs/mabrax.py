@@ -21,6 +21,7 @@ checks it against JaxMARL's registry; humanoid_9|8 is left out).
 
 from __future__ import annotations
 
+import sys
 import warnings
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -48,8 +49,8 @@ def scenario_names() -> list[str]:
 @cache
 def _note_deprecation() -> None:
     """Say once per process what JaxMARL's and brax's (silenced) warnings say."""
-    # stacklevel 4: the code that called make_env (via make_mabrax).
-    warnings.warn("MABrax is deprecated in JaxMARL 0.2.0 (brax is unmaintained); using it as is", stacklevel=4)
+    print("note: MABrax is deprecated in JaxMARL 0.2.0 (brax is unmaintained); offmarl uses it as is",
+          file=sys.stderr)
 
 
 class _WithGlobalState:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -13,19 +13,24 @@ from offmarl.algos.base import Policy
 from offmarl.envs.base import MultiAgentEnv
 
 
-def make_evaluator(
-    env: MultiAgentEnv, policy: Policy, num_episodes: int
-) -> Callable[[Any, jax.Array, bool], dict[str, jax.Array]]:
-    """Return a jitted `evaluate(params, rng, greedy)` over `num_episodes` fresh episodes.
+class Evaluator:
+    """`evaluator(params, rng, greedy, episodes=None)`: fresh episodes of `env` under `policy`.
 
-    The episodes run in parallel, one per environment, and each counts only its
-    first episode (the loop runs for the longest possible episode).
+    Episodes run `batch_episodes` at a time in parallel, one per environment, each counting
+    only its first episode (the loop runs for the longest possible episode). One compiled
+    program serves greedy and sampled acting and every episode count: a count above the
+    batch runs several batches (batch k seeded by fold_in(rng, k)) and keeps the first
+    `episodes`. That matters where a compile takes minutes (MABrax).
     """
-    horizon = env.spec.max_episode_steps + 1
 
-    def evaluate(params: Any, rng: jax.Array, greedy: bool) -> dict[str, jax.Array]:
-        carry = fresh_carry(env, policy, num_episodes, rng)
-        _, steps = run_steps(env, policy, params, carry, horizon, greedy=greedy)
+    def __init__(self, env: MultiAgentEnv, policy: Policy, batch_episodes: int) -> None:
+        self.env, self.policy, self.batch_episodes = env, policy, batch_episodes
+        self._batch = jax.jit(self._evaluate_batch)
+
+    def _evaluate_batch(self, params: Any, rng: jax.Array, greedy: jax.Array) -> dict[str, jax.Array]:
+        env = self.env
+        carry = fresh_carry(env, self.policy, self.batch_episodes, rng)
+        _, steps = run_steps(env, self.policy, params, carry, env.spec.max_episode_steps + 1, greedy=greedy)
         first = first_episode_mask(steps.done)  # [T, E]
         out = {
             "return": jnp.sum(jnp.where(first, steps.reward, 0.0), axis=0),
@@ -36,7 +41,18 @@ def make_evaluator(
             out["won"] = jnp.any(first & steps.won, axis=0)
         return out
 
-    return jax.jit(evaluate, static_argnums=2)
+    def __call__(self, params: Any, rng: jax.Array, greedy: bool, episodes: int | None = None
+                 ) -> dict[str, np.ndarray]:
+        episodes = self.batch_episodes if episodes is None else episodes
+        batches = -(-episodes // self.batch_episodes)
+        keys = [rng] if batches == 1 else [jax.random.fold_in(rng, k) for k in range(batches)]
+        results = [self._batch(params, key, jnp.asarray(greedy)) for key in keys]
+        return {name: np.concatenate([np.asarray(r[name]) for r in results])[:episodes] for name in results[0]}
+
+
+def make_evaluator(env: MultiAgentEnv, policy: Policy, num_episodes: int) -> Evaluator:
+    """An Evaluator whose default (and batch) size is `num_episodes` episodes."""
+    return Evaluator(env, policy, num_episodes)
 
 
 def summarise(raw: dict[str, jax.Array]) -> dict[str, Any]:
@@ -69,10 +85,12 @@ def _eval_seed(seed: int, tag: int) -> jax.Array:
     return jax.random.fold_in(jax.random.PRNGKey(seed + 1_000_003), tag)
 
 
-def evaluate_both(evaluator, params: Any, seed: int, tag: int) -> dict[str, float]:
-    """Greedy and sampled evaluation, flattened as eval_{mode}_{metric}."""
+def evaluate_both(evaluator: Evaluator, params: Any, seed: int, tag: int, episodes: int | None = None
+                  ) -> dict[str, float]:
+    """Greedy and sampled evaluation of `episodes` episodes (the evaluator's batch by
+    default), flattened as eval_{mode}_{metric}."""
     out: dict[str, float] = {}
     for mode, greedy in (("greedy", True), ("sampled", False)):
-        stats = summarise(evaluator(params, _eval_seed(seed, tag), greedy))
+        stats = summarise(evaluator(params, _eval_seed(seed, tag), greedy, episodes))
         out.update({f"eval_{mode}_{k}": v for k, v in stats.items()})
     return out

@@ -83,8 +83,7 @@ class OnlineRun(RunLoop):
             connect_ray(self.ray_address, self.cfg.workers)
         self.env, self.algo = self.exp.build()
         self.trainer = self._make_trainer(self.algo, self.env)
-        self.periodic_eval = make_evaluator(self.env, self.algo, self.cfg.eval_episodes)
-        self.final_eval = make_evaluator(self.env, self.algo, self.cfg.final_eval_episodes)
+        self.evaluator = make_evaluator(self.env, self.algo, self.cfg.eval_episodes)
 
     def _make_trainer(self, algo: OnlineAlgorithm, env: MultiAgentEnv) -> FusedTrainer | DistributedTrainer:
         learner = FusedTrainer(self.cfg, algo, env)
@@ -136,8 +135,9 @@ class OnlineRun(RunLoop):
         return state.params, state.opt_state
 
     def evaluate(self, state: Any, tag: int, final: bool) -> dict:
-        evaluator = self.final_eval if final else self.periodic_eval
-        return set_headline(evaluate_both(evaluator, state.params, self.exp.seed, tag), self.cfg.eval_mode)
+        episodes = self.cfg.final_eval_episodes if final else self.cfg.eval_episodes
+        return set_headline(evaluate_both(self.evaluator, state.params, self.exp.seed, tag, episodes),
+                            self.cfg.eval_mode)
 
     def progress_text(self, r: dict) -> str:
         speed = r.get("steps_per_second")
