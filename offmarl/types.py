@@ -42,16 +42,22 @@ class Rollout(NamedTuple):
 
 
 class TransitionBatch(NamedTuple):
-    """A minibatch of single-step transitions sampled from an offline dataset."""
+    """A minibatch of single-step transitions sampled from an offline dataset.
+
+    Box (continuous) actions: `actions` and `next_actions` are float32 [B, N, D] and the
+    masks `avail`/`next_avail` have width A = 0 ([B, N, 0]: nothing is masked), exactly
+    as the environments' TimeStep.avail is for a box. Code that reads masks (a masked
+    categorical) only exists for discrete actions, so no field is ever absent or None.
+    """
 
     obs: jax.Array  # [B, N, obs_dim]
     state: jax.Array  # [B, state_dim]
-    avail: jax.Array  # [B, N, A] bool
-    actions: jax.Array  # [B, N] int32
+    avail: jax.Array  # [B, N, A] bool (A = 0 with box actions)
+    actions: jax.Array  # [B, N] int32, or [B, N, D] float32 with box actions
     reward: jax.Array  # [B] team reward
     done: jax.Array  # [B] float, 1 where the episode terminated (no bootstrap)
     next_obs: jax.Array  # [B, N, obs_dim]
     next_state: jax.Array  # [B, state_dim]
-    next_avail: jax.Array  # [B, N, A] bool
-    next_actions: jax.Array  # [B, N] int32, the dataset's next joint action (garbage where done)
+    next_avail: jax.Array  # [B, N, A] bool (A = 0 with box actions)
+    next_actions: jax.Array  # like `actions`: the dataset's next joint action (garbage where done)
     valid: jax.Array  # [B] float, 0 where a time limit cut the episode (next_* is unknown)

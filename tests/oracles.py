@@ -82,3 +82,36 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     logits = np.asarray(logits, np.float64)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def dense(params: dict, x: np.ndarray) -> np.ndarray:
+    """A flax Dense layer, x @ kernel + bias, in float64."""
+    return x @ np.asarray(params["kernel"], np.float64) + np.asarray(params["bias"], np.float64)
+
+
+def mlp(params: dict, x: np.ndarray) -> np.ndarray:
+    """offmarl's MLPs (networks/mlp.py) from their flax parameters: ReLU hidden layers
+    (`_Torso_0`), then the output layer `Dense_0`."""
+    torso = params["_Torso_0"]
+    x = np.asarray(x, np.float64)
+    for i in range(len(torso)):
+        x = np.maximum(dense(torso[f"Dense_{i}"], x), 0.0)
+    return dense(params["Dense_0"], x)
+
+
+def tanh_gaussian_log_prob(
+    mean: np.ndarray, log_std: np.ndarray, actions: np.ndarray, low: np.ndarray, high: np.ndarray,
+    mean_clip: float = 9.0, log_std_range: tuple[float, float] = (-5.0, 2.0), edge: float = 1e-6,
+) -> np.ndarray:
+    """log-density of box actions under a = c + h tanh(u), u ~ N(mean, std^2), summed over
+    the last axis: log N(u) - log(h (1 - tanh(u)^2)) with u = atanh((a - c) / h), the
+    normalised action first pulled `edge` inside (-1, 1); the mean clipped to +-mean_clip
+    and the log-std to log_std_range, as OMIGA's released actor does. In float64."""
+    mean = np.clip(np.asarray(mean, np.float64), -mean_clip, mean_clip)
+    log_std = np.clip(np.asarray(log_std, np.float64), *log_std_range)
+    half, centre = (np.asarray(high, np.float64) - low) / 2.0, (np.asarray(high, np.float64) + low) / 2.0
+    y = np.clip((np.asarray(actions, np.float64) - centre) / half, -1.0 + edge, 1.0 - edge)
+    u = np.arctanh(y)
+    std = np.exp(log_std)
+    gaussian = -0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * np.log(2.0 * np.pi)
+    return np.sum(gaussian - np.log(half * (1.0 - y**2)), axis=-1)

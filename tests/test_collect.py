@@ -1,4 +1,5 @@
-"""Collecting whole episodes on smax:3m, and datasets from a run's checkpoint (CLI included)."""
+"""Collecting whole episodes on smax:3m, and datasets from a run's checkpoint (CLI included),
+also from a continuous-action run on mpe:simple_spread_continuous."""
 
 from __future__ import annotations
 
@@ -73,27 +74,31 @@ def test_bad_epsilon_and_episode_count(smax_3m, policy) -> None:
         collect_episodes(smax_3m, algo, params, 0, seed=0)
 
 
-@pytest.fixture(scope="module")
-def saved_run(tmp_path_factory, smax_3m, policy) -> Path:
-    """A run directory with two checkpoints of an untrained MA-Trace and their evaluations."""
+def write_saved_run(run: Path, algo_name: str, env, algo, params, metrics: list[dict], env_steps: int = 512) -> Path:
+    """A run directory with checkpoints (only the parameters set: the rest of the training
+    state can stay zero) at the env steps of `metrics`, which go to metrics.jsonl."""
     from offmarl.runners.experiment import resolve_experiment
     from offmarl.runners.fused import FusedTrainer
     from offmarl.utils.checkpoint import save_checkpoint
     from offmarl.utils.files import atomic_write_json, atomic_write_jsonl
 
-    run = tmp_path_factory.mktemp("run")
-    experiment = resolve_experiment("matrace", "smax:3m", 0, {"num_envs": 8, "env_steps": 512})
-    algo, params = policy
-    atomic_write_json(run / "config.json", experiment.to_dict(smax_3m.settings))
-    # Only the parameters matter here; the rest of the training state can stay zero.
-    shapes = jax.eval_shape(FusedTrainer(experiment.run_config, algo, smax_3m).init, jax.random.PRNGKey(0))
+    experiment = resolve_experiment(algo_name, env.spec.name, 0, {"num_envs": 8, "env_steps": env_steps})
+    atomic_write_json(run / "config.json", experiment.to_dict(env.settings))
+    shapes = jax.eval_shape(FusedTrainer(experiment.run_config, algo, env).init, jax.random.PRNGKey(0))
     state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)._replace(params=params)
-    for steps in (256, 512):
-        save_checkpoint(run / "checkpoints", steps, state, {"algo": "matrace"}, keep=5)
-    atomic_write_jsonl(run / "metrics.jsonl", [
+    for record in metrics:
+        save_checkpoint(run / "checkpoints", record["env_steps"], state, {"algo": algo_name}, keep=5)
+    atomic_write_jsonl(run / "metrics.jsonl", metrics)
+    return run
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory, smax_3m, policy) -> Path:
+    """A run directory with two checkpoints of an untrained MA-Trace and their evaluations."""
+    algo, params = policy
+    return write_saved_run(tmp_path_factory.mktemp("run"), "matrace", smax_3m, algo, params, [
         {"env_steps": 256, "eval_win_rate": 0.5}, {"env_steps": 512, "eval_win_rate": 0.25},
     ])
-    return run
 
 
 def test_best_checkpoint_is_the_best_saved_periodic_evaluation(saved_run: Path) -> None:
@@ -115,6 +120,30 @@ def test_cli_collect_writes_a_loadable_vault_with_provenance(saved_run: Path, tm
     assert meta["episodes"] == 5 and meta["transitions"] == data.num_transitions
     assert meta["source_run"] == str(saved_run.resolve())
     assert meta["win_rate"] == float(episode_wins(data, "smax:3m").mean())
+
+
+def test_cli_collect_from_a_continuous_run_writes_a_box_vault(tmp_path: Path) -> None:
+    """IPPO's unsquashed Gaussian samples fall outside [0, 1]; the vault records the actions
+    the environment applied (clipped to the box), in OG-MARL's continuous layout."""
+    from offmarl.envs import make_env
+
+    env = make_env("mpe:simple_spread_continuous")
+    entry = get_algorithm("ippo")
+    algo = entry.build(entry.config_class(), env.spec)
+    run = write_saved_run(tmp_path / "run", "ippo", env, algo, algo.init(jax.random.PRNGKey(0)),
+                          [{"env_steps": 1024, "eval_return": -30.0}], env_steps=1024)
+    out = tmp_path / "spread.vlt"
+    argv = ["collect", "--run", str(run), "--checkpoint", "latest", "--episodes", "4", "--out", str(out),
+            "--uid", "x", "--epsilon", "0.5", "--quiet"]
+    assert main(argv) == 0
+    data = load_vault(out, "x")
+    assert data.continuous and data.num_episodes == 4 and len(set(data.episode_lengths())) == 1
+    assert data.truncations[data.episode_ends].all()  # MPE episodes end at the time limit
+    assert data.actions.shape[1:] == (3, 5) and data.actions.dtype == np.float32 and data.legals.shape[2] == 0
+    assert data.actions.min() == 0.0 and data.actions.max() == 1.0  # clipped samples sit on the edges
+    assert ((data.actions > 0) & (data.actions < 1)).mean() > 0.2  # and many lie inside
+    meta = vault_metadata(out, "x")
+    assert meta["env"] == "mpe:simple_spread_continuous" and meta["win_rate"] is None and meta["epsilon"] == 0.5
 
 
 @pytest.mark.parametrize("extra,problem", [

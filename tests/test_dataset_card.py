@@ -130,3 +130,35 @@ def test_cli_on_a_missing_vault(tmp_path: Path, capsys) -> None:
     assert "is not a vault" in capsys.readouterr().err
     assert main(["dataset-card", f"{tmp_path / 'nope.vlt'}:good"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def box_dataset() -> OfflineDataset:
+    """small_dataset's episodes with 2-dimensional box actions and no masks."""
+    data = small_dataset()
+    t = data.num_transitions
+    agent0 = np.stack([np.linspace(0.0, 1.0, t), np.full(t, 0.25)], axis=-1)
+    agent1 = np.stack([np.full(t, 0.5), np.tile([0.0, 1.0], t // 2)], axis=-1)
+    return data._replace(actions=np.stack([agent0, agent1], axis=1).astype(np.float32),
+                         legals=np.zeros((t, 2, 0), np.float32))
+
+
+def test_card_of_a_continuous_vault_gives_action_means_and_stds(tmp_path: Path) -> None:
+    data = box_dataset()
+    stats = dataset_stats(data, "mpe:simple_spread_continuous")
+    assert stats["action_dim"] == 2 and "action_frequencies" not in stats and "num_actions" not in stats
+    np.testing.assert_allclose(stats["action_mean"], data.actions.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(stats["action_std"], [[np.linspace(0, 1, 6).std(), 0.0], [0.0, 0.5]], rtol=1e-6)
+    vault = tmp_path / "mpe.vlt"
+    write_vault(data, vault, "good", {"env": "mpe:simple_spread_continuous"})
+    text = write_dataset_card(vault, "good").read_text()
+    spread = np.linspace(0, 1, 6).std()
+    for row in [
+        "| agents / obs dim / state dim / actions | 2 / 4 / 5 / box of 2 dimensions |",
+        "## Actions (continuous)",
+        "| agent | d0 | d1 |",
+        f"| 0 | 0.500 ± {spread:.3f} | 0.250 ± 0.000 |",
+        "| 1 | 0.500 ± 0.000 | 0.500 ± 0.500 |",
+        "| win rate | n/a",
+    ]:
+        assert row in text, row
+    assert "Action frequencies" not in text and "box actions: no infos.legals" in text

@@ -1,6 +1,7 @@
 """The offline learners' pure losses against float64 NumPy hand computations, InSPO's
-closed form on a one-state game, and the update/acting contract of every registered
-offline algorithm on a small fake environment."""
+closed form on a one-state game, the update/acting contract of every registered
+offline algorithm on a small fake environment, and the continuous (box) forms of BC and
+OMIGA computed by hand from their networks' parameters."""
 
 from __future__ import annotations
 
@@ -11,16 +12,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from oracles import log_softmax
+from oracles import dense, log_softmax, mlp, tanh_gaussian_log_prob
 
-from offmarl.algos import ALGORITHMS
+from offmarl.algos import ALGORITHMS, check_action_support
 from offmarl.algos.bc import bc_loss
 from offmarl.algos.inspo import InSPOConfig, local_value, policy_exponent, teammate_weights
 from offmarl.algos.iql_cql import iql_cql_loss
 from offmarl.algos.maicq import icq_critic_loss, icq_policy_loss
 from offmarl.algos.offline_common import exponential_value_loss, weight_diagnostics
 from offmarl.algos.omiga import local_advantage_exponent, omiga_q_loss, omiga_v_loss, weighted_bc_loss
-from offmarl.envs.base import EnvSpec
+from offmarl.algos.offline_common import TanhGaussianHead
+from offmarl.envs.base import BoxActions, EnvSpec
+from offmarl.networks.distributions import TanhGaussian
 from offmarl.errors import ConfigError
 from offmarl.types import TransitionBatch
 
@@ -460,3 +463,184 @@ def test_local_value_values_missing_teammate_mass_at_the_floor_and_self_normalis
     expected = np.array([q, floor + w[1] * (q - floor)])
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert got[0] > got[1]
+
+
+# -- continuous (box) actions: BC and OMIGA --------------------------------------------------
+
+# A box that is neither symmetric nor unit-sized, so the rescaling onto it is exercised.
+LOW, HIGH = np.array([-1.0, 0.0]), np.array([1.0, 3.0])
+BOX_SPEC = EnvSpec(name="fake_box", num_agents=3, obs_dim=5, state_dim=7, num_actions=0, max_episode_steps=10,
+                   has_win=False, action_space=BoxActions(tuple(LOW), tuple(HIGH)))
+CONTINUOUS = [name for name in OFFLINE if ALGORITHMS[name].continuous]
+
+
+def box_batch(seed: int, size: int = 6) -> TransitionBatch:
+    """Box actions, masks of width 0, a terminal and a time-limit cut."""
+    rng = np.random.default_rng(seed)
+    n, d = BOX_SPEC.num_agents, BOX_SPEC.action_space.dim
+
+    def actions() -> np.ndarray:
+        return LOW + (HIGH - LOW) * rng.uniform(size=(size, n, d))
+
+    taken_actions = actions()
+    no_masks = jnp.ones((size, n, 0), bool)
+    return TransitionBatch(
+        obs=f32(rng.normal(size=(size, n, BOX_SPEC.obs_dim))), state=f32(rng.normal(size=(size, BOX_SPEC.state_dim))),
+        avail=no_masks, actions=f32(taken_actions), reward=f32(rng.normal(size=size)),
+        done=f32(np.arange(size) % 4 == 1), next_obs=f32(rng.normal(size=(size, n, BOX_SPEC.obs_dim))),
+        next_state=f32(rng.normal(size=(size, BOX_SPEC.state_dim))), next_avail=no_masks,
+        next_actions=f32(actions()), valid=f32(np.arange(size) % 5 != 4),
+    )
+
+
+def local_inputs(obs: jax.Array) -> np.ndarray:
+    """[B, N, O] observations with the one-hot agent id appended, float64."""
+    obs = np.asarray(obs, np.float64)
+    return np.concatenate([obs, np.broadcast_to(np.eye(obs.shape[1]), obs.shape[:2] + (obs.shape[1],))], axis=-1)
+
+
+def np_actor_log_prob(params: dict, batch: TransitionBatch) -> np.ndarray:
+    """[B, N] log pi(a|o) of the shared tanh-Gaussian actor, by hand from its parameters."""
+    outputs = mlp(params["params"], local_inputs(batch.obs))
+    mean, log_std = np.split(outputs, 2, axis=-1)
+    return tanh_gaussian_log_prob(mean, log_std, np.asarray(batch.actions), LOW, HIGH)
+
+
+def test_tanh_gaussian_log_prob_matches_numpy_with_clamps_edges_and_box_rescaling() -> None:
+    """The head's log-likelihood is the change of variables a = c + h tanh(u): log N(u) -
+    sum log(h (1 - tanh^2 u)); log-stds below -5 and above 2 and means beyond +-9 are
+    clamped, and actions on the box's edge (pulled 1e-6 inside) stay finite."""
+    head = TanhGaussianHead(tuple(LOW), tuple(HIGH))
+    mean = np.array([[0.3, -1.2], [12.0, 0.5], [0.0, -0.4]])
+    log_std = np.array([[-0.5, 0.2], [-7.0, 3.0], [0.1, -1.0]])
+    actions = np.array([[0.2, 2.5], [0.99, 0.4], [-0.9, 1.1]])
+    got = np.asarray(head.log_prob(f32(np.concatenate([mean, log_std], axis=-1)), f32(actions)))
+    want = tanh_gaussian_log_prob(mean, log_std, actions, LOW, HIGH)
+    assert want.shape == (3,)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    # Without the clamps the second row would differ: they bind.
+    unclamped = tanh_gaussian_log_prob(mean, log_std, actions, LOW, HIGH, mean_clip=np.inf,
+                                       log_std_range=(-np.inf, np.inf))
+    assert abs(unclamped[1] - want[1]) > 1.0
+    # Actions on the box's edges: finite. (float32 resolves 1 - 1e-6 only to a few per cent
+    # of the gap, hence the looser tolerance.)
+    edges = np.stack([LOW, HIGH, [LOW[0], HIGH[1]]])
+    at_edges = np.asarray(head.log_prob(f32(np.concatenate([mean, log_std], axis=-1)), f32(edges)))
+    assert np.isfinite(at_edges).all()
+    np.testing.assert_allclose(at_edges, tanh_gaussian_log_prob(mean, log_std, edges, LOW, HIGH), rtol=0.05)
+    # A sample is inside the box; the mode is the rescaled tanh of the (clamped) mean.
+    dist = head.distribution(f32(np.concatenate([mean, log_std], axis=-1)))
+    assert isinstance(dist, TanhGaussian)
+    np.testing.assert_allclose(np.asarray(dist.mode()), (HIGH + LOW) / 2 + (HIGH - LOW) / 2 * np.tanh(
+        np.clip(mean, -9, 9)), rtol=1e-5, atol=1e-6)
+    samples = np.asarray(dist.sample(jax.random.PRNGKey(0)))
+    assert (samples >= LOW).all() and (samples <= HIGH).all()
+
+
+def test_continuous_bc_loss_is_the_tanh_gaussian_negative_log_likelihood() -> None:
+    algo = ALGORITHMS["bc"].build(ALGORITHMS["bc"].config_class(hidden_sizes=(8, 8)), BOX_SPEC)
+    state = algo.init(jax.random.PRNGKey(3))
+    # Spread the outputs so that means and log-stds differ clearly between agent-steps.
+    policy = jax.tree.map(lambda x: 3.0 * x, state.policy)
+    batch = box_batch(30)
+    want = -np.mean(np_actor_log_prob(policy, batch))
+    loss, metrics = algo._loss(policy, batch)
+    np.testing.assert_allclose(float(loss), want, rtol=1e-4)
+    assert float(metrics["policy_loss"]) == float(loss)
+    # One gradient step raises the likelihood of the dataset actions.
+    new_state, _ = jax.jit(algo.update)(state._replace(policy=policy, opt_state=algo.optimizer.init(policy)), batch,
+                               jax.random.PRNGKey(0))
+    assert -np.mean(np_actor_log_prob(new_state.policy, batch)) < want
+
+
+def np_mixer(params: dict, state: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+    """OMIGA's mixer by hand: w = |Dense_1(relu(Dense_0 s))|, b = Dense_2(relu(Dense_0 s))."""
+    p = params["params"]
+    hidden = np.maximum(dense(p["Dense_0"], np.asarray(state, np.float64)), 0.0)
+    return np.abs(dense(p["Dense_1"], hidden)), dense(p["Dense_2"], hidden)[..., 0]
+
+
+def np_q(params: dict, obs: jax.Array, actions: jax.Array) -> np.ndarray:
+    """The continuous local Q_i(o_i, a_i): an MLP on [o_i, one-hot i, a_i]."""
+    inputs = np.concatenate([local_inputs(obs), np.asarray(actions, np.float64)], axis=-1)
+    return mlp(params["params"]["MLPValue_0"], inputs)[..., 0]
+
+
+def np_v(params: dict, obs: jax.Array) -> np.ndarray:
+    return mlp(params["params"], local_inputs(obs))[..., 0]
+
+
+def test_continuous_omiga_losses_match_numpy() -> None:
+    """Q_i(o_i, a_i) takes the dataset action as an input; the Q, V and policy losses are
+    those of the discrete OMIGA on these values (target networks distinct from the online ones)."""
+    config = ALGORITHMS["omiga"].config_class(hidden_sizes=(8, 8), mixer_hidden_size=8, alpha=0.5, gamma=0.9)
+    algo = ALGORITHMS["omiga"].build(config, BOX_SPEC)
+    state = algo.init(jax.random.PRNGKey(4))
+    online = jax.tree.map(lambda x: 2.0 * x, state.critics)  # online and target differ
+    target, policy = state.target, jax.tree.map(lambda x: 3.0 * x, state.policy)
+    batch = box_batch(31)
+    reward, done, valid = (np.asarray(x, np.float64) for x in (batch.reward, batch.done, batch.valid))
+
+    q, q_target = np_q(online.q, batch.obs, batch.actions), np_q(target.q, batch.obs, batch.actions)
+    v = np_v(online.v, batch.obs)
+    w, b = np_mixer(online.mixer, batch.state)
+    w_target, _ = np_mixer(target.mixer, batch.state)
+    next_w, next_b = np_mixer(target.mixer, batch.next_state)
+    td_target = reward + config.gamma * (1 - done) * (np.sum(next_w * np_v(target.v, batch.next_obs), -1) + next_b)
+    want_q = np.sum(valid * (np.sum(w * q, -1) + b - td_target) ** 2) / valid.sum()
+    z = np.clip((w_target * q_target - w_target * v) / config.alpha, -10, 10)
+    assert np.abs(z).max() > 0.1  # the weights are not all one
+    want_v = np_exponential_value_loss(z, w_target * v / config.alpha)
+    want_pi = -np.mean(np.exp(z) * np_actor_log_prob(policy, batch))
+
+    got_z = algo._exponent(online.v, target, batch)
+    np.testing.assert_allclose(np.asarray(got_z), z, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(float(algo._q_loss((online.q, online.mixer), target, batch)[0]), want_q, rtol=1e-4)
+    np.testing.assert_allclose(float(algo._v_loss(online.v, target, batch)[0]), want_v, rtol=1e-4)
+    np.testing.assert_allclose(float(algo._policy_loss(policy, batch, got_z)[0]), want_pi, rtol=1e-4)
+    # Q depends on the action it is given.
+    other = batch._replace(actions=f32(np.broadcast_to((LOW + HIGH) / 2, batch.actions.shape)))
+    assert np.abs(np.asarray(algo.q_net(online.q, local_inputs(batch.obs), other.actions))
+                  - q).max() > 1e-3
+
+
+@functools.cache
+def trained_box(name: str) -> tuple[object, list, list[dict]]:
+    algo = ALGORITHMS[name].build(ALGORITHMS[name].config_class(hidden_sizes=(16, 16)), BOX_SPEC)
+    update = jax.jit(algo.update)
+    states, metrics = [jax.jit(algo.init)(jax.random.PRNGKey(0))], []
+    for step in range(1, 4):
+        state, step_metrics = update(states[-1], box_batch(100 + step, size=16), jax.random.PRNGKey(step))
+        states.append(state)
+        metrics.append({k: float(v) for k, v in step_metrics.items()})
+    return algo, states, metrics
+
+
+def test_only_bc_and_omiga_learn_offline_from_box_actions() -> None:
+    assert CONTINUOUS == ["bc", "omiga"]
+    with pytest.raises(ConfigError, match="'maicq' supports discrete actions only, and 'mpe:x' has continuous "
+                                          "actions; offline algorithms with continuous support: bc, omiga"):
+        check_action_support("maicq", "mpe:x", True)
+
+
+@pytest.mark.parametrize("name", CONTINUOUS)
+def test_continuous_offline_algorithm_updates_and_acts_inside_the_box(name: str) -> None:
+    """Finite metrics, new acting parameters; the policy's distribution is a tanh-Gaussian
+    on the box whose samples and greedy actions lie inside it."""
+    algo, states, metrics = trained_box(name)
+    assert all(m and all(np.isfinite(v) for v in m.values()) for m in metrics), metrics
+    assert all_leaves_differ(algo.acting_params(states[0]), algo.acting_params(states[-1]))
+    batch = box_batch(12, size=16)
+
+    @jax.jit
+    def act(params: object) -> tuple:
+        dist, _ = algo.action_distribution(params, algo.initial_policy_state((16,)), batch.obs, batch.avail,
+                                           jnp.ones(16, bool))
+        return dist, dist.mode(), dist.sample(jax.random.PRNGKey(1)), dist.log_prob(batch.actions)
+
+    dist, mode, sample, log_probs = act(algo.acting_params(states[-1]))
+    assert isinstance(dist, TanhGaussian)
+    for actions in (np.asarray(mode), np.asarray(sample)):
+        assert actions.shape == (16, BOX_SPEC.num_agents, 2)
+        assert (actions >= LOW).all() and (actions <= HIGH).all()
+    assert np.isfinite(np.asarray(log_probs)).all()

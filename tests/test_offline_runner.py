@@ -1,5 +1,6 @@
 """Offline training end to end, kept small: coordination on the XOR game, the run
-directory, interrupt and resume, and bad input to `offmarl offline`."""
+directory, interrupt and resume, bad input to `offmarl offline`, and BC and OMIGA on a
+tiny continuous-action dataset collected on mpe:simple_spread_continuous."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import pytest
 from flax import serialization
 
 import offmarl.runners.offline as offline_runner
+from offmarl.algos.bc import BC, BCConfig
 from offmarl.algos.inspo import InSPO, InSPOConfig
 from offmarl.algos.maicq import MAICQ, MAICQConfig
 from offmarl.cli import main
 from offmarl.data.builtin import load_builtin_dataset
+from offmarl.data.collect import collect_episodes
+from offmarl.data.dataset import OfflineDataset
 from offmarl.data.source import load_dataset
 from offmarl.data.vault import write_vault
 from offmarl.envs import make_env
@@ -219,3 +223,113 @@ def test_resume_of_a_missing_run_is_one_line_exit_2(tmp_path: Path, capsys: pyte
     assert main(["offline", "--resume", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is not a run directory" in err
+
+
+# -- continuous (box) actions -----------------------------------------------------------------
+
+BOX_ENV = "mpe:simple_spread_continuous"
+
+
+@pytest.fixture(scope="module")
+def box_env():
+    return make_env(BOX_ENV)
+
+
+@pytest.fixture(scope="module")
+def box_vault(tmp_path_factory: pytest.TempPathFactory, box_env) -> Path:
+    """16 episodes (400 steps) of an observation-dependent deterministic policy (an untrained
+    actor whose output layer is scaled up), epsilon-mixed with uniform actions in the box."""
+    behaviour = BC(BCConfig(hidden_sizes=(16, 16)), box_env.spec)
+    params = behaviour.init(jax.random.PRNGKey(7)).policy
+    layers = params["params"]
+    params = {"params": {**layers, "Dense_0": jax.tree.map(lambda x: 100.0 * x, layers["Dense_0"])}}
+    data = collect_episodes(box_env, behaviour, params, num_episodes=16, seed=0, epsilon=0.2, greedy=True,
+                            num_envs=8)
+    vault = tmp_path_factory.mktemp("box") / "spread.vlt"
+    write_vault(data, vault, "tiny", {"env": BOX_ENV})
+    return vault
+
+
+BOX_RUN = ["--env", BOX_ENV, "--seed", "0", "--quiet"]
+BOX_CONFIG = ["hidden_sizes=32,32", "batch_size=64", "eval_interval=100", "eval_episodes=4", "final_eval_episodes=4"]
+
+
+def test_bc_learns_a_continuous_dataset_and_evaluates(box_vault: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bc"
+    assert main(["offline", "--algo", "bc", "--dataset", f"{box_vault}:tiny", "--steps", "300",
+                 "--out", str(out), *BOX_RUN, "checkpoint_interval=300", *BOX_CONFIG]) == 0
+    records = read_jsonl(out / "metrics.jsonl")
+    assert [r["steps"] for r in records] == [100, 200, 300]
+    losses = [r["policy_loss"] for r in records]
+    assert losses[2] < losses[1] < losses[0] and losses[0] - losses[2] > 1.0, losses
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["dataset_episodes"] == 16
+    assert np.isfinite(summary["eval_return"]) and summary["eval_return"] < 0  # MPE: negative distances
+
+
+def test_omiga_trains_on_a_continuous_dataset(box_vault: Path, tmp_path: Path) -> None:
+    out = tmp_path / "omiga"
+    assert main(["offline", "--algo", "omiga", "--dataset", f"{box_vault}:tiny", "--steps", "100",
+                 "--out", str(out), *BOX_RUN, "checkpoint_interval=100", *BOX_CONFIG]) == 0
+    (record,) = read_jsonl(out / "metrics.jsonl")
+    for key in ("q_loss", "v_loss", "policy_loss", "weight_mean", "eval_return"):
+        assert np.isfinite(record[key]), key
+
+
+def box_dataset(spec, actions: np.ndarray) -> OfflineDataset:
+    """One episode of the env's shapes with the given actions [T, N, ...]."""
+    t, n = actions.shape[:2]
+    flags = np.zeros((t, n), np.float32)
+    flags[-1] = 1.0
+    continuous = actions.ndim == 3
+    return OfflineDataset(
+        observations=np.zeros((t, n, spec.obs_dim), np.float32), actions=actions,
+        rewards=np.zeros((t, n), np.float32), terminals=np.zeros((t, n), np.float32), truncations=flags,
+        states=np.zeros((t, spec.state_dim), np.float32),
+        legals=np.zeros((t, n, 0), np.float32) if continuous else np.ones((t, n, 5), np.float32),
+    )
+
+
+BOX_BAD_INPUT = {
+    "continuous data, discrete env": (
+        "mpe:simple_spread", np.full((4, 3, 5), 0.5, np.float32),
+        "holds continuous actions (5 dimensions per agent), and mpe:simple_spread has discrete actions "
+        "(5 per agent); use a dataset collected in mpe:simple_spread"),
+    "discrete data, continuous env": (
+        BOX_ENV, np.zeros((4, 3), np.int32),
+        f"holds discrete actions (5 per agent), and {BOX_ENV} has continuous actions (5 dimensions per agent); "
+        f"use a dataset collected in {BOX_ENV}"),
+    "outside the box": (
+        BOX_ENV, np.full((4, 3, 5), 0.5, np.float32),
+        f"does not fit {BOX_ENV}: action 1.5 (time step 2, agent 1, dimension 3) lies outside the "
+        "environment's box [0, 1]"),
+    "action dimension": (
+        BOX_ENV, np.full((4, 3, 4), 0.5, np.float32),
+        f"does not fit {BOX_ENV}: it has action_dim=4, the environment has 5"),
+}
+
+
+@pytest.mark.parametrize("case", BOX_BAD_INPUT)
+def test_continuous_dataset_mismatches_are_one_line_exit_2(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture, box_env
+) -> None:
+    env, actions, problem = BOX_BAD_INPUT[case]
+    if case == "outside the box":
+        actions[2, 1, 3] = 1.5
+    vault = tmp_path / "v.vlt"
+    write_vault(box_dataset(box_env.spec, actions), vault, "x")
+    out = tmp_path / "run"
+    assert main(["offline", "--algo", "bc", "--env", env, "--dataset", f"{vault}:x", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"offmarl: error: dataset '{vault}:x' {problem}"], err
+    assert not out.exists()
+
+
+def test_discrete_only_offline_algorithms_refuse_a_continuous_env(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert main(["offline", "--algo", "inspo", "--env", BOX_ENV, "--dataset", "x.vlt:y",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'inspo' supports discrete actions only" in err
+    assert "offline algorithms with continuous support: bc, omiga" in err

@@ -237,3 +237,72 @@ def test_bad_uid_and_partial_dataset_are_refused(tmp_path: Path) -> None:
     partial = OfflineDataset(*(field[:10] for field in make_dataset()))
     with pytest.raises(ValueError, match="whole episodes only"):
         write_vault(partial, tmp_path / "x.vlt", "good")
+
+
+# -- box (continuous) actions: OG-MARL's MaMuJoCo layout ------------------------------------
+
+D = 2
+
+
+def make_box_dataset(seed: int = 0) -> OfflineDataset:
+    """make_dataset's episodes with float32 actions [T, N, D] in [0, 1] and no masks."""
+    data = make_dataset(seed)
+    actions = np.random.default_rng(seed + 100).random((T, N, D)).astype(np.float32)
+    return data._replace(actions=actions, legals=np.zeros((T, N, 0), np.float32))
+
+
+def og_marl_box_experience(data: OfflineDataset) -> dict:
+    """The experience of an OG-MARL continuous (MaMuJoCo) vault: no infos.legals."""
+    experience = og_marl_experience(data)
+    del experience["infos"]["legals"]
+    return experience
+
+
+def test_box_round_trip_is_exact_in_og_marl_continuous_layout(tmp_path: Path) -> None:
+    data = make_box_dataset()
+    assert data.continuous and not make_dataset().continuous
+    write_vault(data, tmp_path / "c.vlt", "good", {"env": "mpe:simple_spread_continuous"})
+    loaded = load_vault(tmp_path / "c.vlt", "good")
+    for name, original, back in zip(OfflineDataset._fields, data, loaded, strict=True):
+        assert back.dtype == original.dtype and back.shape == original.shape, name
+        np.testing.assert_array_equal(back, original, err_msg=name)
+    assert loaded.fingerprint() == data.fingerprint()
+    with contextlib.redirect_stdout(io.StringIO()):
+        experience = Vault("c.vlt", rel_dir=str(tmp_path), vault_uid="good").read().experience
+    assert set(experience["infos"]) == {"state"}
+    assert experience["actions"].shape == (1, T, N, D) and experience["actions"].dtype == jnp.float32
+
+
+def test_a_continuous_vault_built_with_flashbax_loads(tmp_path: Path) -> None:
+    data = make_box_dataset(2)
+    flashbax_vault(tmp_path / "2ant.vlt", "Good", og_marl_box_experience(data))
+    loaded = load_vault(tmp_path / "2ant.vlt", "Good")
+    np.testing.assert_array_equal(loaded.actions, data.actions)
+    assert loaded.legals.shape == (T, N, 0) and loaded.num_episodes == 3
+
+
+@pytest.mark.parametrize("change,message", [
+    ("shape", "key 'actions' has shape (1, 23, 4, 2), expected (1, 23, 3, D) to match observations"),
+    ("nan", "key 'actions' holds NaN or inf (first at time step 7)"),
+    ("missing", "lacks the key 'infos.state'"),
+])
+def test_each_continuous_corruption_is_a_one_line_error(tmp_path: Path, change: str, message: str) -> None:
+    experience = og_marl_box_experience(make_box_dataset())
+    if change == "shape":
+        experience["actions"] = np.zeros((1, T, N + 1, D), np.float32)
+    elif change == "nan":
+        experience["actions"] = experience["actions"].copy()
+        experience["actions"][0, 7, 1, 0] = np.nan
+    else:
+        del experience["infos"]["state"]
+        experience["infos"]["other"] = np.zeros((1, T, 1), np.float32)
+    flashbax_vault(tmp_path / "bad.vlt", "good", experience)
+    with pytest.raises(ConfigError) as err:
+        load_vault(tmp_path / "bad.vlt", "good")
+    assert message in str(err.value) and len(str(err.value).splitlines()) == 1, str(err.value)
+
+
+def test_box_actions_with_masks_are_refused_on_write(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"box actions have no legal-action masks: legals must be \[T, N, 0\]"):
+        write_vault(make_box_dataset()._replace(legals=np.ones((T, N, 4), np.float32)), tmp_path / "x.vlt", "good")
+    assert not (tmp_path / "x.vlt" / "good").exists()

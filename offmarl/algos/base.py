@@ -32,7 +32,8 @@ class Policy(Protocol):
         self, params: Params, policy_state: jax.Array, obs: jax.Array, avail: jax.Array,
         starts: jax.Array,
     ) -> tuple[jax.Array, jax.Array]:
-        """One decentralised acting step: masked logits [..., N, A] and the next memory.
+        """One decentralised acting step: the actor's outputs (masked logits [..., N, A], or
+        with box actions the means and log-stds [..., N, 2D]) and the next memory.
 
         `obs` is [..., N, obs_dim]; `starts` [...] marks observations that begin an
         episode (the memory is reset there).

@@ -1,4 +1,6 @@
-"""Behaviour cloning: a shared decentralised actor fitted by maximum likelihood."""
+"""Behaviour cloning: a shared decentralised actor fitted by maximum likelihood of the
+dataset actions, under a masked categorical (discrete actions) or a tanh-Gaussian rescaled
+to the box (continuous actions; see offline_common.TanhGaussianHead)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from offmarl.algos.offline_common import (
-    SharedActor,
-    gradient_step,
-    log_prob_taken,
-    make_optimizer,
-    validate_common,
-)
+from offmarl.algos.offline_common import SharedActor, gradient_step, make_optimizer, validate_common
 from offmarl.envs.base import EnvSpec
 from offmarl.types import TransitionBatch
 
@@ -55,7 +51,7 @@ class BC(SharedActor):
         return BCState(policy, self.optimizer.init(policy))
 
     def _loss(self, params: Any, batch: TransitionBatch) -> tuple[jax.Array, dict]:
-        loss = bc_loss(log_prob_taken(self.logits(params, batch.obs, batch.avail), batch.actions))
+        loss = bc_loss(self.log_prob(params, batch.obs, batch.avail, batch.actions))
         return loss, {"policy_loss": loss}
 
     def update(self, state: BCState, batch: TransitionBatch, rng: jax.Array) -> tuple[BCState, dict]:

@@ -1,8 +1,14 @@
 """Pieces the offline learners share: acting, optimisers, target networks and the
-in-sample exponential value loss. Pure functions, no runner code."""
+in-sample exponential value loss. Pure functions, no runner code.
+
+Discrete and box (continuous) actions differ in two places only, each chosen once from
+the environment's action space: the shared actor's head (`actor_head`: a masked
+categorical, or a tanh-Gaussian on the box) and how a local Q is read (`local_q`: one
+output per action gathered at the action, or the action as a network input)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import jax
@@ -11,11 +17,15 @@ import optax
 
 from offmarl.algos.base import CategoricalActing
 from offmarl.config import require
-from offmarl.envs.base import EnvSpec
-from offmarl.networks import MLPPolicy, masked_logits, with_agent_id
+from offmarl.envs.base import ActionSpace, BoxActions, EnvSpec
+from offmarl.networks import MLPActionInputValue, MLPActionValues, MLPPolicy, masked_logits, with_agent_id
+from offmarl.networks.distributions import ActionDistribution, MaskedCategorical, TanhGaussian
 
 # Exponents of the advantage weights are clipped here (OMIGA's released code uses +-10).
 EXP_CLIP = 10.0
+# OMIGA's released continuous actor clamps its pre-tanh means here (log-stds: [-5, 2], in
+# networks/distributions.py).
+MEAN_CLIP = 9.0
 
 
 def make_optimizer(lr: float, max_grad_norm: float) -> optax.GradientTransformation:
@@ -97,21 +107,126 @@ class StatelessPolicy(CategoricalActing):
         return self.logits(params, obs, avail), policy_state
 
 
+def log_prob_taken(logits: jax.Array, actions: jax.Array) -> jax.Array:
+    """log pi(a|o) of the taken actions from masked logits [..., A]."""
+    return taken(jax.nn.log_softmax(logits), actions)
+
+
+@dataclass(frozen=True)
+class CategoricalHead:
+    """Discrete actions: the actor outputs one logit per action, masked by the legal actions."""
+
+    num_actions: int
+
+    @property
+    def size(self) -> int:
+        return self.num_actions
+
+    def outputs(self, raw: jax.Array, avail: jax.Array) -> jax.Array:
+        return masked_logits(raw, avail)
+
+    def distribution(self, outputs: jax.Array) -> MaskedCategorical:
+        return MaskedCategorical(outputs)
+
+    def log_prob(self, outputs: jax.Array, actions: jax.Array) -> jax.Array:
+        return log_prob_taken(outputs, actions)
+
+
+@dataclass(frozen=True)
+class TanhGaussianHead:
+    """Box actions: the actor outputs pre-tanh means and log-stds ([..., 2D]), nothing is
+    masked. The distribution (networks/distributions.py) clamps the log-stds to [-5, 2],
+    squashes with tanh and rescales onto [low, high]; its mode, the evaluation action, is the
+    rescaled tanh(mean). Dataset actions are pulled 1e-6 (in units of the half-width) inside
+    the box before atanh, so actions on the box's edge have a finite log-likelihood."""
+
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    @property
+    def size(self) -> int:
+        return 2 * len(self.low)
+
+    def outputs(self, raw: jax.Array, avail: jax.Array) -> jax.Array:
+        return raw  # box actions have no masks (avail has width 0)
+
+    def distribution(self, outputs: jax.Array) -> TanhGaussian:
+        mean, log_std = jnp.split(outputs, 2, axis=-1)
+        return TanhGaussian(jnp.clip(mean, -MEAN_CLIP, MEAN_CLIP), log_std, jnp.asarray(self.low),
+                            jnp.asarray(self.high))
+
+    def log_prob(self, outputs: jax.Array, actions: jax.Array) -> jax.Array:
+        return self.distribution(outputs).log_prob(actions)
+
+
+ActorHead = CategoricalHead | TanhGaussianHead
+
+
+def actor_head(space: ActionSpace) -> ActorHead:
+    """The policy distribution of an action space: tanh-Gaussian on a box, else categorical."""
+    if isinstance(space, BoxActions):
+        return TanhGaussianHead(space.low, space.high)
+    return CategoricalHead(space.num_actions)
+
+
 class SharedActor(StatelessPolicy):
-    """One MLP actor shared by all agents (one-hot agent id appended)."""
+    """One MLP actor shared by all agents (one-hot agent id appended). It owns its action
+    distribution, `head` (see `actor_head`)."""
 
     def __init__(self, hidden_sizes: Sequence[int], spec: EnvSpec) -> None:
         self.spec = spec
-        self.network = MLPPolicy(tuple(hidden_sizes), spec.num_actions)
+        self.head = actor_head(spec.action_space)
+        self.network = MLPPolicy(tuple(hidden_sizes), self.head.size)
 
     def init_actor(self, rng: jax.Array) -> Any:
         return self.network.init(rng, jnp.zeros((self.spec.num_agents, self.spec.obs_dim + self.spec.num_agents)))
 
     def logits(self, params: Any, obs: jax.Array, avail: jax.Array) -> jax.Array:
-        """Masked action logits [..., N, A]."""
-        return masked_logits(self.network.apply(params, with_agent_id(obs)), avail)
+        """The actor's outputs [..., N, *]: masked action logits, or with a box the pre-tanh
+        means and log-stds."""
+        return self.head.outputs(self.network.apply(params, with_agent_id(obs)), avail)
+
+    def log_prob(self, params: Any, obs: jax.Array, avail: jax.Array, actions: jax.Array) -> jax.Array:
+        """log pi_i(a_i | o_i) of the given actions, [..., N]."""
+        return self.head.log_prob(self.logits(params, obs, avail), actions)
+
+    def action_distribution(
+        self, params: Any, policy_state: jax.Array, obs: jax.Array, avail: jax.Array, starts: jax.Array
+    ) -> tuple[ActionDistribution, jax.Array]:
+        return self.head.distribution(self.logits(params, obs, avail)), policy_state
 
 
-def log_prob_taken(logits: jax.Array, actions: jax.Array) -> jax.Array:
-    """log pi(a|o) of the taken actions from masked logits [..., A]."""
-    return taken(jax.nn.log_softmax(logits), actions)
+class PerActionQ:
+    """Discrete local Q_i(o_i, .): one output per action, read at the given action."""
+
+    def __init__(self, hidden_sizes: Sequence[int], num_actions: int) -> None:
+        self.network = MLPActionValues(hidden_sizes, num_actions)
+
+    def init(self, rng: jax.Array, inputs: jax.Array) -> Any:
+        return self.network.init(rng, inputs)
+
+    def __call__(self, params: Any, inputs: jax.Array, actions: jax.Array) -> jax.Array:
+        """Q at `actions` [..., N] from local inputs [..., N, I]."""
+        return taken(self.network.apply(params, inputs), actions)
+
+
+class ActionInputQ:
+    """Box local Q_i(o_i, a_i): the action [..., N, D] is an input of the network."""
+
+    def __init__(self, hidden_sizes: Sequence[int], action_dim: int) -> None:
+        self.network = MLPActionInputValue(hidden_sizes)
+        self.action_dim = action_dim
+
+    def init(self, rng: jax.Array, inputs: jax.Array) -> Any:
+        return self.network.init(rng, inputs, jnp.zeros(inputs.shape[:-1] + (self.action_dim,)))
+
+    def __call__(self, params: Any, inputs: jax.Array, actions: jax.Array) -> jax.Array:
+        """Q at `actions` [..., N] from local inputs [..., N, I]."""
+        return self.network.apply(params, inputs, actions)
+
+
+def local_q(space: ActionSpace, hidden_sizes: Sequence[int]) -> PerActionQ | ActionInputQ:
+    """The local Q network of an action space: the action as an input on a box, else one head per action."""
+    if isinstance(space, BoxActions):
+        return ActionInputQ(hidden_sizes, space.dim)
+    return PerActionQ(hidden_sizes, space.num_actions)

@@ -1,10 +1,15 @@
 """OMIGA: offline MARL with implicit global-to-local value regularisation
-(Wang et al., NeurIPS 2023), discrete-action version, following docs/references.md ("OMIGA: released code").
+(Wang et al., NeurIPS 2023), following docs/references.md ("OMIGA: released code") and
+docs/omiga.md, for discrete and continuous (box) actions.
 
-Local networks shared across agents (one-hot agent id): Q_i(o_i, .), V_i(o_i) and
-pi_i(a_i|o_i). A mixer maps the global state to weights w(s) >= 0 and a bias b(s):
-Q_tot = sum_i w_i(s) Q_i + b(s). Each iteration updates, in this order, the policy,
-then Q and the mixer, then V, then the soft target copies of Q, V and the mixer.
+Local networks shared across agents (one-hot agent id): Q_i, V_i(o_i) and pi_i(a_i|o_i).
+Discrete actions: Q_i(o_i, .) has one output per action and pi_i is a masked categorical;
+box actions (the paper's MaMuJoCo form): Q_i(o_i, a_i) takes the action as an input and
+pi_i is a tanh-Gaussian. Only reading Q at the dataset action and the policy's likelihood
+differ (offline_common.local_q, SharedActor.head); the losses are the same code. A mixer
+maps the global state to weights w(s) >= 0 and a bias b(s): Q_tot = sum_i w_i(s) Q_i + b(s).
+Each iteration updates, in this order, the policy, then Q and the mixer, then V, then the
+soft target copies of Q, V and the mixer.
 """
 
 from __future__ import annotations
@@ -20,16 +25,15 @@ from offmarl.algos.offline_common import (
     SharedActor,
     exponential_value_loss,
     gradient_step,
-    log_prob_taken,
+    local_q,
     make_optimizer,
     soft_update,
-    taken,
     validate_common,
     weight_diagnostics,
 )
 from offmarl.config import require
 from offmarl.envs.base import EnvSpec
-from offmarl.networks import MLPActionValues, MLPValue, MonotonicMixer, with_agent_id
+from offmarl.networks import MLPValue, MonotonicMixer, with_agent_id
 from offmarl.types import TransitionBatch
 
 
@@ -106,7 +110,7 @@ class OMIGA(SharedActor):
     def __init__(self, config: OMIGAConfig, spec: EnvSpec) -> None:
         super().__init__(config.hidden_sizes, spec)
         self.config = config
-        self.q_net = MLPActionValues(config.hidden_sizes, spec.num_actions)
+        self.q_net = local_q(spec.action_space, config.hidden_sizes)  # Q_i read at the given actions
         self.v_net = MLPValue(config.hidden_sizes)
         self.mixer = MonotonicMixer(spec.num_agents, config.mixer_hidden_size)
         self.optimizer = make_optimizer(config.lr, config.max_grad_norm)
@@ -127,18 +131,18 @@ class OMIGA(SharedActor):
 
     def _exponent(self, v_params: Any, target: Critics, batch: TransitionBatch) -> jax.Array:
         inputs = with_agent_id(batch.obs)
-        q_target = taken(self.q_net.apply(target.q, inputs), batch.actions)
+        q_target = self.q_net(target.q, inputs, batch.actions)
         w_target, _ = self.mixer.apply(target.mixer, batch.state)
         return local_advantage_exponent(w_target, q_target, self.v_net.apply(v_params, inputs), self.config.alpha)
 
     def _policy_loss(self, policy: Any, batch: TransitionBatch, z: jax.Array) -> tuple[jax.Array, dict]:
-        log_probs = log_prob_taken(self.logits(policy, batch.obs, batch.avail), batch.actions)
+        log_probs = self.log_prob(policy, batch.obs, batch.avail, batch.actions)
         loss = weighted_bc_loss(log_probs, z)
         return loss, {"policy_loss": loss, "bc_log_prob": jnp.mean(log_probs)}
 
     def _q_loss(self, q_and_mixer: tuple, target: Critics, batch: TransitionBatch) -> tuple[jax.Array, dict]:
         q_params, mixer_params = q_and_mixer
-        q_taken = taken(self.q_net.apply(q_params, with_agent_id(batch.obs)), batch.actions)
+        q_taken = self.q_net(q_params, with_agent_id(batch.obs), batch.actions)
         w, b = self.mixer.apply(mixer_params, batch.state)
         next_v = self.v_net.apply(target.v, with_agent_id(batch.next_obs))
         next_w, next_b = self.mixer.apply(target.mixer, batch.next_state)
@@ -148,7 +152,7 @@ class OMIGA(SharedActor):
 
     def _v_loss(self, v_params: Any, target: Critics, batch: TransitionBatch) -> tuple[jax.Array, dict]:
         inputs = with_agent_id(batch.obs)
-        q_target = taken(self.q_net.apply(target.q, inputs), batch.actions)
+        q_target = self.q_net(target.q, inputs, batch.actions)
         w_target, _ = self.mixer.apply(target.mixer, batch.state)
         v = self.v_net.apply(v_params, inputs)
         loss = omiga_v_loss(q_target, v, w_target, self.config.alpha)

@@ -1,4 +1,6 @@
-"""Dataset cards: a markdown summary and a return histogram of one vault dataset."""
+"""Dataset cards: a markdown summary and a return histogram of one vault dataset. Discrete
+actions get each agent's action frequencies; box actions, which a histogram of values
+cannot summarise per action, each agent's mean and standard deviation per dimension."""
 
 from __future__ import annotations
 
@@ -20,16 +22,26 @@ def episode_wins(dataset: OfflineDataset, env_name: str | None) -> np.ndarray | 
     return smax.won(dataset.rewards[dataset.episode_ends, 0], True)
 
 
-def dataset_stats(dataset: OfflineDataset, env_name: str | None) -> dict[str, Any]:
-    """Size, returns, lengths, win rate and per-agent action frequencies of a dataset."""
-    returns = dataset.episode_returns()
-    lengths = dataset.episode_lengths()
-    wins = episode_wins(dataset, env_name)
+def action_stats(dataset: OfflineDataset) -> dict[str, Any]:
+    """Discrete: `num_actions` and `action_frequencies` [N][A], the fraction of each agent's
+    steps on each action. Box: `action_dim`, `action_mean` and `action_std` [N][D]."""
+    if dataset.continuous:
+        actions = dataset.actions.astype(np.float64)
+        return {"action_dim": int(actions.shape[-1]), "action_mean": actions.mean(axis=0).tolist(),
+                "action_std": actions.std(axis=0).tolist()}
     num_actions = dataset.legals.shape[-1]
     frequencies = np.stack([
         np.bincount(dataset.actions[:, agent], minlength=num_actions) / dataset.num_transitions
         for agent in range(dataset.actions.shape[1])
     ])
+    return {"num_actions": int(num_actions), "action_frequencies": frequencies.tolist()}
+
+
+def dataset_stats(dataset: OfflineDataset, env_name: str | None) -> dict[str, Any]:
+    """Size, returns, lengths, win rate and per-agent action statistics of a dataset."""
+    returns = dataset.episode_returns()
+    lengths = dataset.episode_lengths()
+    wins = episode_wins(dataset, env_name)
     return {
         "episodes": dataset.num_episodes,
         "transitions": dataset.num_transitions,
@@ -42,8 +54,7 @@ def dataset_stats(dataset: OfflineDataset, env_name: str | None) -> dict[str, An
         "num_agents": int(dataset.actions.shape[1]),
         "obs_dim": int(dataset.observations.shape[-1]),
         "state_dim": int(dataset.states.shape[-1]),
-        "num_actions": int(num_actions),
-        "action_frequencies": frequencies.tolist(),
+        **action_stats(dataset),
     }
 
 
@@ -74,6 +85,22 @@ def _table(rows: list[tuple[str, Any]], header: tuple[str, str]) -> list[str]:
     return lines + [f"| {key} | {value} |" for key, value in rows]
 
 
+def _action_section(stats: dict[str, Any]) -> list[str]:
+    """The card's action table: frequencies per discrete action, or mean ± std per box dimension."""
+    if "action_dim" in stats:
+        dims = range(stats["action_dim"])
+        rows = [f"| {agent} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in zip(means, stds)) + " |"
+                for agent, (means, stds) in enumerate(zip(stats["action_mean"], stats["action_std"]))]
+        return ["## Actions (continuous)", "", "Mean ± standard deviation of each agent's action, per dimension.",
+                "", "| agent | " + " | ".join(f"d{d}" for d in dims) + " |", "| --- |" + " --- |" * len(dims), *rows]
+    actions = range(stats["num_actions"])
+    rows = [f"| {agent} | " + " | ".join(f"{p:.3f}" for p in row) + " |"
+            for agent, row in enumerate(stats["action_frequencies"])]
+    return ["## Action frequencies", "", "Fraction of each agent's time steps on which it took each action.",
+            "", "| agent | " + " | ".join(f"a{a}" for a in actions) + " |", "| --- |" + " --- |" * len(actions),
+            *rows]
+
+
 def _card_markdown(name: str, stats: dict[str, Any], metadata: dict[str, Any], image: str) -> str:
     win_rate = stats["win_rate"]
     summary = [
@@ -85,12 +112,8 @@ def _card_markdown(name: str, stats: dict[str, Any], metadata: dict[str, Any], i
         ("win rate", "n/a (no win condition known for this environment)"
          if win_rate is None else f"{win_rate:.3f}"),
         ("agents / obs dim / state dim / actions",
-         f"{stats['num_agents']} / {stats['obs_dim']} / {stats['state_dim']} / {stats['num_actions']}"),
-    ]
-    actions = range(stats["num_actions"])
-    frequency_rows = [
-        f"| {agent} | " + " | ".join(f"{p:.3f}" for p in row) + " |"
-        for agent, row in enumerate(stats["action_frequencies"])
+         f"{stats['num_agents']} / {stats['obs_dim']} / {stats['state_dim']} / "
+         + (f"box of {stats['action_dim']} dimensions" if "action_dim" in stats else str(stats["num_actions"]))),
     ]
     provenance = [(key, _cell(value)) for key, value in metadata.items() if key != "sources"]
     sources = metadata.get("sources", [])
@@ -103,19 +126,14 @@ def _card_markdown(name: str, stats: dict[str, Any], metadata: dict[str, Any], i
         f"# Dataset card: `{name}`",
         "",
         "OG-MARL vault layout (flashbax): observations, actions, rewards, terminals, truncations,",
-        "infos.state, infos.legals. Win rate: SMAX episodes whose last team reward is >= 1.",
+        "infos.state" + (" (box actions: no infos.legals)." if "action_dim" in stats else ", infos.legals.")
+        + " Win rate: SMAX episodes whose last team reward is >= 1.",
         "",
         *_table(summary, ("statistic", "value")),
         "",
         f"![return histogram]({image})",
         "",
-        "## Action frequencies",
-        "",
-        "Fraction of each agent's time steps on which it took each action.",
-        "",
-        "| agent | " + " | ".join(f"a{a}" for a in actions) + " |",
-        "| --- |" + " --- |" * len(actions),
-        *frequency_rows,
+        *_action_section(stats),
         "",
         "## Provenance",
         "",

@@ -3,7 +3,8 @@
 Environments run vmapped inside a jitted `lax.scan`; each one contributes its first k
 episodes (k fixed in advance, whatever their length), so short episodes are not
 over-represented. Acting is epsilon-mixed: with probability epsilon an agent takes a
-uniformly random *available* action instead of the policy's.
+uniformly random *available* action (with box actions: uniform in the box) instead of the
+policy's. Box actions are recorded as the environment applies them: clipped to the box.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import numpy as np
 
 from offmarl.acting.loop import LoopCarry, fresh_carry, run_steps
 from offmarl.algos.base import Policy
-from offmarl.data.dataset import OfflineDataset
-from offmarl.envs.base import MultiAgentEnv
+from offmarl.data.dataset import OfflineDataset, action_dtype
+from offmarl.envs.base import BoxActions, MultiAgentEnv
 from offmarl.errors import ConfigError
 
 DEFAULT_NUM_ENVS = 64
@@ -65,6 +66,15 @@ def _fresh_envs(env: MultiAgentEnv, policy: Policy, num_envs: int, rng: jax.Arra
     return fresh_carry(env, policy, num_envs, rng)
 
 
+def _applied_actions(env: MultiAgentEnv, actions: jax.Array) -> jax.Array:
+    """The actions the environment carries out: box actions clipped to the box (the adapters
+    clip what a Gaussian policy samples outside it), discrete ones unchanged."""
+    space = env.spec.action_space
+    if isinstance(space, BoxActions):
+        return jnp.clip(actions, jnp.asarray(space.low), jnp.asarray(space.high))
+    return actions
+
+
 @partial(jax.jit, static_argnums=(0, 1))
 def _rollout_chunk(
     env: MultiAgentEnv, policy: Policy, params: Any, carry: LoopCarry, epsilon: jax.Array, greedy: jax.Array,
@@ -76,7 +86,8 @@ def _rollout_chunk(
     max_steps = env.spec.max_episode_steps
     carry, steps = run_steps(env, policy, params, carry, max_steps, greedy=greedy, epsilon=epsilon)
     record = {
-        "obs": steps.obs, "state": steps.state, "avail": steps.avail, "actions": steps.actions,
+        "obs": steps.obs, "state": steps.state, "avail": steps.avail,
+        "actions": _applied_actions(env, steps.actions),
         "reward": steps.reward, "done": steps.done, "won": steps.won,
         # JaxMARL reports a time limit as a plain done; a non-won episode that
         # lasted the whole limit is recorded as truncated.
@@ -96,9 +107,6 @@ class EpisodeCollector:
     def __init__(self, env: MultiAgentEnv, policy: Policy, num_envs: int = DEFAULT_NUM_ENVS) -> None:
         if num_envs <= 0:
             raise ConfigError(f"num_envs={num_envs} is invalid: must be a positive integer")
-        if env.spec.continuous:
-            raise ConfigError(f"{env.spec.name} has continuous actions; datasets hold discrete actions only "
-                              "for now (continuous vaults are not written yet)")
         self.env, self.policy, self.num_envs = env, policy, num_envs
 
     def collect(
@@ -136,8 +144,8 @@ class EpisodeCollector:
         end_rows = np.concatenate(ends)
 
         def flat(key: str) -> np.ndarray:
-            field = steps[key]
-            return field.reshape((-1,) + field.shape[2:])
+            field = steps[key]  # (an explicit leading size: box actions' masks hold no elements)
+            return field.reshape((field.shape[0] * field.shape[1],) + field.shape[2:])
 
         def per_agent(team: np.ndarray) -> np.ndarray:
             return np.repeat(team[take, None], self.env.spec.num_agents, axis=1).astype(np.float32)
@@ -145,12 +153,12 @@ class EpisodeCollector:
         truncated = flat("truncated")
         dataset = OfflineDataset(
             observations=flat("obs")[take].astype(np.float32),
-            actions=flat("actions")[take].astype(np.int32),
+            actions=flat("actions")[take].astype(action_dtype(self.env.spec.continuous)),
             rewards=per_agent(flat("reward")),
             terminals=per_agent(flat("done") & ~truncated),
             truncations=per_agent(truncated),
             states=flat("state")[take].astype(np.float32),
-            legals=flat("avail")[take].astype(np.float32),
+            legals=flat("avail")[take].astype(np.float32),  # [T, N, 0] with box actions
         )
         wins = flat("won")[end_rows] if self.env.spec.has_win else None
         return CollectedEpisodes(dataset, flat("episode_return")[end_rows].astype(np.float32), wins)

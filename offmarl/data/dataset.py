@@ -4,6 +4,10 @@ Row t holds what agent i saw and did at step t: o_t, a_t, the reward r_t of that
 whether the episode terminated (or was truncated) with it. The next row holds o_{t+1}; after
 the last step of an episode the next row is the first step of the next episode. A dataset
 holds whole episodes only, so its last row always ends an episode.
+
+Discrete actions are int32 [T, N] with legal-action masks [T, N, A]; box (continuous)
+actions are float32 [T, N, D] with masks of width 0 ([T, N, 0]: nothing is masked), the
+in-memory form of OG-MARL's continuous vaults, which have no infos.legals.
 """
 
 from __future__ import annotations
@@ -18,12 +22,17 @@ class OfflineDataset(NamedTuple):
     """Whole episodes of a cooperative game, T rows, N agents."""
 
     observations: np.ndarray  # [T, N, obs_dim] float32
-    actions: np.ndarray  # [T, N] int32
+    actions: np.ndarray  # [T, N] int32, or [T, N, D] float32 with box actions
     rewards: np.ndarray  # [T, N] float32 (the team reward, repeated per agent)
     terminals: np.ndarray  # [T, N] float32, 1 where the episode terminated with this step
     truncations: np.ndarray  # [T, N] float32, 1 where it was cut off (time limit) with this step
     states: np.ndarray  # [T, state_dim] float32 (OG-MARL: infos["state"])
-    legals: np.ndarray  # [T, N, num_actions] float32, available actions (infos["legals"])
+    legals: np.ndarray  # [T, N, num_actions] float32, available actions (infos["legals"]); [T, N, 0] with a box
+
+    @property
+    def continuous(self) -> bool:
+        """Whether the actions are box (continuous) vectors: [T, N, D] rather than [T, N]."""
+        return self.actions.ndim == 3
 
     @property
     def num_transitions(self) -> int:
@@ -58,6 +67,11 @@ class OfflineDataset(NamedTuple):
             digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
             digest.update(array.tobytes())
         return digest.hexdigest()
+
+
+def action_dtype(continuous: bool) -> type[np.generic]:
+    """The dtype actions are held in: float32 for box actions, int32 for discrete ones."""
+    return np.float32 if continuous else np.int32
 
 
 def concatenate(datasets: list[OfflineDataset]) -> OfflineDataset:

@@ -7,13 +7,18 @@ trajectory buffer with batch size 1, exactly as OG-MARL lays it out:
     observations (1, T, N, O)   actions (1, T, N)   rewards, terminals, truncations (1, T, N)
     infos.state  (1, T, S)      infos.legals (1, T, N, A)
 
+Box (continuous) actions follow OG-MARL's MaMuJoCo vaults: actions (1, T, N, D) float32
+and no infos.legals (nothing is masked); a 4-D `actions` key marks that layout.
+
 Loading validates everything (keys, shapes, finite values, action range, whole episodes,
-a legal action for every agent at every step)
-and never writes to disk; extra keys (OG-MARL's infos.mask, ...) are ignored.
+a legal action for every agent at every step) and never writes to disk; extra keys
+(OG-MARL's infos.mask, ...) are ignored. Box actions are checked against the
+environment's bounds later, by data/source.py, which knows the environment.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import json
@@ -29,11 +34,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from offmarl.data.dataset import OfflineDataset
+from offmarl.data.dataset import OfflineDataset, action_dtype
 from offmarl.errors import ConfigError
 
 METADATA_FILE = "metadata.json"
-# The keys load_vault reads, with the axes each must have (B = 1 is the buffer's batch).
+# The keys load_vault reads with discrete actions, with the axes each must have (B = 1 is the
+# buffer's batch).
 EXPECTED_AXES: dict[str, str] = {
     "observations": "(1, T, N, O)",
     "actions": "(1, T, N)",
@@ -42,6 +48,11 @@ EXPECTED_AXES: dict[str, str] = {
     "truncations": "(1, T, N)",
     "infos.state": "(1, T, S)",
     "infos.legals": "(1, T, N, A)",
+}
+# The same for box actions (OG-MARL's MaMuJoCo layout): an action axis, no legal actions.
+CONTINUOUS_AXES: dict[str, str] = {
+    **{key: axes for key, axes in EXPECTED_AXES.items() if key != "infos.legals"},
+    "actions": "(1, T, N, D)",
 }
 # Keys flashbax itself puts into a vault's metadata.json; user metadata may not use them.
 STRUCTURE_KEYS = ("structure_shape", "structure_dtype")
@@ -130,22 +141,27 @@ def _leaf(experience: dict[str, Any], key: str) -> np.ndarray:
     return np.asarray(node)
 
 
-def _check_shapes(name: str, arrays: dict[str, np.ndarray]) -> None:
+def _layout(structure: dict[str, Any]) -> dict[str, str]:
+    """The layout of a vault from its stored shapes: continuous when `actions` is 4-D."""
+    try:
+        continuous = len(ast.literal_eval(str(structure.get("actions")))) == 4
+    except (ValueError, SyntaxError, TypeError):  # no readable shape: _check_shapes reports it
+        continuous = False
+    return CONTINUOUS_AXES if continuous else EXPECTED_AXES
+
+
+def _check_shapes(name: str, arrays: dict[str, np.ndarray], layout: dict[str, str]) -> None:
     obs = arrays["observations"]
     if obs.ndim != 4 or obs.shape[0] != 1:
         raise ConfigError(
             f"vault {name}: key 'observations' has shape {obs.shape}, expected (1, T, N, O)"
         )
     _, t, n, _ = obs.shape
-    expected: dict[str, tuple[int | str, ...]] = {
-        "actions": (1, t, n),
-        "rewards": (1, t, n),
-        "terminals": (1, t, n),
-        "truncations": (1, t, n),
-        "infos.state": (1, t, "S"),
-        "infos.legals": (1, t, n, "A"),
-    }
-    for key, want in expected.items():
+    sizes: dict[str, int | str] = {"1": 1, "T": t, "N": n}
+    for key, axes in layout.items():
+        if key == "observations":
+            continue
+        want = tuple(sizes.get(axis, axis) for axis in axes.strip("()").split(", "))
         shape = arrays[key].shape
         fits = len(shape) == len(want) and all(
             isinstance(w, str) or s == w for s, w in zip(shape, want)
@@ -164,10 +180,14 @@ def _check_values(name: str, arrays: dict[str, np.ndarray]) -> None:
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             row = int(np.flatnonzero(~np.isfinite(array).reshape(array.shape[1], -1).all(axis=1))[0])
             raise ConfigError(f"vault {name}: key {key!r} holds NaN or inf (first at time step {row})")
-    actions = arrays["actions"]
+    if "infos.legals" in arrays:
+        _check_discrete_actions(name, arrays["actions"], arrays["infos.legals"].shape[-1])
+
+
+def _check_discrete_actions(name: str, actions: np.ndarray, num_actions: int) -> None:
+    """Whole numbers in 0..num_actions-1 (box actions are checked against the env's bounds)."""
     if np.issubdtype(actions.dtype, np.floating) and not (actions == np.round(actions)).all():
         raise ConfigError(f"vault {name}: key 'actions' holds non-integer values")
-    num_actions = arrays["infos.legals"].shape[-1]
     low, high = int(actions.min()), int(actions.max())
     if low < 0 or high >= num_actions:
         raise ConfigError(
@@ -197,12 +217,14 @@ def load_vault(path: str | Path, uid: str) -> OfflineDataset:
     path = Path(path)
     _check_uid_exists(path, uid)
     name = _vault_name(path, uid)
-    stored = _dotted_keys(_read_metadata(path, uid)["structure_shape"])
-    missing = [key for key in EXPECTED_AXES if key not in stored]
+    structure = _read_metadata(path, uid)["structure_shape"]
+    layout = _layout(structure)
+    stored = _dotted_keys(structure)
+    missing = [key for key in layout if key not in stored]
     if missing:
         raise ConfigError(
             f"vault {name} lacks the key {missing[0]!r}; OG-MARL's layout needs "
-            + ", ".join(EXPECTED_AXES)
+            + ", ".join(layout)
         )
     vault = _open_vault(path, uid)
     if vault.vault_index <= 0:
@@ -210,17 +232,19 @@ def load_vault(path: str | Path, uid: str) -> OfflineDataset:
     # Read into host memory, not onto an accelerator.
     with jax.default_device(jax.devices("cpu")[0]):
         experience = vault.read().experience
-    arrays = {key: _leaf(experience, key) for key in EXPECTED_AXES}
-    _check_shapes(name, arrays)
+    arrays = {key: _leaf(experience, key) for key in layout}
+    _check_shapes(name, arrays, layout)
     _check_values(name, arrays)
+    continuous = layout is CONTINUOUS_AXES
+    no_masks = np.zeros(arrays["actions"].shape[1:3] + (0,), np.float32)  # box actions: nothing masked
     dataset = OfflineDataset(
         observations=arrays["observations"][0].astype(np.float32),
-        actions=arrays["actions"][0].astype(np.int32),
+        actions=arrays["actions"][0].astype(action_dtype(continuous)),
         rewards=arrays["rewards"][0].astype(np.float32),
         terminals=arrays["terminals"][0].astype(np.float32),
         truncations=arrays["truncations"][0].astype(np.float32),
         states=arrays["infos.state"][0].astype(np.float32),
-        legals=arrays["infos.legals"][0].astype(np.float32),
+        legals=no_masks if continuous else arrays["infos.legals"][0].astype(np.float32),
     )
     ends = np.flatnonzero(dataset.episode_ends)
     if ends.size == 0:
@@ -229,7 +253,7 @@ def load_vault(path: str | Path, uid: str) -> OfflineDataset:
         )
     keep = int(ends[-1]) + 1
     # The rows of whole episodes are real; a trailing partial episode is dropped unchecked.
-    bad = _first_step_without_legal_action(dataset.legals[:keep])
+    bad = None if continuous else _first_step_without_legal_action(dataset.legals[:keep])
     if bad is not None:
         raise ConfigError(
             f"vault {name}: key 'infos.legals' gives agent {bad[1]} no legal action at time step "
@@ -246,17 +270,16 @@ def load_vault(path: str | Path, uid: str) -> OfflineDataset:
 
 
 def _experience(dataset: OfflineDataset) -> dict[str, Any]:
-    """The dataset as one flashbax buffer's experience, batch axis 1 in front."""
+    """The dataset as one flashbax buffer's experience, batch axis 1 in front (box actions:
+    float32 actions with an action axis and no infos.legals, OG-MARL's MaMuJoCo layout)."""
+    masks = {} if dataset.continuous else {"legals": dataset.legals.astype(np.float32)[None]}
     return {
         "observations": dataset.observations.astype(np.float32)[None],
-        "actions": dataset.actions.astype(np.int32)[None],
+        "actions": dataset.actions.astype(action_dtype(dataset.continuous))[None],
         "rewards": dataset.rewards.astype(np.float32)[None],
         "terminals": dataset.terminals.astype(np.float32)[None],
         "truncations": dataset.truncations.astype(np.float32)[None],
-        "infos": {
-            "state": dataset.states.astype(np.float32)[None],
-            "legals": dataset.legals.astype(np.float32)[None],
-        },
+        "infos": {"state": dataset.states.astype(np.float32)[None], **masks},
     }
 
 
@@ -275,12 +298,17 @@ def _check_dataset(dataset: OfflineDataset, metadata: dict[str, Any]) -> None:
     reserved = [k for k in FLASHBAX_METADATA_KEYS if k in metadata]
     if reserved:
         raise ValueError(f"metadata key {reserved[0]!r} is reserved by flashbax")
-    t, n = dataset.actions.shape
+    t, n = dataset.actions.shape[:2]
     if t == 0 or not dataset.episode_ends[-1]:
         raise ValueError("a vault holds whole episodes only: the last row must end an episode")
     if not (dataset.observations.shape[:2] == dataset.legals.shape[:2] == (t, n)
             and dataset.states.shape[0] == t):
         raise ValueError("dataset fields disagree on the number of time steps or agents")
+    if dataset.continuous:
+        if dataset.legals.shape[-1] != 0:
+            raise ValueError(f"box actions have no legal-action masks: legals must be [T, N, 0], "
+                             f"not {list(dataset.legals.shape)}")
+        return
     bad = _first_step_without_legal_action(dataset.legals)
     if bad is not None:
         raise ValueError(f"legals gives agent {bad[1]} no legal action at time step {bad[0]}")

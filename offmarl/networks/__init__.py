@@ -1,6 +1,7 @@
 """Neural networks, kept separate from the algorithms that train them."""
 
 from offmarl.networks.mlp import (
+    MLPActionInputValue,
     MLPActionValues,
     MLPGaussianPolicy,
     MLPPolicy,
@@ -12,6 +13,6 @@ from offmarl.networks.mlp import (
 from offmarl.networks.recurrent import GRUPolicy
 
 __all__ = [
-    "GRUPolicy", "MLPActionValues", "MLPGaussianPolicy", "MLPPolicy", "MLPValue", "MonotonicMixer", "masked_logits",
-    "with_agent_id",
+    "GRUPolicy", "MLPActionInputValue", "MLPActionValues", "MLPGaussianPolicy", "MLPPolicy", "MLPValue",
+    "MonotonicMixer", "masked_logits", "with_agent_id",
 ]

@@ -87,6 +87,17 @@ class MLPActionValues(nn.Module):
         return nn.Dense(self.num_actions, kernel_init=nn.initializers.orthogonal(1.0))(x)
 
 
+class MLPActionInputValue(nn.Module):
+    """Critic with the action as an input: (x, action) -> scalar Q(x, a), the local Q of
+    box actions (one head per action is impossible there). The two are concatenated."""
+
+    hidden_sizes: Sequence[int]
+
+    @nn.compact
+    def __call__(self, x: jax.Array, action: jax.Array) -> jax.Array:
+        return MLPValue(self.hidden_sizes)(jnp.concatenate([x, action], axis=-1))
+
+
 class MonotonicMixer(nn.Module):
     """OMIGA's mixer: state -> non-negative per-agent weights w(s) and a bias b(s).
 

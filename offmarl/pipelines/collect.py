@@ -17,7 +17,6 @@ from offmarl.data.collect import (
     check_epsilon,
 )
 from offmarl.data.vault import check_uid_available, write_vault
-from offmarl.envs import has_continuous_actions
 from offmarl.errors import ConfigError
 from offmarl.runners.common import read_run_config
 from offmarl.runners.saved import SavedRun
@@ -93,10 +92,7 @@ def collect_from_run(
     """
     check_episodes(num_episodes)
     check_epsilon(epsilon)
-    env_name = read_run_config(run_dir).get("env", "")
-    if has_continuous_actions(env_name):
-        raise ConfigError(f"{env_name} has continuous actions; datasets hold discrete actions only for now "
-                          "(continuous vaults are not written yet)")
+    read_run_config(run_dir)  # a missing or unreadable run directory fails first, with its own message
     env_steps = resolve_run_checkpoint(run_dir, checkpoint)
     check_uid_available(out, uid)
     run = SavedRun.open(run_dir)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from offmarl.algos.base import OfflineAlgorithm
-from offmarl.data.dataset import OfflineDataset
+from offmarl.data.dataset import OfflineDataset, action_dtype
 from offmarl.data.source import check_dataset_matches, load_dataset
 from offmarl.errors import ConfigError
 from offmarl.evaluation.evaluate import evaluate_both, make_evaluator
@@ -26,7 +26,8 @@ from offmarl.types import TransitionBatch
 
 
 class DeviceDataset(NamedTuple):
-    """A dataset's transitions as device arrays, with the row index of each next observation."""
+    """A dataset's transitions as device arrays, with the row index of each next observation.
+    Actions and masks as in TransitionBatch: box actions float32 [T, N, D], masks [T, N, 0]."""
 
     obs: jax.Array
     state: jax.Array
@@ -47,7 +48,7 @@ def to_device(data: OfflineDataset) -> DeviceDataset:
         obs=jnp.asarray(data.observations, jnp.float32),
         state=jnp.asarray(data.states, jnp.float32),
         avail=jnp.asarray(data.legals > 0),
-        actions=jnp.asarray(data.actions, jnp.int32),
+        actions=jnp.asarray(data.actions, action_dtype(data.continuous)),
         reward=jnp.asarray(data.rewards[:, 0], jnp.float32),
         done=jnp.asarray(terminal, jnp.float32),
         valid=jnp.asarray(~cut_off, jnp.float32),
@@ -154,8 +155,7 @@ class OfflineRun(RunLoop):
     def prepare(self) -> None:
         self.train = make_train_chunk(self.algo, self.cfg.batch_size)
         self.device_data = to_device(self.data)
-        self.periodic_eval = make_evaluator(self.env, self.algo, self.cfg.eval_episodes)
-        self.final_eval = make_evaluator(self.env, self.algo, self.cfg.final_eval_episodes)
+        self.evaluator = make_evaluator(self.env, self.algo, self.cfg.eval_episodes)
 
     def init_state(self) -> Any:
         init_rng, rng = jax.random.split(jax.random.PRNGKey(self.exp.seed))
@@ -185,9 +185,10 @@ class OfflineRun(RunLoop):
         return state[0]
 
     def evaluate(self, state: Any, tag: int, final: bool) -> dict:
-        evaluator = self.final_eval if final else self.periodic_eval
+        episodes = self.cfg.final_eval_episodes if final else self.cfg.eval_episodes
         params = self.algo.acting_params(state[0])
-        record = set_headline(evaluate_both(evaluator, params, self.exp.seed, tag), self.cfg.eval_mode)
+        record = set_headline(evaluate_both(self.evaluator, params, self.exp.seed, tag, episodes),
+                              self.cfg.eval_mode)
         if self.is_matrix_game:
             # A one-step game's honest score is the expected payoff of the decentralised
             # policies (the product of their marginals), not one sampled or greedy play.
