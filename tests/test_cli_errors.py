@@ -109,10 +109,10 @@ def test_version_and_help_with_defaults(capsys, monkeypatch) -> None:
 
 
 def test_an_offline_algorithm_without_continuous_support_is_refused_on_a_box_task(tmp_path: Path, capsys) -> None:
-    code = main(["offline", "--algo", "inspo", "--env", "mpe:simple_spread_continuous", "--dataset",
+    code = main(["offline", "--algo", "iql_cql", "--env", "mpe:simple_spread_continuous", "--dataset",
                  str(tmp_path / "none.vlt:good"), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1, err
-    assert "algorithm 'inspo' supports discrete actions only, and 'mpe:simple_spread_continuous' has " \
-           "continuous actions; offline algorithms with continuous support: bc, omiga" in err
+    assert "algorithm 'iql_cql' supports discrete actions only, and 'mpe:simple_spread_continuous' has " \
+           "continuous actions; offline algorithms with continuous support: bc, omiga, inspo, maicq" in err
     assert not (tmp_path / "run").exists()

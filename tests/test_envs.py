@@ -90,12 +90,12 @@ def test_algorithms_without_continuous_support_are_refused_naming_both_sides() -
     from offmarl.runners.experiment import resolve_experiment, resolve_offline_experiment
 
     refused = [name for name, entry in ALGORITHMS.items() if not entry.continuous]
-    assert set(refused) >= {"inspo", "iql_cql", "maicq"}
+    assert set(refused) >= {"iql_cql"}
     for name in refused:
         entry = ALGORITHMS[name]
         with pytest.raises(ConfigError, match=f"algorithm '{name}' supports discrete actions only, and "
                                               "'mpe:simple_spread_continuous' has continuous actions; "
-                                              "offline algorithms with continuous support: bc, omiga"):
+                                              "offline algorithms with continuous support: bc, omiga, inspo, maicq"):
             if entry.kind == "online":
                 resolve_experiment(name, "mpe:simple_spread_continuous", 0)
             else:

@@ -18,7 +18,7 @@ from offmarl.algos import ALGORITHMS, check_action_support
 from offmarl.algos.bc import bc_loss
 from offmarl.algos.inspo import InSPOConfig, local_value, policy_exponent, teammate_weights
 from offmarl.algos.iql_cql import iql_cql_loss
-from offmarl.algos.maicq import icq_critic_loss, icq_policy_loss
+from offmarl.algos.maicq import icq_actor_loss, icq_critic_loss
 from offmarl.algos.offline_common import exponential_value_loss, weight_diagnostics
 from offmarl.algos.omiga import local_advantage_exponent, omiga_q_loss, omiga_v_loss, weighted_bc_loss
 from offmarl.algos.offline_common import TanhGaussianHead
@@ -314,7 +314,7 @@ def test_icq_critic_loss_matches_numpy_with_in_sample_weights_over_valid_rows() 
     np.testing.assert_allclose(float(flat), 0.5 * np.sum(valid * (q_tot - sarsa) ** 2) / valid.sum(), rtol=1e-4)
 
 
-def test_icq_policy_loss_matches_numpy_and_holds_weights_and_k_constant() -> None:
+def test_icq_actor_loss_matches_numpy_and_holds_weights_advantages_and_k_constant() -> None:
     rng = np.random.default_rng(22)
     size, beta = 5, 0.1
     logits = rng.normal(size=(size, N, A))
@@ -329,11 +329,11 @@ def test_icq_policy_loss_matches_numpy_and_holds_weights_and_k_constant() -> Non
     advantage = np.take_along_axis(q, actions[..., None], -1)[..., 0] - np.sum(probs * q, -1)
     w = np_batch_softmax(advantage, np.ones(size), beta)
     expected = -np.mean(k * w * log_pi)
-    got, weights = icq_policy_loss(f32(log_pi), f32(q), f32(probs), jnp.asarray(actions, jnp.int32), f32(k), beta)
+    got, weights = icq_actor_loss(f32(log_pi), f32(advantage), f32(k), beta)
     np.testing.assert_allclose(float(got), expected, rtol=RTOL)
     np.testing.assert_allclose(np.asarray(weights), w, rtol=1e-4)
-    grads = jax.grad(lambda q_, k_: icq_policy_loss(f32(log_pi), q_, f32(probs), jnp.asarray(actions, jnp.int32),
-                                                    k_, beta)[0], argnums=(0, 1))(f32(q), f32(k))
+    grads = jax.grad(lambda a_, k_: icq_actor_loss(f32(log_pi), a_, k_, beta)[0],
+                     argnums=(0, 1))(f32(advantage), f32(k))
     assert not any(np.any(np.asarray(g)) for g in grads)
 
 
@@ -606,7 +606,8 @@ def test_continuous_omiga_losses_match_numpy() -> None:
 
 @functools.cache
 def trained_box(name: str) -> tuple[object, list, list[dict]]:
-    algo = ALGORITHMS[name].build(ALGORITHMS[name].config_class(hidden_sizes=(16, 16)), BOX_SPEC)
+    extra = {"behaviour_warmup": 0} if name == "inspo" else {}  # InSPO's policies wait out the warm-up
+    algo = ALGORITHMS[name].build(ALGORITHMS[name].config_class(hidden_sizes=(16, 16), **extra), BOX_SPEC)
     update = jax.jit(algo.update)
     states, metrics = [jax.jit(algo.init)(jax.random.PRNGKey(0))], []
     for step in range(1, 4):
@@ -616,11 +617,11 @@ def trained_box(name: str) -> tuple[object, list, list[dict]]:
     return algo, states, metrics
 
 
-def test_only_bc_and_omiga_learn_offline_from_box_actions() -> None:
-    assert CONTINUOUS == ["bc", "omiga"]
-    with pytest.raises(ConfigError, match="'maicq' supports discrete actions only, and 'mpe:x' has continuous "
-                                          "actions; offline algorithms with continuous support: bc, omiga"):
-        check_action_support("maicq", "mpe:x", True)
+def test_every_offline_learner_but_iql_cql_learns_from_box_actions() -> None:
+    assert CONTINUOUS == ["bc", "omiga", "inspo", "maicq"]
+    with pytest.raises(ConfigError, match="'iql_cql' supports discrete actions only, and 'mpe:x' has continuous "
+                                          "actions; offline algorithms with continuous support: bc, omiga, inspo, maicq"):
+        check_action_support("iql_cql", "mpe:x", True)
 
 
 @pytest.mark.parametrize("name", CONTINUOUS)

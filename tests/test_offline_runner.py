@@ -328,8 +328,8 @@ def test_continuous_dataset_mismatches_are_one_line_exit_2(
 def test_discrete_only_offline_algorithms_refuse_a_continuous_env(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    assert main(["offline", "--algo", "inspo", "--env", BOX_ENV, "--dataset", "x.vlt:y",
+    assert main(["offline", "--algo", "iql_cql", "--env", BOX_ENV, "--dataset", "x.vlt:y",
                  "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "'inspo' supports discrete actions only" in err
-    assert "offline algorithms with continuous support: bc, omiga" in err
+    assert len(err.splitlines()) == 1 and "'iql_cql' supports discrete actions only" in err
+    assert "offline algorithms with continuous support: bc, omiga, inspo, maicq" in err

@@ -171,9 +171,10 @@ def test_continuous_algorithms_learn_and_act_in_a_box(name: str) -> None:
     assert np.isfinite(np.asarray(raw["return"])).all() and (np.asarray(raw["length"]) == 26).all()
 
 
-def test_the_online_algorithms_and_bc_and_omiga_declare_continuous_support() -> None:
+def test_every_algorithm_but_iql_cql_declares_continuous_support() -> None:
     assert CONTINUOUS == ["ippo", "mappo", "matrace"]
-    assert sorted(n for n, e in ALGORITHMS.items() if e.kind == "offline" and e.continuous) == ["bc", "omiga"]
+    assert sorted(n for n, e in ALGORITHMS.items() if e.kind == "offline" and e.continuous) == [
+        "bc", "inspo", "maicq", "omiga"]
 
 
 def test_one_compiled_evaluation_serves_both_modes_and_any_episode_count() -> None:

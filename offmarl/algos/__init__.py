@@ -65,11 +65,12 @@ ALGORITHMS: dict[str, AlgorithmEntry] = {
     "omiga": AlgorithmEntry("offmarl.algos.omiga", "OMIGAConfig", "OMIGA", "offline",
                             "OMIGA: implicit global-to-local value regularisation", continuous=True),
     "inspo": AlgorithmEntry("offmarl.algos.inspo", "InSPOConfig", "InSPO", "offline",
-                            "InSPO: in-sample sequential policy optimisation"),
+                            "InSPO: in-sample sequential policy optimisation", continuous=True),
     "iql_cql": AlgorithmEntry("offmarl.algos.iql_cql", "IQLCQLConfig", "IQLCQL", "offline",
                               "independent Q-learning + CQL (OG-MARL baseline)"),
     "maicq": AlgorithmEntry("offmarl.algos.maicq", "MAICQConfig", "MAICQ", "offline",
-                            "MAICQ: implicit constraint Q-learning, in-sample (OMIGA/InSPO/OG-MARL baseline)"),
+                            "MAICQ: implicit constraint Q-learning, in-sample (OMIGA/InSPO/OG-MARL baseline)",
+                            continuous=True),
 }
 
 _COMMAND = {"online": "offmarl train", "offline": "offmarl offline"}

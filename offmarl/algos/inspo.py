@@ -12,23 +12,29 @@ i_1..i_{m-1}: its local value Q_i is regressed onto w_{<m} Q(s, a), with the imp
 weight w_{<m} = prod_{j<m} pi_j(a_j|o_j) / mu_j(a_j|o_j) of the updated teammates;
 (3) fit the joint Q(s, a) and V(s) and the local V_i in-sample (exponential loss);
 (4) move the target copies of the joint Q and V.
+
+Discrete and box (continuous) actions share every loss; the action space only chooses, once
+in __init__, the policies' head (masked categorical or tanh-Gaussian, offline_common.actor_head,
+whose log_ratio gives pi_j/mu_j), how an action enters the joint Q (one-hot or the raw
+vector) and how the local critics read it (one output per action or an action input).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from offmarl.algos.offline_common import (
     EXP_CLIP,
+    ActionInputQ,
     SharedActor,
     StatelessPolicy,
+    actor_head,
     exponential_value_loss,
     gradient_step,
-    log_prob_taken,
     make_optimizer,
     soft_update,
     taken,
@@ -36,8 +42,9 @@ from offmarl.algos.offline_common import (
     weight_diagnostics,
 )
 from offmarl.config import require
-from offmarl.envs.base import EnvSpec
-from offmarl.networks import MLPActionValues, MLPPolicy, MLPValue, masked_logits, with_agent_id
+from offmarl.envs.base import ActionSpace, BoxActions, EnvSpec
+from offmarl.networks import MLPActionValues, MLPPolicy, MLPValue, with_agent_id
+from offmarl.networks.distributions import ActionDistribution
 from offmarl.types import TransitionBatch
 
 
@@ -80,9 +87,9 @@ class InSPOConfig:
 
 
 class InSPOCritics(NamedTuple):
-    q_joint: Any  # Q(s, a): state and one-hot joint action -> scalar
+    q_joint: Any  # Q(s, a): state and joint action (one-hot, or raw on a box) -> scalar
     v_joint: Any  # V(s)
-    q_local: Any  # per action: E[w (Q - L) | o_i, a_i] and E[w | o_i, a_i]; shared, with agent id
+    q_local: Any  # E[w (Q - L) | o_i, a_i] and E[w | o_i, a_i] (see local_regressions); with agent id
     v_local: Any  # V_i(o_i) shared, with agent id
 
 
@@ -123,31 +130,79 @@ def teammate_weights(log_ratios: jax.Array, before: jax.Array, max_weight: float
     return jnp.minimum(jnp.exp(log_w), max_weight)
 
 
+class PackedLocalRegressions:
+    """Discrete actions: both local regressions in one network with 2A outputs (the first A
+    for E[w (Q - L)], the last A for E[w]), read at the given actions."""
+
+    def __init__(self, hidden_sizes: Sequence[int], num_actions: int) -> None:
+        self.network = MLPActionValues(hidden_sizes, 2 * num_actions)
+        self.num_actions = num_actions
+
+    def init(self, rng: jax.Array, inputs: jax.Array) -> Any:
+        return self.network.init(rng, inputs)
+
+    def __call__(self, params: Any, inputs: jax.Array, actions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = self.network.apply(params, inputs)
+        a = self.num_actions
+        return taken(out[..., :a], actions), taken(out[..., a:], actions)
+
+
+class ActionInputLocalRegressions:
+    """Box actions: the two local regressions as two networks with the action as an input
+    (offline_common.ActionInputQ); parameters (E[w (Q - L)] net, E[w] net)."""
+
+    def __init__(self, hidden_sizes: Sequence[int], action_dim: int) -> None:
+        self.q = ActionInputQ(hidden_sizes, action_dim)
+
+    def init(self, rng: jax.Array, inputs: jax.Array) -> Any:
+        return tuple(self.q.init(key, inputs) for key in jax.random.split(rng))
+
+    def __call__(self, params: Any, inputs: jax.Array, actions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return self.q(params[0], inputs, actions), self.q(params[1], inputs, actions)
+
+
+def local_regressions(space: ActionSpace, hidden_sizes: Sequence[int]
+                      ) -> PackedLocalRegressions | ActionInputLocalRegressions:
+    """The local critics of an action space: E[w (Q - L) | o_i, a_i] and E[w | o_i, a_i] at
+    the given actions [..., N] from local inputs [..., N, I]."""
+    if isinstance(space, BoxActions):
+        return ActionInputLocalRegressions(hidden_sizes, space.dim)
+    return PackedLocalRegressions(hidden_sizes, space.num_actions)
+
+
 class InSPO(StatelessPolicy):
     def __init__(self, config: InSPOConfig, spec: EnvSpec) -> None:
         self.config = config
         self.spec = spec
         self.temperature = config.alpha + config.beta
-        self.actor = MLPPolicy(config.hidden_sizes, spec.num_actions)
+        self.head = actor_head(spec.action_space)
+        self.actor = MLPPolicy(config.hidden_sizes, self.head.size)
         self.behaviour = SharedActor(config.hidden_sizes, spec)
         self.q_joint = MLPValue(config.hidden_sizes)
         self.v_joint = MLPValue(config.hidden_sizes)
-        self.q_local = MLPActionValues(config.hidden_sizes, 2 * spec.num_actions)
+        self.local_regressions = local_regressions(spec.action_space, config.hidden_sizes)
         self.v_local = MLPValue(config.hidden_sizes)
         self.optimizer = make_optimizer(config.lr, config.max_grad_norm)
 
     # -- acting: one policy network per agent -------------------------------------
     def logits(self, policy: Any, obs: jax.Array, avail: jax.Array) -> jax.Array:
+        """Every agent's own actor outputs [..., N, *] (see offline_common.actor_head)."""
         per_agent = jax.vmap(self.actor.apply, in_axes=(0, -2), out_axes=-2)
-        return masked_logits(per_agent(policy, obs), avail)
+        return self.head.outputs(per_agent(policy, obs), avail)
+
+    def action_distribution(
+        self, params: Any, policy_state: jax.Array, obs: jax.Array, avail: jax.Array, starts: jax.Array
+    ) -> tuple[ActionDistribution, jax.Array]:
+        return self.head.distribution(self.logits(params, obs, avail)), policy_state
 
     def acting_params(self, state: InSPOState) -> Any:
         return state.policy
 
     # -- state ------------------------------------------------------------------------
     def _joint_input(self, state: jax.Array, actions: jax.Array) -> jax.Array:
-        one_hot = jax.nn.one_hot(actions, self.spec.num_actions)
-        return jnp.concatenate([state, one_hot.reshape(*actions.shape[:-1], -1)], axis=-1)
+        """[state, every agent's action features] (one-hot, or the raw vector on a box)."""
+        features = self.head.features(actions)
+        return jnp.concatenate([state, features.reshape(*features.shape[:-2], -1)], axis=-1)
 
     def init(self, rng: jax.Array) -> InSPOState:
         n, spec = self.spec.num_agents, self.spec
@@ -156,9 +211,9 @@ class InSPO(StatelessPolicy):
         behaviour = self.behaviour.init_actor(k_mu)
         local_in = jnp.zeros((n, spec.obs_dim + n))
         critics = InSPOCritics(
-            self.q_joint.init(k_q, self._joint_input(jnp.zeros(spec.state_dim), jnp.zeros(n, jnp.int32))),
+            self.q_joint.init(k_q, jnp.zeros(spec.state_dim + n * self.head.feature_size)),
             self.v_joint.init(k_v, jnp.zeros(spec.state_dim)),
-            self.q_local.init(k_ql, local_in),
+            self.local_regressions.init(k_ql, local_in),
             self.v_local.init(k_vl, local_in),
         )
         return InSPOState(
@@ -169,13 +224,18 @@ class InSPO(StatelessPolicy):
 
     # -- losses -----------------------------------------------------------------------
     def _behaviour_loss(self, params: Any, batch: TransitionBatch) -> tuple[jax.Array, dict]:
-        loss = -jnp.mean(log_prob_taken(self.behaviour.logits(params, batch.obs, batch.avail), batch.actions))
+        loss = -jnp.mean(self.behaviour.log_prob(params, batch.obs, batch.avail, batch.actions))
         return loss, {"behaviour_loss": loss}
 
+    def _agent_outputs(self, agent_params: Any, agent: jax.Array, batch: TransitionBatch) -> jax.Array:
+        """pi_agent's outputs at o_agent over the batch, from that agent's parameters only."""
+        obs, avail = (jnp.take(x, agent, axis=1) for x in (batch.obs, batch.avail))
+        return self.head.outputs(self.actor.apply(agent_params, obs), avail)
+
     def _agent_log_probs(self, agent_params: Any, agent: jax.Array, batch: TransitionBatch) -> jax.Array:
-        """log pi_agent(a_agent | o_agent) over the batch, from that agent's parameters only."""
-        obs, avail, actions = (jnp.take(x, agent, axis=1) for x in (batch.obs, batch.avail, batch.actions))
-        return log_prob_taken(masked_logits(self.actor.apply(agent_params, obs), avail), actions)
+        """log pi_agent(a_agent | o_agent) over the batch."""
+        return self.head.log_prob(self._agent_outputs(agent_params, agent, batch),
+                                  jnp.take(batch.actions, agent, axis=1))
 
     def _agent_policy_loss(self, agent_params: Any, agent: jax.Array, batch: TransitionBatch,
                            weights: jax.Array) -> tuple[jax.Array, dict]:
@@ -195,7 +255,7 @@ class InSPO(StatelessPolicy):
         v_loss = exponential_value_loss(z_joint, v / temp)
 
         local_in = with_agent_id(batch.obs)
-        weighted_advantage, mean_weight = self._local_regressions(critics.q_local, local_in, batch.actions)
+        weighted_advantage, mean_weight = self.local_regressions(critics.q_local, local_in, batch.actions)
         q_local_loss = (jnp.mean((weighted_advantage - local_weights * (q_target[:, None] - floor)) ** 2)
                         + jnp.mean((mean_weight - local_weights) ** 2))
         q_local = local_value(weighted_advantage, mean_weight, floor)
@@ -210,27 +270,22 @@ class InSPO(StatelessPolicy):
     # -- one iteration ----------------------------------------------------------------
     def _policy_step(self, policy: Any, policy_opt: Any, batch: TransitionBatch, agent: jax.Array,
                      weights: jax.Array) -> tuple[Any, Any, jax.Array]:
-        """Update one agent's slice of the stacked parameters; returns its new log-probs too."""
+        """Update one agent's slice of the stacked parameters; returns its new outputs too."""
         params, opt_state = (jax.tree.map(lambda x: x[agent], tree) for tree in (policy, policy_opt))
         params, opt_state, _ = gradient_step(self.optimizer, params, opt_state, self._agent_policy_loss,
                                              agent, batch, weights)
         policy, policy_opt = (jax.tree.map(lambda full, part: full.at[agent].set(part), full, part)
                               for full, part in ((policy, params), (policy_opt, opt_state)))
-        return policy, policy_opt, self._agent_log_probs(params, agent, batch)
-
-    def _local_regressions(self, params: Any, local_in: jax.Array, actions: jax.Array) -> tuple[jax.Array, jax.Array]:
-        out = self.q_local.apply(params, local_in)
-        a = self.spec.num_actions
-        return taken(out[..., :a], actions), taken(out[..., a:], actions)
+        return policy, policy_opt, self._agent_outputs(params, agent, batch)
 
     def update(self, state: InSPOState, batch: TransitionBatch, rng: jax.Array) -> tuple[InSPOState, dict]:
         cfg, n = self.config, self.spec.num_agents
         behaviour, behaviour_opt, m_mu = gradient_step(
             self.optimizer, state.behaviour, state.behaviour_opt, self._behaviour_loss, batch)
-        log_mu = jax.lax.stop_gradient(
-            log_prob_taken(self.behaviour.logits(behaviour, batch.obs, batch.avail), batch.actions))
+        mu_outputs = jax.lax.stop_gradient(self.behaviour.logits(behaviour, batch.obs, batch.avail))
+        log_mu = self.head.log_prob(mu_outputs, batch.actions)
         local_in = with_agent_id(batch.obs)
-        q_local = local_value(*self._local_regressions(state.critics.q_local, local_in, batch.actions),
+        q_local = local_value(*self.local_regressions(state.critics.q_local, local_in, batch.actions),
                               state.value_floor)
         v_local = self.v_local.apply(state.critics.v_local, local_in)
         exponent = policy_exponent(q_local, v_local, log_mu, cfg.alpha, cfg.beta)
@@ -239,7 +294,8 @@ class InSPO(StatelessPolicy):
         order = jax.random.permutation(rng, n)
         position = jnp.argsort(order)
 
-        old_log_ratios = log_prob_taken(self.logits(state.policy, batch.obs, batch.avail), batch.actions) - log_mu
+        old_log_ratios = self.head.log_ratio(self.logits(state.policy, batch.obs, batch.avail), mu_outputs,
+                                             batch.actions)
         log_ratios = old_log_ratios
         local_weights = jnp.ones_like(log_mu)
         policy, policy_opt = state.policy, state.policy_opt
@@ -251,8 +307,9 @@ class InSPO(StatelessPolicy):
                 w = teammate_weights(old_log_ratios, jnp.arange(n) != agent, cfg.max_importance_weight)
             local_weights = local_weights.at[:, agent].set(w)
             weights = jnp.exp(jnp.take(exponent, agent, axis=1)) * active
-            policy, policy_opt, new_log_probs = self._policy_step(policy, policy_opt, batch, agent, weights)
-            log_ratios = log_ratios.at[:, agent].set(new_log_probs - jnp.take(log_mu, agent, axis=1))
+            policy, policy_opt, new_outputs = self._policy_step(policy, policy_opt, batch, agent, weights)
+            log_ratios = log_ratios.at[:, agent].set(self.head.log_ratio(
+                new_outputs, jnp.take(mu_outputs, agent, axis=1), jnp.take(batch.actions, agent, axis=1)))
 
         joint_in = self._joint_input(batch.state, batch.actions)
         q_target = jax.lax.stop_gradient(self.q_joint.apply(state.target[0], joint_in))

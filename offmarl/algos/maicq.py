@@ -1,38 +1,47 @@
 """MAICQ: multi-agent implicit constraint Q-learning (Yang et al., NeurIPS 2021, "Believe
 What You See"), the offline baseline OMIGA and InSPO compare against and OG-MARL ships.
-Feed-forward, one-step version for transition batches (docs/maicq.md).
+Feed-forward, one-step version for transition batches (docs/maicq.md), for discrete and
+box (continuous) actions.
 
-Everything is evaluated on actions in the data only:
+The critic is evaluated on actions in the data only:
 - Critic: Q_tot(s, a) = sum_i k_i(s) Q_i(o_i, a_i) + b(s) with k(s) >= 0 (a linear
   decomposition, as in the paper; OMIGA's mixer). Its target is
   r + gamma (1 - d) n softmax_batch(Q_tot'(s', a') / beta_Q) Q_tot'(s', a'), where a'
   is the *dataset's* next joint action and Q_tot' the target networks: the implicit
   constraint's importance weight exp(Q/beta)/Z, Z estimated by the batch (n rows).
 - Actor: -mean(k_i(s) n softmax_batch(A_i / beta_A) log pi_i(a_i|o_i)) with
-  A_i = Q_i(o_i, a_i) - sum_a pi_i(a|o_i) Q_i(o_i, a), weights and k held constant.
+  A_i = Q_i(o_i, a_i) - V_i(o_i), V_i = E_{a ~ pi_i}[Q_i(o_i, a)], weights and k held constant.
 - Targets are hard copies every `target_update_period` updates; one Adam for all.
+
+Discrete and box actions differ in three readers, each chosen once in `MAICQ.__init__`:
+Q_i at an action (offline_common.local_q), the policy (SharedActor.head: masked
+categorical or tanh-Gaussian) and the baseline V_i (`expected_q`: the exact sum over
+the actions; `sampled_q`: the mean of Q_i over K samples of the current policy).
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from offmarl.algos.offline_common import (
+    ActionInputQ,
+    PerActionQ,
     SharedActor,
     gradient_step,
-    log_prob_taken,
+    local_q,
     make_optimizer,
-    taken,
     validate_common,
     weight_diagnostics,
 )
 from offmarl.config import require
 from offmarl.envs.base import EnvSpec
-from offmarl.networks import MLPActionValues, MonotonicMixer, with_agent_id
+from offmarl.networks import MonotonicMixer, with_agent_id
+from offmarl.networks.distributions import MaskedCategorical, TanhGaussian
 from offmarl.types import TransitionBatch
 
 
@@ -57,6 +66,9 @@ class MAICQConfig:
     """Hidden widths of the shared local Q and policy networks (the other learners' size)."""
     mixer_hidden_size: int = 64
     """Hidden width of the state-conditioned mixer k(s), b(s)."""
+    num_action_samples: int = 10
+    """Box actions: policy samples K of the actor's baseline V_i = mean_k Q_i(o_i, a^k)
+    (discrete actions sum over all actions exactly and ignore it)."""
 
     def validate(self) -> None:
         validate_common(self)
@@ -65,6 +77,8 @@ class MAICQConfig:
         require(self.target_update_period > 0,
                 f"target_update_period={self.target_update_period} is invalid: must be a positive integer")
         require(self.mixer_hidden_size > 0, f"mixer_hidden_size={self.mixer_hidden_size} must be > 0")
+        require(self.num_action_samples > 0,
+                f"num_action_samples={self.num_action_samples} is invalid: must be a positive integer")
 
 
 class MAICQParams(NamedTuple):
@@ -105,25 +119,43 @@ def icq_critic_loss(
     return 0.5 * jnp.sum(valid * (q_tot - target) ** 2) / jnp.maximum(jnp.sum(valid), 1.0)
 
 
-def icq_policy_loss(
-    log_pi_taken: jax.Array, q_values: jax.Array, probs: jax.Array, actions: jax.Array,
-    k: jax.Array, beta: float,
+def icq_actor_loss(
+    log_pi_taken: jax.Array, advantage: jax.Array, k: jax.Array, beta: float,
 ) -> tuple[jax.Array, jax.Array]:
     """(-mean(k n softmax_batch(A / beta) log pi(a|o)), the weights), weights and k constant.
 
-    log_pi_taken [B, N], q_values and probs [B, N, A] (probs zero on unavailable actions),
-    actions and k [B, N].
+    log_pi_taken, advantage and k [B, N]; the softmax runs over the batch, per agent.
     """
-    advantage = taken(q_values, actions) - jnp.sum(probs * q_values, axis=-1)
     weights = jax.lax.stop_gradient(batch_softmax_weights(advantage, jnp.ones(advantage.shape[0]), beta))
     return -jnp.mean(jax.lax.stop_gradient(k) * weights * log_pi_taken), weights
+
+
+Baseline = Callable[[Any, Any, jax.Array, Any, jax.Array], jax.Array]
+"""(local Q network, its params, local inputs [B, N, I], the policy's distribution, rng) -> V_i [B, N]."""
+
+
+def expected_q(q_net: PerActionQ, q_params: Any, inputs: jax.Array, policy: MaskedCategorical,
+               rng: jax.Array) -> jax.Array:
+    """V_i = sum_a pi_i(a|o_i) Q_i(o_i, a), exact (pi is zero on unavailable actions); no rng."""
+    return jnp.sum(jax.nn.softmax(policy.logits) * q_net.network.apply(q_params, inputs), axis=-1)
+
+
+def sampled_q(q_net: ActionInputQ, q_params: Any, inputs: jax.Array, policy: TanhGaussian, rng: jax.Array,
+              num_samples: int) -> jax.Array:
+    """V_i = (1/K) sum_k Q_i(o_i, a^k), a^k ~ pi_i(.|o_i) drawn with `jax.random.split(rng, K)`
+    (sample k from key k), no gradient through the samples."""
+    actions = jax.lax.stop_gradient(jax.vmap(policy.sample)(jax.random.split(rng, num_samples)))  # [K, B, N, D]
+    return jnp.mean(q_net(q_params, jnp.broadcast_to(inputs, actions.shape[:-1] + inputs.shape[-1:]), actions),
+                    axis=0)
 
 
 class MAICQ(SharedActor):
     def __init__(self, config: MAICQConfig, spec: EnvSpec) -> None:
         super().__init__(config.hidden_sizes, spec)
         self.config = config
-        self.q_net = MLPActionValues(config.hidden_sizes, spec.num_actions)
+        self.q_net = local_q(spec.action_space, config.hidden_sizes)  # Q_i read at the given actions
+        self.baseline: Baseline = (functools.partial(sampled_q, num_samples=config.num_action_samples)
+                                   if spec.continuous else expected_q)
         self.mixer = MonotonicMixer(spec.num_agents, config.mixer_hidden_size)
         self.optimizer = make_optimizer(config.lr, config.max_grad_norm)
 
@@ -138,28 +170,29 @@ class MAICQ(SharedActor):
 
     def _q_tot(self, q_params: Any, mixer_params: Any, obs: jax.Array, state: jax.Array,
                actions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """(Q_tot at `actions`, all local Q values [B, N, A], mixer weights k [B, N])."""
-        q_values = self.q_net.apply(q_params, with_agent_id(obs))
+        """(Q_tot at `actions`, the local Q_i at them [B, N], mixer weights k [B, N])."""
+        q_taken = self.q_net(q_params, with_agent_id(obs), actions)
         k, b = self.mixer.apply(mixer_params, state)
-        return jnp.sum(k * taken(q_values, actions), axis=-1) + b, q_values, k
+        return jnp.sum(k * q_taken, axis=-1) + b, q_taken, k
 
-    def _loss(self, params: MAICQParams, state: MAICQState, batch: TransitionBatch) -> tuple[jax.Array, dict]:
-        q_tot, q_values, k = self._q_tot(params.q, params.mixer, batch.obs, batch.state, batch.actions)
+    def _loss(self, params: MAICQParams, state: MAICQState, batch: TransitionBatch,
+              rng: jax.Array) -> tuple[jax.Array, dict]:
+        q_tot, q_taken, k = self._q_tot(params.q, params.mixer, batch.obs, batch.state, batch.actions)
         next_q_tot, _, _ = self._q_tot(state.target_q, state.target_mixer, batch.next_obs, batch.next_state,
                                        batch.next_actions)
         critic = icq_critic_loss(q_tot, batch.reward, batch.done, jax.lax.stop_gradient(next_q_tot),
                                  batch.valid, self.config.gamma, self.config.target_q_beta)
-        logits = self.logits(params.policy, batch.obs, batch.avail)
-        probs = jax.lax.stop_gradient(jax.nn.softmax(logits))  # masked logits: zero off the legal actions
-        actor, weights = icq_policy_loss(log_prob_taken(logits, batch.actions),
-                                         jax.lax.stop_gradient(q_values), probs, batch.actions, k,
-                                         self.config.advantage_beta)
+        outputs = self.logits(params.policy, batch.obs, batch.avail)
+        policy = self.head.distribution(jax.lax.stop_gradient(outputs))
+        baseline = self.baseline(self.q_net, params.q, with_agent_id(batch.obs), policy, rng)
+        actor, weights = icq_actor_loss(self.head.log_prob(outputs, batch.actions),
+                                        jax.lax.stop_gradient(q_taken - baseline), k, self.config.advantage_beta)
         return critic + actor, {"q_loss": critic, "policy_loss": actor, "q_tot": jnp.mean(q_tot),
                                 **weight_diagnostics("weight", weights)}
 
     def update(self, state: MAICQState, batch: TransitionBatch, rng: jax.Array) -> tuple[MAICQState, dict]:
         params, opt_state, metrics = gradient_step(self.optimizer, state.params, state.opt_state, self._loss,
-                                                   state, batch)
+                                                   state, batch, rng)
         step = state.step + 1
         copy = step % self.config.target_update_period == 0
         target_q, target_mixer = jax.tree.map(lambda new, old: jnp.where(copy, new, old),

@@ -131,6 +131,18 @@ class CategoricalHead:
     def log_prob(self, outputs: jax.Array, actions: jax.Array) -> jax.Array:
         return log_prob_taken(outputs, actions)
 
+    def log_ratio(self, outputs: jax.Array, base_outputs: jax.Array, actions: jax.Array) -> jax.Array:
+        """log pi(a|o) - log mu(a|o) of two policies' outputs at the same actions."""
+        return self.log_prob(outputs, actions) - self.log_prob(base_outputs, actions)
+
+    @property
+    def feature_size(self) -> int:
+        return self.num_actions
+
+    def features(self, actions: jax.Array) -> jax.Array:
+        """An agent's action as a critic input: its one-hot, [...] -> [..., A]."""
+        return jax.nn.one_hot(actions, self.num_actions)
+
 
 @dataclass(frozen=True)
 class TanhGaussianHead:
@@ -157,6 +169,19 @@ class TanhGaussianHead:
 
     def log_prob(self, outputs: jax.Array, actions: jax.Array) -> jax.Array:
         return self.distribution(outputs).log_prob(actions)
+
+    def log_ratio(self, outputs: jax.Array, base_outputs: jax.Array, actions: jax.Array) -> jax.Array:
+        """log pi(a|o) - log mu(a|o) of two policies' outputs, in pre-tanh coordinates where
+        the Jacobians cancel exactly (TanhGaussian.log_ratio)."""
+        return self.distribution(outputs).log_ratio(self.distribution(base_outputs), actions)
+
+    @property
+    def feature_size(self) -> int:
+        return len(self.low)
+
+    def features(self, actions: jax.Array) -> jax.Array:
+        """An agent's action as a critic input: the raw vector, [..., D] -> [..., D]."""
+        return actions
 
 
 ActorHead = CategoricalHead | TanhGaussianHead

@@ -109,3 +109,18 @@ class TanhGaussian(NamedTuple):
 
     def mode(self) -> jax.Array:
         return self._squash(self.mean)
+
+    def pre_tanh(self, actions: jax.Array) -> jax.Array:
+        """u = atanh of box actions normalised to (-1, 1), pulled 1e-6 inside first: [..., D]."""
+        half, centre = self._scale()
+        return jnp.arctanh(jnp.clip((actions - centre) / half, -1.0 + _EDGE, 1.0 - _EDGE))
+
+    def log_ratio(self, other: TanhGaussian, actions: jax.Array) -> jax.Array:
+        """log self(a) - log other(a) for a tanh-Gaussian `other` on the same box: [..., D] -> [...].
+
+        Both densities share the tanh and rescaling Jacobian at a, so the difference is
+        taken between the Gaussians at u = atanh(a) (in (-1, 1) units), where the Jacobians
+        cancel exactly instead of in float arithmetic near the box's faces."""
+        u = self.pre_tanh(actions)
+        return jnp.sum(distrax.Normal(self.mean, self._std()).log_prob(u)
+                       - distrax.Normal(other.mean, other._std()).log_prob(u), axis=-1)
