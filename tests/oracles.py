@@ -115,3 +115,30 @@ def tanh_gaussian_log_prob(
     std = np.exp(log_std)
     gaussian = -0.5 * ((u - mean) / std) ** 2 - log_std - 0.5 * np.log(2.0 * np.pi)
     return np.sum(gaussian - np.log(half * (1.0 - y**2)), axis=-1)
+
+
+def local_inputs(obs) -> np.ndarray:
+    """[B, N, O] observations with the one-hot agent id appended, float64."""
+    obs = np.asarray(obs, np.float64)
+    return np.concatenate([obs, np.broadcast_to(np.eye(obs.shape[1]), obs.shape[:2] + (obs.shape[1],))], axis=-1)
+
+
+def box_transition_batch(spec, rng: np.random.Generator, size: int, actions):
+    """A random TransitionBatch for box env `spec`: `actions()` draws each joint action array
+    [size, N, D]; masks of width 0, a terminal every 4th row and a time-limit cut every 5th."""
+    import jax.numpy as jnp
+
+    from offmarl.types import TransitionBatch
+
+    def f32(x):
+        return jnp.asarray(x, jnp.float32)
+
+    n = spec.num_agents
+    no_masks = jnp.ones((size, n, 0), bool)
+    return TransitionBatch(
+        obs=f32(rng.normal(size=(size, n, spec.obs_dim))), state=f32(rng.normal(size=(size, spec.state_dim))),
+        avail=no_masks, actions=f32(actions()), reward=f32(rng.normal(size=size)),
+        done=f32(np.arange(size) % 4 == 1), next_obs=f32(rng.normal(size=(size, n, spec.obs_dim))),
+        next_state=f32(rng.normal(size=(size, spec.state_dim))), next_avail=no_masks,
+        next_actions=f32(actions()), valid=f32(np.arange(size) % 5 != 4),
+    )

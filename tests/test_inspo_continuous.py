@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from oracles import log_softmax, mlp, tanh_gaussian_log_prob
+from oracles import box_transition_batch, local_inputs, log_softmax, mlp, tanh_gaussian_log_prob
 
 from offmarl.algos.inspo import InSPO, InSPOConfig, policy_exponent
 from offmarl.algos.offline_common import CategoricalHead, TanhGaussianHead
@@ -44,14 +44,7 @@ def box_batch(spec: EnvSpec, seed: int, size: int) -> TransitionBatch:
     def actions() -> np.ndarray:  # 20% beyond the box, clipped onto its faces like an environment would
         return np.clip(low + (high - low) * rng.uniform(-0.1, 1.1, size=(size, n, len(low))), low, high)
 
-    no_masks = jnp.ones((size, n, 0), bool)
-    return TransitionBatch(
-        obs=f32(rng.normal(size=(size, n, spec.obs_dim))), state=f32(rng.normal(size=(size, spec.state_dim))),
-        avail=no_masks, actions=f32(actions()), reward=f32(rng.normal(size=size)),
-        done=f32(np.arange(size) % 4 == 1), next_obs=f32(rng.normal(size=(size, n, spec.obs_dim))),
-        next_state=f32(rng.normal(size=(size, spec.state_dim))), next_avail=no_masks,
-        next_actions=f32(actions()), valid=f32(np.arange(size) % 5 != 4),
-    )
+    return box_transition_batch(spec, rng, size, actions)
 
 
 @functools.cache
@@ -104,11 +97,6 @@ def test_categorical_log_ratio_is_the_log_softmax_difference() -> None:
 
 # -- (2) the losses against NumPy ------------------------------------------------------------
 
-
-def local_inputs(obs: jax.Array) -> np.ndarray:
-    """[B, N, O] observations with the one-hot agent id appended, float64."""
-    obs = np.asarray(obs, np.float64)
-    return np.concatenate([obs, np.broadcast_to(np.eye(obs.shape[1]), obs.shape[:2] + (obs.shape[1],))], axis=-1)
 
 
 def np_value(params: dict, x: np.ndarray) -> np.ndarray:

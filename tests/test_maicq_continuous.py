@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from oracles import dense, mlp, tanh_gaussian_log_prob
+from oracles import box_transition_batch, dense, local_inputs, mlp, tanh_gaussian_log_prob
 
 from offmarl.algos.maicq import MAICQ, MAICQConfig
 from offmarl.envs.base import BoxActions, EnvSpec
@@ -43,23 +43,11 @@ def box_batch(spec: EnvSpec, seed: int, size: int, faces: bool = True) -> Transi
             a[0, 0], a[1, -1] = low, high
         return a
 
-    no_masks = jnp.ones((size, n, 0), bool)
-    return TransitionBatch(
-        obs=f32(rng.normal(size=(size, n, spec.obs_dim))), state=f32(rng.normal(size=(size, spec.state_dim))),
-        avail=no_masks, actions=f32(actions()), reward=f32(rng.normal(size=size)),
-        done=f32(np.arange(size) % 4 == 1), next_obs=f32(rng.normal(size=(size, n, spec.obs_dim))),
-        next_state=f32(rng.normal(size=(size, spec.state_dim))), next_avail=no_masks,
-        next_actions=f32(actions()), valid=f32(np.arange(size) % 5 != 4),
-    )
+    return box_transition_batch(spec, rng, size, actions)
 
 
 # -- NumPy versions of the networks (float64) -------------------------------------------------
 
-
-def local_inputs(obs: jax.Array) -> np.ndarray:
-    """[B, N, O] observations with the one-hot agent id appended."""
-    obs = np.asarray(obs, np.float64)
-    return np.concatenate([obs, np.broadcast_to(np.eye(obs.shape[1]), obs.shape[:2] + (obs.shape[1],))], axis=-1)
 
 
 def np_q(params: dict, obs: jax.Array, actions: np.ndarray) -> np.ndarray:

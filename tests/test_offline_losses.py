@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from oracles import dense, log_softmax, mlp, tanh_gaussian_log_prob
+from oracles import box_transition_batch, dense, local_inputs, log_softmax, mlp, tanh_gaussian_log_prob
 
 from offmarl.algos import ALGORITHMS, check_action_support
 from offmarl.algos.bc import bc_loss
@@ -482,21 +482,8 @@ def box_batch(seed: int, size: int = 6) -> TransitionBatch:
     def actions() -> np.ndarray:
         return LOW + (HIGH - LOW) * rng.uniform(size=(size, n, d))
 
-    taken_actions = actions()
-    no_masks = jnp.ones((size, n, 0), bool)
-    return TransitionBatch(
-        obs=f32(rng.normal(size=(size, n, BOX_SPEC.obs_dim))), state=f32(rng.normal(size=(size, BOX_SPEC.state_dim))),
-        avail=no_masks, actions=f32(taken_actions), reward=f32(rng.normal(size=size)),
-        done=f32(np.arange(size) % 4 == 1), next_obs=f32(rng.normal(size=(size, n, BOX_SPEC.obs_dim))),
-        next_state=f32(rng.normal(size=(size, BOX_SPEC.state_dim))), next_avail=no_masks,
-        next_actions=f32(actions()), valid=f32(np.arange(size) % 5 != 4),
-    )
+    return box_transition_batch(BOX_SPEC, rng, size, actions)
 
-
-def local_inputs(obs: jax.Array) -> np.ndarray:
-    """[B, N, O] observations with the one-hot agent id appended, float64."""
-    obs = np.asarray(obs, np.float64)
-    return np.concatenate([obs, np.broadcast_to(np.eye(obs.shape[1]), obs.shape[:2] + (obs.shape[1],))], axis=-1)
 
 
 def np_actor_log_prob(params: dict, batch: TransitionBatch) -> np.ndarray:
