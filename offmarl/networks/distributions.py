@@ -87,6 +87,11 @@ class TanhGaussian(NamedTuple):
     def _std(self) -> jax.Array:
         return jnp.exp(jnp.clip(self.log_std, LOG_STD_MIN, LOG_STD_MAX))
 
+    def _normalised(self, actions: jax.Array) -> jax.Array:
+        """Box actions mapped onto (-1, 1) and pulled 1e-6 inside, so atanh stays finite."""
+        half, centre = self._scale()
+        return jnp.clip((actions - centre) / half, -1.0 + _EDGE, 1.0 - _EDGE)
+
     def _squash(self, u: jax.Array) -> jax.Array:
         half, centre = self._scale()
         return centre + half * jnp.tanh(u)
@@ -96,12 +101,10 @@ class TanhGaussian(NamedTuple):
 
     def log_prob(self, actions: jax.Array) -> jax.Array:
         """Density of box actions, summed over the action dimensions: [..., D] -> [...]."""
-        half, centre = self._scale()
-        y = jnp.clip((actions - centre) / half, -1.0 + _EDGE, 1.0 - _EDGE)
-        u = jnp.arctanh(y)
-        gaussian = distrax.Normal(self.mean, self._std()).log_prob(u)
+        y = self._normalised(actions)
+        gaussian = distrax.Normal(self.mean, self._std()).log_prob(jnp.arctanh(y))
         # da = half (1 - tanh(u)^2) du
-        return jnp.sum(gaussian - jnp.log(half * (1.0 - y**2)), axis=-1)
+        return jnp.sum(gaussian - jnp.log(self._scale()[0] * (1.0 - y**2)), axis=-1)
 
     def entropy(self) -> jax.Array:
         """The entropy of the Gaussian before squashing (the squashed one has no closed form)."""
@@ -112,8 +115,7 @@ class TanhGaussian(NamedTuple):
 
     def pre_tanh(self, actions: jax.Array) -> jax.Array:
         """u = atanh of box actions normalised to (-1, 1), pulled 1e-6 inside first: [..., D]."""
-        half, centre = self._scale()
-        return jnp.arctanh(jnp.clip((actions - centre) / half, -1.0 + _EDGE, 1.0 - _EDGE))
+        return jnp.arctanh(self._normalised(actions))
 
     def log_ratio(self, other: TanhGaussian, actions: jax.Array) -> jax.Array:
         """log self(a) - log other(a) for a tanh-Gaussian `other` on the same box: [..., D] -> [...].
