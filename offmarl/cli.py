@@ -132,7 +132,8 @@ def _build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--quiet", action="store_true", help="no progress display")
 
     make_data = command("make-datasets", "train several MA-Trace runs and record good/medium/poor/replay/mixed "
-                                         "datasets the OG-MARL way (see docs/datasets.md)")
+                                         "datasets the OG-MARL way, or expert/medium/medium-replay/medium-expert "
+                                         "for box actions (see docs/datasets.md)")
     make_data.add_argument("--env", required=True, help="environment, e.g. smax:3m")
     make_data.add_argument("--out", required=True, help="directory for <env>.vlt (and the runs)")
     make_data.add_argument("--seeds", help="one independent MA-Trace run per seed (default 0,1,2,3)")

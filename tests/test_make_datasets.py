@@ -13,13 +13,15 @@ import pytest
 
 from offmarl.pipelines.make_datasets import (
     EVAL_SEED,
-    QUALITY_BANDS,
+    MAMUJOCO_LEVELS,
+    OG_MARL_LEVELS,
     RANDOM_SEED,
     SEARCH_SEED,
     _Evaluator,
     _level_metadata,
     choose_behaviour,
     collect_transitions,
+    level_scheme,
 )
 
 class FakeCollector:
@@ -38,11 +40,13 @@ class FakeCollector:
         return SimpleNamespace(win_rate=win_rate, returns=np.full(episodes, mean), mean_length=10.0)
 
 
-def make_evaluator(returns, win_rates, has_win: bool = True, random_return: float = 0.2) -> _Evaluator:
+def make_evaluator(returns, win_rates, has_win: bool = True, random_return: float = 0.2,
+                   levels=OG_MARL_LEVELS) -> _Evaluator:
     steps = sorted({s for s, _ in returns})
     spec = SimpleNamespace(has_win=has_win)
     run = SimpleNamespace(steps=steps, params=lambda s: s, env=SimpleNamespace(spec=spec))
-    return _Evaluator([run], [FakeCollector(returns, win_rates, random_return)], episodes=16, seed=7)
+    return _Evaluator([run], [FakeCollector(returns, win_rates, random_return)], episodes=16, seed=7,
+                      levels=levels)
 
 
 # Two checkpoints that never win; greedy and sampled returns 0.8 / 1.0 and 0.7 / 0.9.
@@ -67,7 +71,7 @@ def test_no_wins_scores_by_return_between_random_and_best_checkpoint() -> None:
         "scoring": "return", "score_0_return": pytest.approx(0.2), "score_1_return": pytest.approx(1.0),
         "random_policy_win_rate": 0.0, "random_policy_seed": 7 + RANDOM_SEED,
     }
-    assert evaluator.band_in_returns(QUALITY_BANDS["medium"]) == pytest.approx([0.44, 0.68])
+    assert evaluator.band_in_returns(OG_MARL_LEVELS.bands["medium"]) == pytest.approx([0.44, 0.68])
 
 
 def test_levels_by_return_good_is_best_checkpoint_medium_and_poor_epsilon_mixed() -> None:
@@ -97,6 +101,25 @@ def test_levels_by_return_good_is_best_checkpoint_medium_and_poor_epsilon_mixed(
     assert meta["scoring"] == "return" and meta["quality_band"] == [0.0, 0.15]
     assert meta["quality_band_return"] == pytest.approx([0.2, 0.32])
     assert meta["selection_eval_episodes"] == 16
+
+
+def test_box_actions_get_mamujoco_levels_expert_best_medium_a_third_to_a_half() -> None:
+    assert level_scheme("mpe:simple_spread_continuous") is MAMUJOCO_LEVELS
+    assert level_scheme("mabrax:hopper_3x1") is MAMUJOCO_LEVELS
+    assert level_scheme("smax:3m") is OG_MARL_LEVELS
+    assert MAMUJOCO_LEVELS.uids == ["expert", "medium", "medium-replay", "medium-expert"]
+    assert OG_MARL_LEVELS.uids == ["good", "medium", "poor", "replay", "mixed"]
+
+    evaluator = make_evaluator(RETURNS, None, has_win=False, levels=MAMUJOCO_LEVELS)
+    candidates = evaluator.checkpoints(lambda: None)  # scores 0.75, 0.625, 1.0, 0.875 (as above)
+    expert, note = choose_behaviour("expert", candidates, evaluator)
+    assert (expert.env_steps, expert.greedy, expert.score, note) == (200, True, 1.0, "checkpoint in band")
+    # Weakest above 1/2 is 100 sampled (0.625). eps 0.5: return 0.45, score 0.3125 < 1/3;
+    # eps 0.25: return 0.75 * 0.7 + 0.25 * 0.2 = 0.575, score 0.46875, in [1/3, 1/2].
+    medium, note = choose_behaviour("medium", candidates, evaluator)
+    assert (medium.env_steps, medium.greedy, medium.epsilon) == (100, False, 0.25)
+    assert medium.score == pytest.approx(0.46875) and note == "epsilon-mixed checkpoint 100 to reach the band"
+    assert _level_metadata("medium", evaluator)["quality_band_return"] == pytest.approx([0.4667, 0.6], abs=1e-4)
 
 
 def test_win_rate_scoring_when_the_best_checkpoint_reaches_the_medium_band() -> None:
@@ -205,3 +228,31 @@ def test_make_datasets_end_to_end_on_xor_writes_five_vaults_with_cards(tmp_path)
     assert load_vault(vault, "mixed").num_transitions == sizes["good"] + sizes["medium"] + sizes["poor"]
     assert len(vault_metadata(vault, "mixed")["sources"]) == 6
     assert main(argv) == 0  # a rerun keeps every dataset and retrains nothing
+
+
+@pytest.mark.slow
+def test_make_datasets_on_box_actions_writes_the_four_mamujoco_datasets(tmp_path) -> None:
+    """One tiny MA-Trace run on continuous MPE: expert, medium, medium-replay and
+    medium-expert exist as float-action vaults without masks, with cards, and
+    medium-expert is the union of medium and expert."""
+    from offmarl.cli import main
+    from offmarl.data.vault import list_uids, load_vault, vault_metadata
+
+    out = tmp_path / "ds"
+    argv = ["make-datasets", "--env", "mpe:simple_spread_continuous", "--out", str(out), "--seeds", "0",
+            "--env-steps", "4096", "--transitions", "100", "--quiet"]
+    assert main(argv) == 0
+    vault = out / "mpe_simple_spread_continuous.vlt"
+    assert sorted(list_uids(vault)) == sorted(MAMUJOCO_LEVELS.uids)
+    sizes = {}
+    for uid in MAMUJOCO_LEVELS.uids:
+        data = load_vault(vault, uid)
+        assert data.continuous and data.actions.dtype == np.float32 and data.actions.shape[-1] == 5, uid
+        assert float(data.actions.min()) >= 0.0 and float(data.actions.max()) <= 1.0, uid
+        assert (vault / f"{uid}.md").exists(), uid
+        sizes[uid] = data.num_transitions
+    assert min(sizes.values()) >= 100
+    assert sizes["medium-expert"] == sizes["medium"] + sizes["expert"]
+    meta = vault_metadata(vault, "medium")
+    assert meta["scoring"] == "return" and meta["quality_band"] == pytest.approx([1 / 3, 1 / 2])
+    assert vault_metadata(vault, "medium-expert")["mixed_of"] == ["medium", "expert"]

@@ -1,39 +1,46 @@
-"""Datasets of several qualities from several MA-Trace runs, made the OG-MARL way, in
-OG-MARL's vault layout (docs/datasets.md).
+"""Datasets of several qualities from several MA-Trace runs, made the OG-MARL way (discrete
+actions) or the way OMIGA's MaMuJoCo datasets are made (box actions), in OG-MARL's vault
+layout (docs/datasets.md).
 
 Several independent MA-Trace runs (one per seed, dense checkpoints) are trained, or
 existing ones reused. Every saved checkpoint of every run is evaluated, greedy and
 sampled, acting epsilon-mixed with random available actions at the rollout epsilon
 (0.05 by default, OG-MARL's), and scored. Each quality level then takes, *from every
-run*, the policy whose score lies in its band (closest to the band's target):
+run*, the policy whose score lies in its band (closest to the band's target). The
+levels depend on the action space (`level_scheme`):
 
-    good    score >= 0.80 (the highest available if no policy reaches 0.8)
-    medium  0.30 <= score <= 0.60, target 0.45
+    discrete (SMAC-style, OG-MARL)      box (MaMuJoCo-style, OMIGA)
+    good    score >= 0.80               expert  score >= 0.80
+    medium  0.30 <= score <= 0.60       medium  1/3 <= score <= 1/2
+            target 0.45                         target 5/12
     poor    score <= 0.15, target 0.10
 
-and rolls it out with the same epsilon until the run's share of the dataset's
-transitions (at least 100k per dataset by default) is collected. Two more datasets:
+and each rolls its policy out with the same epsilon until the run's share of the
+dataset's transitions (at least 100k per dataset by default) is collected. Two more
+datasets:
 
-    replay  each run's training checkpoints up to its medium policy, sampled acting,
-            transitions spread evenly over them: the replay of training to medium
-    mixed   the union of good, medium and poor
+    replay         each run's training checkpoints up to its medium policy, sampled
+    (medium-replay) acting, transitions spread evenly over them: the replay of training
+                    to medium
+    mixed          the union of good, medium and poor (medium-expert: of medium and
+    (medium-expert) expert)
 
 The score is the win rate ("win_rate" scoring) if the environment has a win condition
-and the best checkpoint's win rate over all runs reaches the medium band's lower edge
-(0.3). Otherwise the win rate cannot separate the levels (no win condition, as in MPE,
-or runs that never learned to win), and the score is the mean return rescaled between
-two anchors shared by all runs ("return" scoring, OG-MARL's practice of grading SMAC
-datasets by episode return): 0 is the mean return of the uniform-random policy
-(epsilon = 1, measured on its own seed), 1 that of the best evaluated checkpoint. In
-return units a band [a, b] is [R_random + a (R_best - R_random), R_random + b (R_best -
-R_random)].
+and the best checkpoint's win rate over all runs reaches the medium band's lower edge.
+Otherwise the win rate cannot separate the levels (no win condition, as in MPE and
+MABrax, or runs that never learned to win), and the score is the mean return rescaled
+between two anchors shared by all runs ("return" scoring, OG-MARL's practice of grading
+SMAC datasets by episode return, and D4RL's normalised score): 0 is the mean return of
+the uniform-random policy (epsilon = 1, measured on its own seed), 1 that of the best
+evaluated checkpoint. In return units a band [a, b] is [R_random + a (R_best - R_random),
+R_random + b (R_best - R_random)].
 
-If no checkpoint of a run lands in the medium or poor band, the run's weakest policy
-above the band is mixed with a larger epsilon, found by bisection on fresh
-evaluations. A band that still cannot be hit gets the closest policy found, and the
-metadata says so. Each dataset's metadata lists its sources (run, seed, checkpoint,
-acting, epsilon, episodes, transitions, how the policy was chosen); the vault's
-checkpoint_evaluations.json records every evaluation and the scoring.
+If no checkpoint of a run lands in a lower band, the run's weakest policy above the band
+is mixed with a larger epsilon, found by bisection on fresh evaluations. A band that
+still cannot be hit gets the closest policy found, and the metadata says so. Each
+dataset's metadata lists its sources (run, seed, checkpoint, acting, epsilon, episodes,
+transitions, how the policy was chosen); the vault's checkpoint_evaluations.json records
+every evaluation and the scoring.
 """
 
 from __future__ import annotations
@@ -61,15 +68,50 @@ from offmarl.runners.saved import SavedRun
 from offmarl.utils.files import atomic_write_json
 from offmarl.utils.progress import progress_display
 
-QUALITY_BANDS: dict[str, tuple[float, float]] = {
-    "good": (0.8, 1.0),
-    "medium": (0.3, 0.6),
-    "poor": (0.0, 0.15),
-}
-BAND_TARGETS: dict[str, float] = {"good": 1.0, "medium": 0.45, "poor": 0.1}
-REPLAY_UID = "replay"
-MIXED_UID = "mixed"
-ALL_UIDS = [*QUALITY_BANDS, REPLAY_UID, MIXED_UID]
+@dataclass(frozen=True)
+class LevelScheme:
+    """The datasets one make-datasets call writes: quality levels (a score band and a
+    target each), the replay of training up to the medium level, and a union of levels."""
+
+    bands: dict[str, tuple[float, float]]
+    """Each quality level's score band, in the order the levels are written."""
+    targets: dict[str, float]
+    """The score each level's policy is chosen closest to, within its band."""
+    best: str
+    """The level that takes the best available policy when none reaches its band."""
+    medium: str
+    """The level whose policy bounds the replay."""
+    replay: str
+    """The uid of the replay of training up to the medium policy."""
+    mixed: str
+    """The uid of the union of the `mixed_of` levels."""
+    mixed_of: tuple[str, ...]
+
+    @property
+    def uids(self) -> list[str]:
+        return [*self.bands, self.replay, self.mixed]
+
+
+OG_MARL_LEVELS = LevelScheme(
+    bands={"good": (0.8, 1.0), "medium": (0.3, 0.6), "poor": (0.0, 0.15)},
+    targets={"good": 1.0, "medium": 0.45, "poor": 0.1},
+    best="good", medium="medium", replay="replay", mixed="mixed", mixed_of=("good", "medium", "poor"),
+)
+"""OG-MARL's SMAC levels, for discrete actions."""
+MAMUJOCO_LEVELS = LevelScheme(
+    bands={"expert": (0.8, 1.0), "medium": (1 / 3, 1 / 2)},
+    targets={"expert": 1.0, "medium": 5 / 12},
+    best="expert", medium="medium", replay="medium-replay", mixed="medium-expert", mixed_of=("medium", "expert"),
+)
+"""OMIGA's multi-agent MuJoCo levels, for box actions: medium is a policy at a third to a
+half of the expert's (normalised) return."""
+
+
+def level_scheme(env_name: str) -> LevelScheme:
+    """MaMuJoCo-style levels for box actions, OG-MARL's SMAC levels otherwise."""
+    return MAMUJOCO_LEVELS if has_continuous_actions(env_name) else OG_MARL_LEVELS
+
+
 EVALUATIONS_FILE = "checkpoint_evaluations.json"
 DEFAULT_SEEDS = (0, 1, 2, 3)
 DEFAULT_TRANSITIONS = 100_000
@@ -81,8 +123,6 @@ MAX_TOP_UPS = 8
 # Seed offsets, so evaluation, the epsilon search and each dataset use their own streams.
 EVAL_SEED, SEARCH_SEED, LEVEL_SEED, REPLAY_SEED, RANDOM_SEED = 1_000, 2_000, 3_000, 4_000, 5_000
 RUN_SEED_STRIDE = 100_000  # run r's collection seeds are offset by r * this
-# Below this best checkpoint win rate (the medium band's lower edge), score by return.
-WIN_SCORING_MIN = QUALITY_BANDS["medium"][0]
 
 
 @dataclass(frozen=True)
@@ -140,11 +180,12 @@ class _Evaluator:
     (see the module docstring)."""
 
     def __init__(self, runs: Sequence[SavedRun], collectors: Sequence[Any], episodes: int, seed: int,
-                 epsilon: float = 0.0) -> None:
+                 epsilon: float = 0.0, levels: LevelScheme = OG_MARL_LEVELS) -> None:
         """`seed` is the base seed; evaluations and the epsilon search offset it. `epsilon`
-        is the rollout epsilon every checkpoint is evaluated (and later collected) with."""
+        is the rollout epsilon every checkpoint is evaluated (and later collected) with;
+        `levels` are the quality levels the scores serve."""
         self.runs, self.collectors = list(runs), list(collectors)
-        self.episodes, self.seed, self.epsilon = episodes, seed, epsilon
+        self.episodes, self.seed, self.epsilon, self.levels = episodes, seed, epsilon, levels
         self.has_win = self.runs[0].env.spec.has_win
         self.scoring = "win_rate" if self.has_win else "return"
         self.random_return: float | None = None  # the "return" anchors: score 0 ...
@@ -187,7 +228,8 @@ class _Evaluator:
                     raw.append((run, env_steps, greedy, *measured))
                     on_done()
         best_win = max((w for _, _, _, w, _, _ in raw if w is not None), default=None)
-        if best_win is None or best_win < WIN_SCORING_MIN:
+        # Below the medium band's lower edge the win rate cannot separate the levels.
+        if best_win is None or best_win < self.levels.bands[self.levels.medium][0]:
             self.scoring = "return"
             # epsilon = 1: every action uniform over the available ones, whatever the params.
             self.random_win_rate, self.random_return, _ = self.measure(
@@ -228,7 +270,7 @@ def choose_behaviour(
 ) -> tuple[Behaviour, str]:
     """The behaviour for quality `level` among one run's `candidates`, and a note on how it
     was chosen."""
-    band, target = QUALITY_BANDS[level], BAND_TARGETS[level]
+    band, target = evaluator.levels.bands[level], evaluator.levels.targets[level]
 
     def closest(behaviours: list[Behaviour]) -> Behaviour:
         return min(behaviours, key=lambda b: (abs(b.score - target), -b.env_steps))
@@ -236,7 +278,7 @@ def choose_behaviour(
     in_band = [b for b in candidates if _in_band(b.score, band)]
     if in_band:
         return closest(in_band), "checkpoint in band"
-    if level == "good":
+    if level == evaluator.levels.best:
         return closest(candidates), f"best available: no policy reached {band[0]}"
     above = [b for b in candidates if b.score > band[1]]
     if not above:
@@ -269,10 +311,11 @@ def _search_epsilon(
 
 def _level_metadata(level: str, evaluator: _Evaluator) -> dict[str, Any]:
     """What a quality level is and how it was scored (the sources list its policies)."""
-    returns_band = evaluator.band_in_returns(QUALITY_BANDS[level])
+    band = evaluator.levels.bands[level]
+    returns_band = evaluator.band_in_returns(band)
     return {
         "quality": level,
-        "quality_band": list(QUALITY_BANDS[level]),
+        "quality_band": list(band),
         **({} if returns_band is None else {"quality_band_return": returns_band}),
         **evaluator.scoring_metadata(),
         "selection_eval_episodes": evaluator.episodes,
@@ -327,7 +370,7 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _print_results(vault: Path) -> None:
+def _print_results(vault: Path, levels: LevelScheme) -> None:
     """A table of the datasets and their sources with measured win rates, then the scoring."""
     table = Table(title=f"datasets in {vault}")
     for column in ("uid", "run seed", "checkpoint", "acting", "eps", "eval score", "data win",
@@ -335,7 +378,7 @@ def _print_results(vault: Path) -> None:
         table.add_column(column)
     scoring = None
     uids = list_uids(vault)
-    for uid in ALL_UIDS:
+    for uid in levels.uids:
         if uid not in uids:
             continue
         meta = vault_metadata(vault, uid)
@@ -382,7 +425,8 @@ def make_datasets(
     num_checkpoints: int = DEFAULT_CHECKPOINTS, eval_episodes: int = DEFAULT_EVAL_EPISODES,
     quiet: bool = False,
 ) -> Path:
-    """Build `<out_dir>/<env>.vlt` with uids good, medium, poor, replay and mixed, and cards.
+    """Build `<out_dir>/<env>.vlt` with the uids of `level_scheme(env_name)` (good, medium,
+    poor, replay and mixed; or expert, medium, medium-replay and medium-expert), and cards.
 
     Trains one MA-Trace run per seed into `<out_dir>/runs/` (resuming interrupted ones)
     unless `run_dirs` are given. Datasets that already exist are kept (and not
@@ -391,9 +435,7 @@ def make_datasets(
     from offmarl.runners.online import load_run
 
     check_env_name(env_name)
-    if has_continuous_actions(env_name):
-        raise ConfigError(f"{env_name} has continuous actions; datasets hold discrete actions only for now "
-                          "(continuous vaults are not written yet)")
+    levels = level_scheme(env_name)
     if run_dirs is not None and not run_dirs:
         raise ConfigError("--runs is empty: name at least one finished online run")
     _check_arguments(list(seeds) if run_dirs is None else [0], transitions, epsilon, num_checkpoints,
@@ -412,16 +454,16 @@ def make_datasets(
             planned.append((None, run_dir))
     vault = vault_path(out_dir, env_name)
     console = Console(stderr=True, quiet=quiet)
-    todo = [uid for uid in ALL_UIDS if uid not in list_uids(vault)]
+    todo = [uid for uid in levels.uids if uid not in list_uids(vault)]
     if todo:
         for experiment, run_dir in planned:
             if experiment is not None:
                 train_run(experiment, run_dir, console, quiet)
         runs = [SavedRun.open(run_dir) for _, run_dir in planned]
-        _build_datasets(todo, vault, runs, transitions, epsilon, eval_episodes, console)
+        _build_datasets(todo, vault, runs, levels, transitions, epsilon, eval_episodes, console)
     else:
         console.print(f"every dataset of {vault} exists already")
-    _print_results(vault)
+    _print_results(vault, levels)
     return vault
 
 
@@ -438,13 +480,13 @@ def _collectors(runs: Sequence[SavedRun]) -> list[EpisodeCollector]:
 
 
 def _build_datasets(
-    todo: list[str], vault: Path, runs: list[SavedRun], transitions: int, epsilon: float,
-    eval_episodes: int, console: Console,
+    todo: list[str], vault: Path, runs: list[SavedRun], levels: LevelScheme, transitions: int,
+    epsilon: float, eval_episodes: int, console: Console,
 ) -> None:
     """Evaluate every run's checkpoints, then collect and write each uid in `todo` with its card."""
     collectors = _collectors(runs)
     base_seed = runs[0].experiment.seed
-    evaluator = _Evaluator(runs, collectors, eval_episodes, base_seed, epsilon)
+    evaluator = _Evaluator(runs, collectors, eval_episodes, base_seed, epsilon, levels)
     share = math.ceil(transitions / len(runs))  # each run's part of every dataset
     with progress_display(console, "") as progress:
         total = 2 * sum(len(run.steps) for run in runs) * eval_episodes
@@ -465,8 +507,9 @@ def _build_datasets(
         })
         per_run = [[b for b in candidates if b.run == r] for r in range(len(runs))]
         # The medium policies serve the medium level and bound replay; chosen once, only if needed.
-        needs_medium = "medium" in todo or REPLAY_UID in todo
-        medium = [choose_behaviour("medium", per_run[r], evaluator) for r in range(len(runs))] if needs_medium else []
+        needs_medium = levels.medium in todo or levels.replay in todo
+        medium = ([choose_behaviour(levels.medium, per_run[r], evaluator) for r in range(len(runs))]
+                  if needs_medium else [])
 
         def collect(uid: str, make_part: Callable[[int, Callable[[int], None]], tuple[CollectedEpisodes, dict]]
                     ) -> tuple[CollectedEpisodes, dict[str, Any]]:
@@ -483,10 +526,11 @@ def _build_datasets(
             return collected, meta
 
         for uid in todo:
-            if uid in QUALITY_BANDS:
+            if uid in levels.bands:
                 def level_part(r: int, report: Callable[[int], None], uid: str = uid):
-                    behaviour, note = medium[r] if uid == "medium" else choose_behaviour(uid, per_run[r], evaluator)
-                    seed = base_seed + LEVEL_SEED + list(QUALITY_BANDS).index(uid) + r * RUN_SEED_STRIDE
+                    behaviour, note = (medium[r] if uid == levels.medium
+                                       else choose_behaviour(uid, per_run[r], evaluator))
+                    seed = base_seed + LEVEL_SEED + list(levels.bands).index(uid) + r * RUN_SEED_STRIDE
                     part = collect_transitions(collectors[r], runs[r].params(behaviour.env_steps), share,
                                                behaviour.mean_length, seed, behaviour.epsilon, behaviour.greedy,
                                                report)
@@ -494,7 +538,7 @@ def _build_datasets(
 
                 collected, meta = collect(uid, level_part)
                 meta.update(_level_metadata(uid, evaluator))
-            elif uid == REPLAY_UID:
+            elif uid == levels.replay:
                 def replay_part(r: int, report: Callable[[int], None]):
                     return _replay_of_run(runs[r], collectors[r], medium[r][0], per_run[r], share, epsilon,
                                           base_seed + REPLAY_SEED + r * RUN_SEED_STRIDE, report)
@@ -502,12 +546,12 @@ def _build_datasets(
                 collected, meta = collect(uid, replay_part)
                 meta.update({"quality": "replay of training up to the medium policy", **evaluator.scoring_metadata()})
             else:
-                levels = list(QUALITY_BANDS)
-                collected = merge_collected([_reload(vault, level) for level in levels])
-                sources = [{**s, "level": level} for level in levels
+                members = list(levels.mixed_of)
+                collected = merge_collected([_reload(vault, level) for level in members])
+                sources = [{**s, "level": level} for level in members
                            for s in vault_metadata(vault, level).get("sources", [])]
-                meta = {"env": runs[0].experiment.env, "quality": "union of " + ", ".join(levels),
-                        "mixed_of": levels, "sources": sources, "rollout_epsilon": epsilon,
+                meta = {"env": runs[0].experiment.env, "quality": "union of " + ", ".join(members),
+                        "mixed_of": members, "sources": sources, "rollout_epsilon": epsilon,
                         **evaluator.scoring_metadata()}
             write_vault(collected.dataset, vault, uid, {**meta, **outcome_metadata(collected)})
             write_dataset_card(vault, uid)
