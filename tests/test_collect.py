@@ -181,7 +181,7 @@ def test_cli_collect_missing_run_and_existing_uid(saved_run: Path, tmp_path: Pat
     (["--env", "smax:3m", "--seeds", "0,0"], "--seeds names '0' more than once"),
     (["--env", "smax:3m", "--epsilon", "1.5"], "epsilon=1.5 is invalid"),
     (["--env", "smax:3m", "--runs", "a,b", "--seeds", "0"], "--runs and --seeds exclude each other"),
-    (["--env", "mpe:simple_spread_continuous"], "has continuous actions; datasets hold discrete actions only"),
+    (["--env", "mpe:simple_spread_continuous", "--epsilon", "-0.1"], "epsilon=-0.1 is invalid"),
 ])
 def test_cli_make_datasets_bad_input_is_one_line_exit_2(
     tmp_path: Path, capsys, argv: list[str], problem: str
