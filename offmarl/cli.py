@@ -126,7 +126,8 @@ def _build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--out", required=True, help="vault directory, e.g. datasets/smax_3m.vlt")
     collect.add_argument("--uid", required=True, help="dataset name inside the vault, e.g. good")
     collect.add_argument("--epsilon", type=float, default=0.0,
-                         help="probability of a uniformly random available action per agent and step")
+                         help="probability of a uniformly random action per agent and step "
+                              "(an available one, or one in the box)")
     collect.add_argument("--greedy", action="store_true", help="act greedily (default: sample)")
     collect.add_argument("--seed", type=int, default=0)
     collect.add_argument("--quiet", action="store_true", help="no progress display")
@@ -141,7 +142,8 @@ def _build_parser() -> argparse.ArgumentParser:
     make_data.add_argument("--transitions", type=_count("--transitions"), default=100_000,
                            help="at least this many transitions per dataset, shared evenly by the runs")
     make_data.add_argument("--epsilon", type=float, default=0.05,
-                           help="rollout epsilon: probability of a random available action per agent and step")
+                           help="rollout epsilon: probability of a random action per agent and step "
+                                "(uniform over the available ones, or over the box)")
     make_data.add_argument("--env-steps", type=_count("--env-steps"), help="training budget of each new run")
     make_data.add_argument("--quiet", action="store_true", help="no progress display")
 
