@@ -120,11 +120,15 @@ def _stderr_silenced() -> Iterator[None]:
 
 
 class RolloutWorker:
-    """A Ray actor: vmapped environments and a policy copy that produce jitted unrolls."""
+    """A Ray actor: vmapped environments and a policy copy that produce jitted unrolls.
+
+    Workers act on the CPU, as IMPALA's actors do; only the learner uses an accelerator.
+    On a GPU machine, workers that also took the GPU would each reserve most of its memory."""
 
     def __init__(self, experiment: dict, worker_index: int, stream: int) -> None:
         """`stream` (the learner's update count when the worker starts) separates the random
         streams of restarted and resumed workers from the ones before."""
+        jax.config.update("jax_platforms", "cpu")
         from offmarl.utils.compile_cache import enable_compile_cache
 
         enable_compile_cache()
