@@ -12,6 +12,7 @@ Writes is_ablation.json, is_ablation.md and is_ablation.png under --out. Usage:
 
     python benchmarks/is_ablation.py --env smax:3m --lags 0,8,32 --workers 2 --seeds 3 [key=value ...]
     python benchmarks/is_ablation.py --env smax:3m --lags '' --simulated 1,2,8,32 --workers 2 --seeds 3
+    python benchmarks/is_ablation.py --lags '' --simulated 1,32 --workers '' --arms with behaviour_kl_cost=0.1
 
 Trailing key=value words override config fields for every run, as in `offmarl train`.
 """
@@ -34,7 +35,7 @@ from offmarl.utils.plotting import save_figure  # noqa: E402
 from offmarl.utils.files import atomic_write_bytes, atomic_write_json  # noqa: E402
 from timing import machine  # noqa: E402
 
-ARMS = {"with IS": True, "without IS": False}
+ARMS = {"with": ("with IS", True), "without": ("without IS", False)}
 
 
 def run_setting(env: str, setting: dict, weights: bool, seed: int, budget: dict, runs: Path) -> dict:
@@ -98,6 +99,8 @@ def main() -> None:
     parser.add_argument("--env-steps", type=int, default=3_000_000)
     parser.add_argument("--final-eval-episodes", type=int, default=128)
     parser.add_argument("--out", default="benchmarks/results/is_ablation")
+    parser.add_argument("--arms", default="with,without",
+                        help="which arms to train: with (MA-Trace), without (importance_weights=false), or both")
     parser.add_argument("overrides", nargs="*", help="config fields for every run, e.g. lr=5e-4")
     args = parser.parse_args()
     settings = [{"policy_lag": int(lag)} for lag in args.lags.split(",") if lag]
@@ -105,6 +108,9 @@ def main() -> None:
     settings += [{"workers": int(k)} for k in args.workers.split(",") if k]
     if args.seeds < 1 or not settings:
         parser.error("need --seeds >= 1 and at least one lag, simulated-worker or worker setting")
+    arms = [a for a in args.arms.split(",") if a]
+    if not arms or any(a not in ARMS for a in arms):
+        parser.error(f"--arms={args.arms!r} is invalid; valid choices: with, without, or with,without")
     out = Path(args.out)
     overrides = parse_overrides(args.overrides)
     budget = {**overrides, "env_steps": args.env_steps, "final_eval_episodes": args.final_eval_episodes}
@@ -112,7 +118,7 @@ def main() -> None:
     rows = []
     for setting in settings:
         label = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in setting.items())
-        for arm, weights in ARMS.items():
+        for arm, weights in (ARMS[a] for a in arms):
             summaries = [run_setting(args.env, setting, weights, seed, budget, out / "runs")
                          for seed in range(args.seeds)]
             rows.append(describe(label, arm, summaries, setting.get("policy_lag")))
