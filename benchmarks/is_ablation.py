@@ -79,9 +79,12 @@ def write_outputs(rows: list[dict], out: Path, info: dict) -> None:
             for p, r in points:
                 ax.scatter([p] * len(r["win_rates"]), r["win_rates"], s=8, alpha=0.4, color="grey")
     ax.set_xticks(x, settings, rotation=15)
+    ax.set_xlim(-0.5, len(settings) - 0.5)
     ax.set_ylabel("final greedy eval win rate")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"{info['env']}: importance weights under policy lag ({info['env_steps']:,} steps)")
+    changes = " ".join(f"{k}={v}" for k, v in info["overrides"].items())
+    ax.set_title(f"{info['env']}: importance weights under policy lag ({info['env_steps']:,} steps)"
+                 + (f"\n{changes}" if changes else ""), fontsize=10)
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
