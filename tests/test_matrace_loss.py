@@ -442,3 +442,37 @@ def test_lag_robust_settings_are_off_by_default_and_agree_on_policy() -> None:
         make_config(pg_ratio="mean").validate()
     with pytest.raises(ConfigError, match="pg_ratio=per_agent needs a team critic"):
         make_config("decentralised", pg_ratio="per_agent").validate()
+
+
+def test_update_anchored_kl_pulls_towards_the_policy_the_update_starts_from() -> None:
+    """kl_anchor=update: prepare_batch stores the taken actions' log-probabilities under
+    the starting parameters; the penalty is 0 there and, elsewhere, the k3 divergence to
+    that policy (NumPy), while behaviour_kl keeps measuring the distance to mu."""
+    anchored = MATrace(make_config("obs", behaviour_kl_cost=0.3, kl_anchor="update"), SPEC)
+    plain = MATrace(make_config("obs"), SPEC)
+    start, moved = make_params(anchored, seed=1), make_params(anchored, seed=5)
+    rollout = make_rollout(seed=2)
+    batch = anchored.prepare_batch(start, rollout)
+    actions = np.asarray(rollout.actions)[..., None]
+    log_pi_start = np.take_along_axis(log_softmax(np.asarray(anchored.unroll_logits(start, rollout), np.float64)),
+                                      actions, axis=-1)[..., 0]
+    np.testing.assert_allclose(np.asarray(batch.extras), log_pi_start, rtol=1e-5, atol=1e-6)
+    assert plain.prepare_batch(start, rollout).extras is None
+
+    total, metrics = anchored.loss(start, batch)
+    assert float(metrics["anchor_kl"]) == pytest.approx(0.0, abs=1e-6)
+    np.testing.assert_allclose(float(total), float(plain.loss(start, batch)[0]), rtol=1e-6, atol=1e-7)
+
+    total, metrics = anchored.loss(moved, batch)
+    log_pi_moved = np.take_along_axis(log_softmax(np.asarray(anchored.unroll_logits(moved, rollout), np.float64)),
+                                      actions, axis=-1)[..., 0]
+    log_ratio = log_pi_moved - log_pi_start
+    expected_kl = np.mean(np.sum(np.exp(log_ratio) - 1 - log_ratio, axis=-1))
+    assert expected_kl > 0.05
+    np.testing.assert_allclose(float(metrics["anchor_kl"]), expected_kl, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(float(total), float(plain.loss(moved, batch)[0]) + 0.3 * expected_kl,
+                               rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(float(metrics["behaviour_kl"]), hand_loss(anchored, moved, rollout)["behaviour_kl"],
+                               rtol=RTOL, atol=ATOL)
+    with pytest.raises(ConfigError, match="kl_anchor='learner' is invalid; valid choices: behaviour, update"):
+        make_config(kl_anchor="learner").validate()

@@ -63,6 +63,15 @@ def vtrace(
     return jax.lax.stop_gradient(vs), jax.lax.stop_gradient(pg_advantages)
 
 
+def k3_divergence(log_probs: jax.Array, anchor_log_probs: jax.Array) -> jax.Array:
+    """Mean over [T, B] of sum_i (r_i - 1) - log r_i with r_i = pi_i / anchor_i on the taken
+    actions ([T, B, N] log-probabilities): never negative, zero where the two agree, and
+    unbiased for KL(anchor || pi) when the anchor drew the actions (the "k3" estimator).
+    log r is clipped to [-20, 20] so a near-impossible action cannot overflow it."""
+    log_ratio = jnp.clip(log_probs - anchor_log_probs, -20.0, 20.0)
+    return jnp.mean(jnp.sum(jnp.exp(log_ratio) - 1.0 - log_ratio, axis=-1))
+
+
 @dataclass(frozen=True)
 class MATraceConfig(ActorCriticConfig):
     """MA-Trace hyper-parameters. Defaults follow the paper and its released code
@@ -103,12 +112,19 @@ class MATraceConfig(ActorCriticConfig):
     """Weight of a per-agent KL(mu_i || pi_i) penalty towards the behaviour policy,
     estimated on the taken actions as mean((rho_i - 1) - log rho_i); a soft trust region
     for stale data. 0 is the paper."""
+    kl_anchor: Literal["behaviour", "update"] = "behaviour"
+    """The policy behaviour_kl_cost pulls towards: the behaviour policy mu that acted (as
+    stale as the lag), or the learner's own policy at the start of the current update, a
+    per-update trust region whose anchor does not age with the lag (the same estimator on
+    the taken actions, with pi_start in place of mu; docs/matrace.md)."""
 
     def validate(self) -> None:
         super().validate()
         require(self.pg_ratio in ("joint", "per_agent"),
                 f"pg_ratio={self.pg_ratio!r} is invalid; valid choices: joint, per_agent")
         require(self.behaviour_kl_cost >= 0, f"behaviour_kl_cost={self.behaviour_kl_cost} must be >= 0")
+        require(self.kl_anchor in ("behaviour", "update"),
+                f"kl_anchor={self.kl_anchor!r} is invalid; valid choices: behaviour, update")
         require(not (self.pg_ratio == "per_agent" and self.critic == "decentralised"),
                 "pg_ratio=per_agent needs a team critic (critic=obs or state): with critic=decentralised "
                 "every agent's V-trace already uses its own ratio")
@@ -140,8 +156,13 @@ class MATrace(ActorCritic):
         }
 
     def prepare_batch(self, params: dict, rollout: Rollout) -> Rollout:
-        """V-trace recomputes its targets in every pass: nothing to fix per batch."""
-        return rollout
+        """V-trace recomputes its targets in every pass. Only the per-update trust region
+        (kl_anchor=update) fixes something per batch: the taken actions' log-probabilities
+        under the parameters the update starts from, in `extras`."""
+        if self.config.kl_anchor != "update":
+            return rollout
+        anchor = self.unroll_distribution(params, rollout).log_prob(rollout.actions)
+        return rollout._replace(extras=jax.lax.stop_gradient(anchor))
 
     def loss(
         self, params: dict, rollout: Rollout, progress: jax.Array | float = 0.0
@@ -181,10 +202,8 @@ class MATrace(ActorCritic):
         if cfg.normalize_advantages:
             pg_adv = (pg_adv - pg_adv.mean()) / (pg_adv.std() + 1e-8)
         policy_loss = -jnp.mean(jnp.sum(log_probs * pg_adv, axis=-1))
-        # k3 estimator of KL(mu_i || pi_i) on actions drawn from mu: (rho - 1) - log rho >= 0,
-        # the log ratio clipped so a near-impossible action cannot overflow it.
-        log_ratio = jnp.clip(log_probs - rollout.behaviour_log_probs, -20.0, 20.0)
-        behaviour_kl = jnp.mean(jnp.sum(jnp.exp(log_ratio) - 1.0 - log_ratio, axis=-1))
+        behaviour_kl = k3_divergence(log_probs, rollout.behaviour_log_probs)
+        anchor_kl = behaviour_kl if cfg.kl_anchor == "behaviour" else k3_divergence(log_probs, rollout.extras)
         value_loss = cfg.baseline_cost * 0.5 * jnp.mean((vs - values[:-1]) ** 2)
         mean_entropy = jnp.mean(entropy)
         entropy_cost = jnp.exp(10.0 * params["entropy_param"])
@@ -199,9 +218,11 @@ class MATrace(ActorCritic):
             entropy_loss = -entropy_cost * mean_entropy
         total = policy_loss + value_loss + entropy_loss
         if cfg.behaviour_kl_cost > 0:
-            total = total + cfg.behaviour_kl_cost * behaviour_kl
+            total = total + cfg.behaviour_kl_cost * anchor_kl
         rhos = jnp.exp(jnp.minimum(log_rhos, 20.0))  # diagnostics only: capped so a density ratio cannot overflow
+        anchor_metrics = {"anchor_kl": jax.lax.stop_gradient(anchor_kl)} if cfg.kl_anchor == "update" else {}
         return total, {
+            **anchor_metrics,
             "loss": total,
             "policy_loss": policy_loss,
             "value_loss": value_loss,
