@@ -42,6 +42,12 @@ class OnlineConfig:
     policy_lag: int = 0
     """Act with parameters this many updates old, to exercise the off-policy correction
     (with workers, on top of the lag the asynchronous workers create)."""
+    pipeline: bool = False
+    """Fused runner: act and learn at the same time, on two threads, the actors one update
+    behind the learner. Acting (mostly single-threaded environment stepping) then overlaps
+    the learner's update instead of waiting for it; the price is a behaviour policy one
+    update old (a lag of 1, which a lag from policy_lag or simulated_workers already covers).
+    No effect with Ray workers, which act concurrently anyway."""
     simulated_workers: int = 0
     """0: off. N > 0 (fused runner only): N simulated IMPALA workers, each with its own
     num_envs environments, take turns feeding the learner one unroll per update; the

@@ -9,12 +9,18 @@ environments; the learner consumes the workers' unrolls in turn, one per update,
 worker whose unroll is taken receives the newest parameters at that moment (before the
 learner's step on it), so its next unroll, consumed N updates later, is N versions old.
 Both keep the last lag + 1 parameter versions in a ring, and the lag of every update is
-measured from the version stored with the parameters it acted with."""
+measured from the version stored with the parameters it acted with.
+
+With `pipeline`, updates run as two programs on two threads: while the learner takes
+update u, the actors already collect update u + 1's unroll with parameters that are at
+least one version old. The arithmetic is the same as the single jitted loop's at that lag
+(tests/test_fused_runner.py checks it); only the schedule differs."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -72,10 +78,15 @@ class FusedTrainer:
     def __init__(self, cfg: OnlineConfig, algo: OnlineAlgorithm, env: MultiAgentEnv) -> None:
         cfg.validate()
         self.cfg, self.algo, self.env = cfg, algo, env
-        self.lag = cfg.policy_lag + cfg.simulated_workers
+        self.pipelined = cfg.pipeline and not cfg.workers
+        self.lag = max(cfg.policy_lag + cfg.simulated_workers, int(self.pipelined))
         """Versions between the learner and the behaviour parameters in steady state."""
         self.optimizer = make_optimizer(cfg)
         self._train_jit = jax.jit(self._train)
+        self._act_jit = jax.jit(self.act)
+        self._act_next_jit = jax.jit(self._act_next)
+        self._apply_jit = jax.jit(self.apply_rollout)
+        self._learner_thread: ThreadPoolExecutor | None = None
         self.lag_histogram: Counter = Counter()
         self._committed_histogram: Counter = Counter()
 
@@ -177,7 +188,7 @@ class FusedTrainer:
     def apply_rollout(self, state: TrainState, rollout: Rollout) -> tuple[TrainState, dict]:
         """The learner's half of an update: learn from `rollout`, then advance the version."""
         slots = self.lag + 1
-        rng, learn_rng = jax.random.split(state.rng)
+        rng, learn_rng = _split_learn_rng(state.rng)
         progress = state.update / self.cfg.num_updates
         params, opt_state, metrics = self.learn(state.params, state.opt_state, rollout, learn_rng, progress)
         update = state.update + 1
@@ -190,9 +201,9 @@ class FusedTrainer:
         )
         return state, metrics
 
-    def update(self, state: TrainState) -> tuple[TrainState, EpisodeStats, dict]:
-        """One update: unroll with the (possibly lagged) behaviour policy, then learn.
-        `metrics["lag"]` is the learner's version minus the behaviour parameters' version."""
+    def act(self, state: TrainState) -> tuple[TrainState, Rollout, EpisodeStats, jax.Array]:
+        """The actors' half of an update: one unroll with the (possibly lagged) behaviour
+        parameters, and that lag (the learner's version minus the behaviour's)."""
         behaviour = self.behaviour_params(state)
         lag = state.update - state.param_versions[self._behaviour_slot(state)]
         if self.cfg.simulated_workers:
@@ -204,16 +215,33 @@ class FusedTrainer:
                 for f in ENV_FIELDS})
         else:
             state, rollout, episodes = self.collect(state, behaviour)
+        return state, rollout, episodes, lag
+
+    def _act_next(self, acted: TrainState) -> tuple[TrainState, Rollout, EpisodeStats, jax.Array]:
+        """The next update's `act`, started before the learner has finished with `acted`: it
+        needs only what `apply_rollout` leaves unchanged or computes without learning (the
+        random key and the update count), and parameters at least one version old, which the
+        history already holds."""
+        rng, _ = _split_learn_rng(acted.rng)
+        return self.act(acted._replace(rng=rng, update=acted.update + 1))
+
+    def update(self, state: TrainState) -> tuple[TrainState, EpisodeStats, dict]:
+        """One update: unroll with the (possibly lagged) behaviour policy, then learn.
+        `metrics["lag"]` is the learner's version minus the behaviour parameters' version."""
+        state, rollout, episodes, lag = self.act(state)
         state, metrics = self.apply_rollout(state, rollout)
         return state, episodes, {**metrics, "lag": lag}
 
     def train(self, state: TrainState, num_updates: int) -> tuple[TrainState, EpisodeStats, dict]:
         """Run `num_updates` updates (jitted); returns the state, the summed episode stats
         and the learner's mean metrics, with lag_mean and lag_max where acting is lagged."""
-        state, episodes, metrics = self._train_jit(state, num_updates)
+        if self.pipelined:
+            state, episodes, metrics = self._train_pipelined(state, num_updates)
+        else:
+            state, episodes, metrics = self._train_jit(state, num_updates)
         metrics = dict(metrics)
         counts = np.asarray(metrics.pop("lag_counts"))
-        metrics.pop("lag")
+        metrics.pop("lag", None)
         if self.lag:
             seen = np.flatnonzero(counts)
             self.lag_histogram.update({int(k): int(counts[k]) for k in seen})
@@ -225,7 +253,13 @@ class FusedTrainer:
     def compile(self, state: TrainState, num_updates: int) -> float:
         """Compile `train` ahead of time for this state's shapes; returns the seconds taken."""
         start = time.perf_counter()
-        self._train_jit = jax.jit(self._train).lower(state, num_updates).compile()
+        if self.pipelined:
+            acted, rollout, _, _ = jax.eval_shape(self.act, state)
+            self._act_jit = jax.jit(self.act).lower(state).compile()
+            self._act_next_jit = jax.jit(self._act_next).lower(acted).compile()
+            self._apply_jit = jax.jit(self.apply_rollout).lower(acted, rollout).compile()
+        else:
+            self._train_jit = jax.jit(self._train).lower(state, num_updates).compile()
         return time.perf_counter() - start
 
     def checkpoint_meta(self) -> dict:
@@ -257,6 +291,35 @@ class FusedTrainer:
 
     def close(self, run_dir: Path) -> None:
         """Release workers and write the trainer's own artefacts into `run_dir`."""
+        if self._learner_thread is not None:
+            self._learner_thread.shutdown()
+            self._learner_thread = None
+
+    def _train_pipelined(self, state: TrainState, num_updates: int):
+        """`_train`'s updates, with each update's learning overlapping the next one's acting
+        (on a second thread; the jitted calls release the GIL)."""
+        if self._learner_thread is None:
+            self._learner_thread = ThreadPoolExecutor(1, thread_name_prefix="offmarl-learner")
+        learn = lambda acted, rollout: jax.block_until_ready(self._apply_jit(acted, rollout))  # noqa: E731
+        acted, rollout, episodes, lag = self._act_jit(state)
+        totals, lags = None, []
+        for u in range(num_updates):
+            learning = self._learner_thread.submit(learn, acted, rollout)
+            if u + 1 < num_updates:
+                next_acted, next_rollout, next_episodes, next_lag = jax.block_until_ready(
+                    self._act_next_jit(acted))
+            state, metrics = learning.result()
+            step = (episodes, metrics)
+            totals = step if totals is None else jax.tree.map(jnp.add, totals, step)
+            lags.append(lag)
+            if u + 1 < num_updates:
+                # The learner's fields from its update, the actors' from their next unroll.
+                acted = state._replace(rng=next_acted.rng, **{f: getattr(next_acted, f) for f in ENV_FIELDS})
+                rollout, episodes, lag = next_rollout, next_episodes, next_lag
+        episodes, metrics = totals
+        lag_counts = np.bincount(np.asarray(lags, dtype=np.int64), minlength=self.lag + 1)
+        metrics = jax.tree.map(lambda m: m / num_updates, metrics)
+        return state, episodes, {**metrics, "lag_counts": lag_counts}
 
     def _train(self, state: TrainState, num_updates: jax.Array):
         """Run `num_updates` updates; returns summed episode stats and mean learner metrics."""
@@ -274,6 +337,12 @@ class FusedTrainer:
             0, num_updates, body, (state, zeros, lag_counts))
         metrics = jax.tree.map(lambda m: m / jnp.maximum(num_updates, 1), metrics)
         return state, episodes, {**metrics, "lag_counts": lag_counts}
+
+
+def _split_learn_rng(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The key an update carries on, and the key its learning step uses."""
+    rng, learn_rng = jax.random.split(rng)
+    return rng, learn_rng
 
 
 def _histogram_json(histogram: Counter) -> dict[str, int]:
