@@ -117,28 +117,29 @@ def test_the_lag_histogram_is_measured_and_rolls_back_with_an_aborted_chunk(smax
     assert _trainer(smax_3m).summary() == {}  # no lag, nothing to report
 
 
-@pytest.mark.parametrize("lag_setting", [{}, {"simulated_workers": 2}])
-def test_pipelined_updates_compute_what_the_single_jitted_loop_computes(smax_3m, lag_setting) -> None:
-    """pipeline=True overlaps acting and learning on two threads; at the same lag (1, or the
-    simulated workers' own) it must give the same parameters, episodes and lags as `_train`."""
-    lag = max(lag_setting.get("simulated_workers", 0), 1)
-    sequential = _trainer(smax_3m, policy_lag=0 if lag_setting else 1, **lag_setting)
-    pipelined = _trainer(smax_3m, pipeline=True, **lag_setting)
-    assert pipelined.pipelined and pipelined.lag == sequential.lag == lag
-    results = []
-    for trainer in (sequential, pipelined):
-        state = trainer.init(jax.random.PRNGKey(3))
-        state, episodes, metrics = trainer.train(state, 4)
-        state, more_episodes, _ = trainer.train(state, 3)  # a second chunk continues the first
-        results.append((state, episodes, more_episodes, metrics))
-    (s1, e1, f1, m1), (s2, e2, f2, m2) = results
-    for a, b in zip(_leaves(s1), _leaves(s2)):
+@pytest.mark.parametrize("setting", [{}, {"simulated_workers": 2}, {"actor_threads": 2}])
+def test_pipelined_threads_compute_what_the_single_jitted_loop_computes(smax_3m, setting) -> None:
+    """pipeline=True runs acting and learning (and the actor_threads groups) on separate
+    threads; it must give the parameters, environments, episodes and lags of the same
+    trainer's single jitted loop, which runs the same steps one after another."""
+    trainer = _trainer(smax_3m, pipeline=True, **setting)
+    assert trainer.pipelined and trainer.lag == max(setting.get("simulated_workers", 0), 1)
+    assert trainer.groups == setting.get("actor_threads", 1)
+    start = trainer.init(jax.random.PRNGKey(3))
+    looped, looped_episodes, looped_metrics = trainer._train_jit(start, 5)
+    threaded, threaded_episodes, threaded_metrics = trainer.train(start, 5)
+    for a, b in zip(_leaves(looped), _leaves(threaded)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(e1 + f1, float), np.asarray(e2 + f2, float))
-    assert int(s2.update) == 7
-    assert m1["lag_mean"] == m2["lag_mean"] and m1["lag_max"] == m2["lag_max"] == lag
-    np.testing.assert_allclose(float(m1["loss"]), float(m2["loss"]), rtol=1e-5)
-    assert sequential.lag_histogram == pipelined.lag_histogram
+    assert int(threaded.update) == 5 and float(threaded_episodes.episodes) > 0
+    np.testing.assert_allclose(np.asarray(looped_episodes, float), np.asarray(threaded_episodes, float))
+    np.testing.assert_allclose(float(looped_metrics["loss"]), float(threaded_metrics["loss"]), rtol=1e-5)
+    counts = np.asarray(looped_metrics["lag_counts"])
+    assert trainer.lag_histogram == {k: int(c) for k, c in enumerate(counts) if c}
+    # A second chunk carries on from the first as one longer chunk would.
+    later, _, _ = trainer.train(threaded, 2)
+    reference, _, _ = trainer._train_jit(looped, 2)
+    for a, b in zip(_leaves(reference.params), _leaves(later.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_pipeline_has_no_effect_with_ray_workers(smax_3m) -> None:

@@ -11,16 +11,20 @@ learner's step on it), so its next unroll, consumed N updates later, is N versio
 Both keep the last lag + 1 parameter versions in a ring, and the lag of every update is
 measured from the version stored with the parameters it acted with.
 
-With `pipeline`, updates run as two programs on two threads: while the learner takes
-update u, the actors already collect update u + 1's unroll with parameters that are at
-least one version old. The arithmetic is the same as the single jitted loop's at that lag
-(tests/test_fused_runner.py checks it); only the schedule differs."""
+With `pipeline`, updates run as separate programs on separate threads: while the learner
+takes update u, the actors already collect update u + 1's unroll with parameters that are
+at least one version old, and with `actor_threads` K the environments are split into K
+groups stepped by K threads at once (one XLA CPU program of small environment kernels
+leaves most of a core idle; several run side by side). The arithmetic is the same as the
+single jitted loop's (which vmaps over the K groups) at that lag; only the schedule
+differs (tests/test_fused_runner.py checks it)."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -83,20 +87,24 @@ class FusedTrainer:
         """Versions between the learner and the behaviour parameters in steady state."""
         self.optimizer = make_optimizer(cfg)
         self._train_jit = jax.jit(self._train)
-        self._act_jit = jax.jit(self.act)
-        self._act_next_jit = jax.jit(self._act_next)
+        self.groups = cfg.actor_threads if self.pipelined else 1
+        """Environment groups collected side by side, each `num_envs // groups` wide."""
+        self._prepare_jit = {advance: jax.jit(partial(self._prepare_act, advance=advance))
+                             for advance in (False, True)}
+        self._collect_jit = jax.jit(self._collect_envs)
+        self._merge_jit = jax.jit(self._merge_groups)
         self._apply_jit = jax.jit(self.apply_rollout)
-        self._learner_thread: ThreadPoolExecutor | None = None
+        self._threads: ThreadPoolExecutor | None = None
         self.lag_histogram: Counter = Counter()
         self._committed_histogram: Counter = Counter()
 
-    def _fresh_envs(self, rng: jax.Array) -> dict:
+    def _fresh_envs(self, rng: jax.Array, num_envs: int) -> dict:
         """The environment fields of a TrainState for `num_envs` newly reset environments."""
-        env_state, timestep = jax.vmap(self.env.reset)(jax.random.split(rng, self.cfg.num_envs))
+        env_state, timestep = jax.vmap(self.env.reset)(jax.random.split(rng, num_envs))
         return {"env_state": env_state, "timestep": timestep,
-                "starts": jnp.ones((self.cfg.num_envs,), bool),
-                "policy_state": self.algo.initial_policy_state((self.cfg.num_envs,)),
-                "episode_return": jnp.zeros((self.cfg.num_envs,))}
+                "starts": jnp.ones((num_envs,), bool),
+                "policy_state": self.algo.initial_policy_state((num_envs,)),
+                "episode_return": jnp.zeros((num_envs,))}
 
     def init(self, rng: jax.Array) -> TrainState:
         """The state at step 0: parameters, optimiser and fresh environments, built as one
@@ -106,10 +114,15 @@ class FusedTrainer:
     def _init(self, rng: jax.Array) -> TrainState:
         param_rng, env_rng, rng = jax.random.split(rng, 3)
         params = self.algo.init(param_rng)
+        num_envs = self.cfg.num_envs
         if self.cfg.simulated_workers:
-            envs = jax.vmap(self._fresh_envs)(jax.random.split(env_rng, self.cfg.simulated_workers))
+            keys = jax.random.split(env_rng, self.cfg.simulated_workers)
+            envs = jax.vmap(self._fresh_envs, in_axes=(0, None))(keys, num_envs)
+        elif self.groups > 1:
+            keys = jax.random.split(env_rng, self.groups)
+            envs = jax.vmap(self._fresh_envs, in_axes=(0, None))(keys, num_envs // self.groups)
         else:
-            envs = self._fresh_envs(env_rng)
+            envs = self._fresh_envs(env_rng, num_envs)
         state = TrainState(
             params=params,
             opt_state=self.optimizer.init(params),
@@ -127,11 +140,18 @@ class FusedTrainer:
         self, state: TrainState, behaviour_params: Any
     ) -> tuple[TrainState, Rollout, EpisodeStats]:
         """Roll every environment `unroll_length` steps with the behaviour policy."""
-        num_envs = self.cfg.num_envs
+        envs, rng, rollout, episodes = self._collect_envs(_env_fields(state), state.rng, behaviour_params)
+        return state._replace(rng=rng, **envs), rollout, episodes
+
+    def _collect_envs(
+        self, envs: dict, rng: jax.Array, behaviour_params: Any
+    ) -> tuple[dict, jax.Array, Rollout, EpisodeStats]:
+        """`collect` on the environment fields alone: (envs, rng, rollout, episodes)."""
+        num_envs = envs["starts"].shape[0]
         # Episode lengths are not kept across unrolls (training needs none): the records'
         # episode_length counts from this unroll's start.
-        carry = LoopCarry(state.env_state, state.timestep, state.starts, state.policy_state,
-                          state.episode_return, jnp.zeros((num_envs,), jnp.int32), state.rng)
+        carry = LoopCarry(envs["env_state"], envs["timestep"], envs["starts"], envs["policy_state"],
+                          envs["episode_return"], jnp.zeros((num_envs,), jnp.int32), rng)
         carry, steps = run_steps(self.env, self.algo, behaviour_params, carry, self.cfg.unroll_length)
         ts = carry.timestep
         rollout = Rollout(
@@ -148,10 +168,9 @@ class FusedTrainer:
         finished = steps.done.astype(jnp.float32)
         episodes = EpisodeStats(jnp.sum(finished), jnp.sum(steps.episode_return * finished),
                                 jnp.sum(steps.won.astype(jnp.float32)))
-        state = state._replace(env_state=carry.env_state, timestep=ts, starts=carry.starts,
-                               policy_state=carry.policy_state, episode_return=carry.episode_return,
-                               rng=carry.rng)
-        return state, rollout, episodes
+        envs = {"env_state": carry.env_state, "timestep": ts, "starts": carry.starts,
+                "policy_state": carry.policy_state, "episode_return": carry.episode_return}
+        return envs, carry.rng, rollout, episodes
 
     # -- learning ------------------------------------------------------------
     def learn(self, params: Any, opt_state: Any, rollout: Rollout, rng: jax.Array, progress: jax.Array):
@@ -204,26 +223,44 @@ class FusedTrainer:
     def act(self, state: TrainState) -> tuple[TrainState, Rollout, EpisodeStats, jax.Array]:
         """The actors' half of an update: one unroll with the (possibly lagged) behaviour
         parameters, and that lag (the learner's version minus the behaviour's)."""
+        state, behaviour, groups, keys, lag = self._prepare_act(state, False)
+        collected = [self._collect_envs(envs, key, behaviour) for envs, key in zip(groups, keys)]
+        return (*self._merge_groups(state, collected), lag)
+
+    def _prepare_act(self, state: TrainState, advance: bool):
+        """What the actors of one update start from: (state, behaviour parameters, the
+        environment groups to collect, one key per group, lag). `advance` prepares the update
+        after `state`'s, before the learner has finished with `state`: it needs only what
+        `apply_rollout` computes without learning (the next key and the update count) and
+        parameters at least one version old, which the history already holds."""
+        if advance:
+            rng, _ = _split_learn_rng(state.rng)
+            state = state._replace(rng=rng, update=state.update + 1)
         behaviour = self.behaviour_params(state)
         lag = state.update - state.param_versions[self._behaviour_slot(state)]
+        envs = _env_fields(state)
         if self.cfg.simulated_workers:
             worker = state.update % self.cfg.simulated_workers
-            own = state._replace(**{f: jax.tree.map(lambda x: x[worker], getattr(state, f)) for f in ENV_FIELDS})
-            own, rollout, episodes = self.collect(own, behaviour)
-            state = state._replace(rng=own.rng, **{
-                f: jax.tree.map(lambda all_, one: all_.at[worker].set(one), getattr(state, f), getattr(own, f))
-                for f in ENV_FIELDS})
-        else:
-            state, rollout, episodes = self.collect(state, behaviour)
-        return state, rollout, episodes, lag
+            return state, behaviour, [jax.tree.map(lambda x: x[worker], envs)], [state.rng], lag
+        if self.groups == 1:
+            return state, behaviour, [envs], [state.rng], lag
+        rng, *keys = jax.random.split(state.rng, self.groups + 1)
+        groups = [jax.tree.map(lambda x: x[g], envs) for g in range(self.groups)]
+        return state._replace(rng=rng), behaviour, groups, keys, lag
 
-    def _act_next(self, acted: TrainState) -> tuple[TrainState, Rollout, EpisodeStats, jax.Array]:
-        """The next update's `act`, started before the learner has finished with `acted`: it
-        needs only what `apply_rollout` leaves unchanged or computes without learning (the
-        random key and the update count), and parameters at least one version old, which the
-        history already holds."""
-        rng, _ = _split_learn_rng(acted.rng)
-        return self.act(acted._replace(rng=rng, update=acted.update + 1))
+    def _merge_groups(self, state: TrainState, collected: list) -> tuple[TrainState, Rollout, EpisodeStats]:
+        """Put the groups' `_collect_envs` results back into `state`: their environments, one
+        rollout joined along the environment axis, and their summed episode stats."""
+        envs, rngs, rollouts, episodes = zip(*collected)
+        if self.cfg.simulated_workers:
+            worker = state.update % self.cfg.simulated_workers
+            merged = jax.tree.map(lambda all_, one: all_.at[worker].set(one), _env_fields(state), envs[0])
+            return state._replace(rng=rngs[0], **merged), rollouts[0], episodes[0]
+        if self.groups == 1:
+            return state._replace(rng=rngs[0], **envs[0]), rollouts[0], episodes[0]
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *envs)
+        rollout = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *rollouts)
+        return state._replace(**stacked), rollout, jax.tree.map(lambda *xs: sum(xs), *episodes)
 
     def update(self, state: TrainState) -> tuple[TrainState, EpisodeStats, dict]:
         """One update: unroll with the (possibly lagged) behaviour policy, then learn.
@@ -254,9 +291,14 @@ class FusedTrainer:
         """Compile `train` ahead of time for this state's shapes; returns the seconds taken."""
         start = time.perf_counter()
         if self.pipelined:
-            acted, rollout, _, _ = jax.eval_shape(self.act, state)
-            self._act_jit = jax.jit(self.act).lower(state).compile()
-            self._act_next_jit = jax.jit(self._act_next).lower(acted).compile()
+            prepared, behaviour, groups, keys, _ = jax.eval_shape(self._prepare_act, state, False)
+            for advance in (False, True):
+                prepare = jax.jit(partial(self._prepare_act, advance=advance))
+                self._prepare_jit[advance] = prepare.lower(state).compile()
+            self._collect_jit = jax.jit(self._collect_envs).lower(groups[0], keys[0], behaviour).compile()
+            collected = [jax.eval_shape(self._collect_envs, g, k, behaviour) for g, k in zip(groups, keys)]
+            self._merge_jit = jax.jit(self._merge_groups).lower(prepared, collected).compile()
+            acted, rollout, _ = jax.eval_shape(self._merge_groups, prepared, collected)
             self._apply_jit = jax.jit(self.apply_rollout).lower(acted, rollout).compile()
         else:
             self._train_jit = jax.jit(self._train).lower(state, num_updates).compile()
@@ -291,30 +333,37 @@ class FusedTrainer:
 
     def close(self, run_dir: Path) -> None:
         """Release workers and write the trainer's own artefacts into `run_dir`."""
-        if self._learner_thread is not None:
-            self._learner_thread.shutdown()
-            self._learner_thread = None
+        if self._threads is not None:
+            self._threads.shutdown()
+            self._threads = None
 
     def _train_pipelined(self, state: TrainState, num_updates: int):
-        """`_train`'s updates, with each update's learning overlapping the next one's acting
-        (on a second thread; the jitted calls release the GIL)."""
-        if self._learner_thread is None:
-            self._learner_thread = ThreadPoolExecutor(1, thread_name_prefix="offmarl-learner")
+        """`_train`'s updates, each update's learning overlapping the next one's acting, and
+        the environment groups collected side by side (threads; jitted calls release the GIL)."""
+        if self._threads is None:
+            self._threads = ThreadPoolExecutor(self.groups + 1, thread_name_prefix="offmarl-fused")
         learn = lambda acted, rollout: jax.block_until_ready(self._apply_jit(acted, rollout))  # noqa: E731
-        acted, rollout, episodes, lag = self._act_jit(state)
+        collect = lambda envs, key, behaviour: jax.block_until_ready(  # noqa: E731
+            self._collect_jit(envs, key, behaviour))
+
+        def act(state: TrainState, advance: bool):
+            state, behaviour, groups, keys, lag = self._prepare_jit[advance](state)
+            collected = list(self._threads.map(collect, groups, keys, [behaviour] * len(groups)))
+            return (*self._merge_jit(state, collected), lag)
+
+        acted, rollout, episodes, lag = act(state, False)
         totals, lags = None, []
         for u in range(num_updates):
-            learning = self._learner_thread.submit(learn, acted, rollout)
+            learning = self._threads.submit(learn, acted, rollout)
             if u + 1 < num_updates:
-                next_acted, next_rollout, next_episodes, next_lag = jax.block_until_ready(
-                    self._act_next_jit(acted))
+                next_acted, next_rollout, next_episodes, next_lag = act(acted, True)
             state, metrics = learning.result()
             step = (episodes, metrics)
             totals = step if totals is None else jax.tree.map(jnp.add, totals, step)
             lags.append(lag)
             if u + 1 < num_updates:
                 # The learner's fields from its update, the actors' from their next unroll.
-                acted = state._replace(rng=next_acted.rng, **{f: getattr(next_acted, f) for f in ENV_FIELDS})
+                acted = state._replace(rng=next_acted.rng, **_env_fields(next_acted))
                 rollout, episodes, lag = next_rollout, next_episodes, next_lag
         episodes, metrics = totals
         lag_counts = np.bincount(np.asarray(lags, dtype=np.int64), minlength=self.lag + 1)
@@ -337,6 +386,10 @@ class FusedTrainer:
             0, num_updates, body, (state, zeros, lag_counts))
         metrics = jax.tree.map(lambda m: m / jnp.maximum(num_updates, 1), metrics)
         return state, episodes, {**metrics, "lag_counts": lag_counts}
+
+
+def _env_fields(state: TrainState) -> dict:
+    return {f: getattr(state, f) for f in ENV_FIELDS}
 
 
 def _split_learn_rng(rng: jax.Array) -> tuple[jax.Array, jax.Array]:
