@@ -117,14 +117,15 @@ def test_the_lag_histogram_is_measured_and_rolls_back_with_an_aborted_chunk(smax
     assert _trainer(smax_3m).summary() == {}  # no lag, nothing to report
 
 
-@pytest.mark.parametrize("setting", [{}, {"simulated_workers": 2}, {"actor_threads": 2}])
-def test_pipelined_threads_compute_what_the_single_jitted_loop_computes(smax_3m, setting) -> None:
-    """pipeline=True runs acting and learning (and the actor_threads groups) on separate
-    threads; it must give the parameters, environments, episodes and lags of the same
-    trainer's single jitted loop, which runs the same steps one after another."""
-    trainer = _trainer(smax_3m, pipeline=True, **setting)
-    assert trainer.pipelined and trainer.lag == max(setting.get("simulated_workers", 0), 1)
-    assert trainer.groups == setting.get("actor_threads", 1)
+@pytest.mark.parametrize("setting", [{"pipeline": True, "simulated_workers": 2}, {"actor_threads": 2},
+                                     {"pipeline": True, "actor_threads": 2}])
+def test_threaded_schedule_computes_what_the_single_jitted_loop_computes(smax_3m, setting) -> None:
+    """actor_threads and pipeline run the environment groups' acting and the learning on
+    separate threads; that must give the parameters, environments, episodes and lags of the
+    same trainer's single jitted loop, which runs the same steps one after another."""
+    trainer = _trainer(smax_3m, **setting)
+    assert trainer.threaded and trainer.groups == setting.get("actor_threads", 1)
+    assert trainer.lag == max(setting.get("simulated_workers", 0), int(setting.get("pipeline", False)))
     start = trainer.init(jax.random.PRNGKey(3))
     looped, looped_episodes, looped_metrics = trainer._train_jit(start, 5)
     threaded, threaded_episodes, threaded_metrics = trainer.train(start, 5)
@@ -134,7 +135,8 @@ def test_pipelined_threads_compute_what_the_single_jitted_loop_computes(smax_3m,
     np.testing.assert_allclose(np.asarray(looped_episodes, float), np.asarray(threaded_episodes, float))
     np.testing.assert_allclose(float(looped_metrics["loss"]), float(threaded_metrics["loss"]), rtol=1e-5)
     counts = np.asarray(looped_metrics["lag_counts"])
-    assert trainer.lag_histogram == {k: int(c) for k, c in enumerate(counts) if c}
+    expected = {k: int(c) for k, c in enumerate(counts) if c} if trainer.lag else {}  # kept only with lag
+    assert trainer.lag_histogram == expected
     # A second chunk carries on from the first as one longer chunk would.
     later, _, _ = trainer.train(threaded, 2)
     reference, _, _ = trainer._train_jit(looped, 2)
@@ -142,5 +144,6 @@ def test_pipelined_threads_compute_what_the_single_jitted_loop_computes(smax_3m,
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_pipeline_has_no_effect_with_ray_workers(smax_3m) -> None:
-    assert not _trainer(smax_3m, pipeline=True, workers=2).pipelined
+def test_pipeline_and_actor_threads_have_no_effect_with_ray_workers(smax_3m) -> None:
+    trainer = _trainer(smax_3m, pipeline=True, actor_threads=2, workers=2)
+    assert not trainer.threaded and trainer.groups == 1 and trainer.lag == 0

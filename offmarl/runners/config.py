@@ -48,11 +48,13 @@ class OnlineConfig:
     the learner's update instead of waiting for it; the price is a behaviour policy one
     update old (a lag of 1, which a lag from policy_lag or simulated_workers already covers).
     No effect with Ray workers, which act concurrently anyway."""
-    actor_threads: int = 1
-    """With pipeline: split the num_envs environments into this many equal groups, each
-    stepped by its own thread at the same time. One XLA CPU program of small environment
-    kernels leaves much of a core idle, so several side by side step more environments per
-    second (benchmarks/throughput.py). Same parameters for every group; must divide num_envs."""
+    actor_threads: int = 4
+    """Fused runner: split the num_envs environments into this many equal groups, each
+    stepped by its own thread at the same time, with the same parameters (no lag). One XLA
+    CPU program of small environment kernels leaves much of a core idle, so several side by
+    side step more environments per second (benchmarks/throughput.py). Must divide num_envs.
+    Part of the arithmetic (each group draws its own random keys), not only of the speed:
+    results are reproducible per seed and actor_threads on any machine."""
     simulated_workers: int = 0
     """0: off. N > 0 (fused runner only): N simulated IMPALA workers, each with its own
     num_envs environments, take turns feeding the learner one unroll per update; the
@@ -117,10 +119,8 @@ class OnlineConfig:
                 "simulated workers run in the fused runner, workers on Ray; choose one")
         require(isinstance(self.actor_threads, numbers.Integral) and not isinstance(self.actor_threads, bool)
                 and 1 <= self.actor_threads <= self.num_envs and self.num_envs % self.actor_threads == 0,
-                f"actor_threads={self.actor_threads} is invalid: a divisor of num_envs={self.num_envs}")
-        require(self.actor_threads == 1 or self.pipeline,
-                f"actor_threads={self.actor_threads} needs pipeline=true (the single jitted loop steps "
-                "every environment in one program)")
+                f"actor_threads={self.actor_threads} is invalid: must divide num_envs={self.num_envs} "
+                f"(e.g. {', '.join(str(k) for k in range(1, 9) if self.num_envs % k == 0)})")
         require(self.actor_threads == 1 or not self.simulated_workers,
                 f"actor_threads={self.actor_threads} cannot be combined with simulated_workers="
                 f"{self.simulated_workers}: each simulated worker's unroll is one group")

@@ -11,13 +11,14 @@ learner's step on it), so its next unroll, consumed N updates later, is N versio
 Both keep the last lag + 1 parameter versions in a ring, and the lag of every update is
 measured from the version stored with the parameters it acted with.
 
-With `pipeline`, updates run as separate programs on separate threads: while the learner
-takes update u, the actors already collect update u + 1's unroll with parameters that are
-at least one version old, and with `actor_threads` K the environments are split into K
-groups stepped by K threads at once (one XLA CPU program of small environment kernels
-leaves most of a core idle; several run side by side). The arithmetic is the same as the
-single jitted loop's (which vmaps over the K groups) at that lag; only the schedule
-differs (tests/test_fused_runner.py checks it)."""
+Two schedules run the same arithmetic. The single jitted loop (`_train`) runs whole
+updates in one program. The threaded loop (`_train_threaded`, used with `actor_threads`
+K > 1 or `pipeline`) runs each update's acting and learning as separate programs: the K
+environment groups are stepped by K threads at once (one XLA CPU program of small
+environment kernels leaves much of a core idle; several run side by side), and with
+`pipeline` the actors collect update u + 1's unroll, with parameters at least one version
+old, while the learner takes update u. tests/test_fused_runner.py checks that both
+schedules give the same results."""
 
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ class FusedTrainer:
         """Versions between the learner and the behaviour parameters in steady state."""
         self.optimizer = make_optimizer(cfg)
         self._train_jit = jax.jit(self._train)
-        self.groups = cfg.actor_threads if self.pipelined else 1
+        self.groups = 1 if cfg.workers else cfg.actor_threads
+        self.threaded = self.pipelined or self.groups > 1
         """Environment groups collected side by side, each `num_envs // groups` wide."""
         self._prepare_jit = {advance: jax.jit(partial(self._prepare_act, advance=advance))
                              for advance in (False, True)}
@@ -272,8 +274,8 @@ class FusedTrainer:
     def train(self, state: TrainState, num_updates: int) -> tuple[TrainState, EpisodeStats, dict]:
         """Run `num_updates` updates (jitted); returns the state, the summed episode stats
         and the learner's mean metrics, with lag_mean and lag_max where acting is lagged."""
-        if self.pipelined:
-            state, episodes, metrics = self._train_pipelined(state, num_updates)
+        if self.threaded:
+            state, episodes, metrics = self._train_threaded(state, num_updates)
         else:
             state, episodes, metrics = self._train_jit(state, num_updates)
         metrics = dict(metrics)
@@ -290,7 +292,7 @@ class FusedTrainer:
     def compile(self, state: TrainState, num_updates: int) -> float:
         """Compile `train` ahead of time for this state's shapes; returns the seconds taken."""
         start = time.perf_counter()
-        if self.pipelined:
+        if self.threaded:
             prepared, behaviour, groups, keys, _ = jax.eval_shape(self._prepare_act, state, False)
             for advance in (False, True):
                 prepare = jax.jit(partial(self._prepare_act, advance=advance))
@@ -337,9 +339,10 @@ class FusedTrainer:
             self._threads.shutdown()
             self._threads = None
 
-    def _train_pipelined(self, state: TrainState, num_updates: int):
-        """`_train`'s updates, each update's learning overlapping the next one's acting, and
-        the environment groups collected side by side (threads; jitted calls release the GIL)."""
+    def _train_threaded(self, state: TrainState, num_updates: int):
+        """`_train`'s updates, the environment groups collected side by side and, with
+        `pipeline`, each update's learning overlapping the next one's acting (threads; the
+        jitted calls release the GIL)."""
         if self._threads is None:
             self._threads = ThreadPoolExecutor(self.groups + 1, thread_name_prefix="offmarl-fused")
         learn = lambda acted, rollout: jax.block_until_ready(self._apply_jit(acted, rollout))  # noqa: E731
@@ -355,16 +358,18 @@ class FusedTrainer:
         totals, lags = None, []
         for u in range(num_updates):
             learning = self._threads.submit(learn, acted, rollout)
-            if u + 1 < num_updates:
+            if u + 1 < num_updates and self.pipelined:
                 next_acted, next_rollout, next_episodes, next_lag = act(acted, True)
             state, metrics = learning.result()
             step = (episodes, metrics)
             totals = step if totals is None else jax.tree.map(jnp.add, totals, step)
             lags.append(lag)
-            if u + 1 < num_updates:
+            if u + 1 < num_updates and self.pipelined:
                 # The learner's fields from its update, the actors' from their next unroll.
                 acted = state._replace(rng=next_acted.rng, **_env_fields(next_acted))
                 rollout, episodes, lag = next_rollout, next_episodes, next_lag
+            elif u + 1 < num_updates:
+                acted, rollout, episodes, lag = act(state, False)
         episodes, metrics = totals
         lag_counts = np.bincount(np.asarray(lags, dtype=np.int64), minlength=self.lag + 1)
         metrics = jax.tree.map(lambda m: m / num_updates, metrics)
