@@ -128,6 +128,7 @@ def test_threaded_schedule_computes_what_the_single_jitted_loop_computes(smax_3m
     assert trainer.lag == max(setting.get("simulated_workers", 0), int(setting.get("pipeline", False)))
     start = trainer.init(jax.random.PRNGKey(3))
     looped, looped_episodes, looped_metrics = trainer._train_jit(start, 5)
+    trainer.compile(start, 5)  # ahead of time, as the run loop does
     threaded, threaded_episodes, threaded_metrics = trainer.train(start, 5)
     for a, b in zip(_leaves(looped), _leaves(threaded)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

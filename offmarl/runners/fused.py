@@ -293,7 +293,7 @@ class FusedTrainer:
         """Compile `train` ahead of time for this state's shapes; returns the seconds taken."""
         start = time.perf_counter()
         if self.threaded:
-            prepared, behaviour, groups, keys, _ = jax.eval_shape(self._prepare_act, state, False)
+            prepared, behaviour, groups, keys, _ = jax.eval_shape(partial(self._prepare_act, advance=False), state)
             for advance in (False, True):
                 prepare = jax.jit(partial(self._prepare_act, advance=advance))
                 self._prepare_jit[advance] = prepare.lower(state).compile()
