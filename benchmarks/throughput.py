@@ -122,7 +122,7 @@ def main() -> None:
         **machine(),
     }
     print(json.dumps(result, indent=2))
-    schedule = f"_pipeline{groups}" if trainer.pipelined else ""
+    schedule = (f"_threads{groups}" if groups > 1 else "") + ("_pipeline" if trainer.pipelined else "")
     out = Path(args.out) / f"throughput_{args.env.replace(':', '_')}_{cfg.num_envs}{schedule}.json"
     atomic_write_json(out, result)
 
