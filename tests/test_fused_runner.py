@@ -75,7 +75,7 @@ def test_training_episode_stats_count_finished_episodes(smax_3m) -> None:
 
 def test_simulated_workers_take_turns_and_act_with_parameters_n_updates_old(smax_3m) -> None:
     workers = 3
-    trainer = _trainer(smax_3m, simulated_workers=workers)
+    trainer = _trainer(smax_3m, simulated_workers=workers, actor_threads=1)  # one group per worker
     state = trainer.init(jax.random.PRNGKey(0))
     assert jax.tree.leaves(state.env_state)[0].shape[:2] == (workers, 8)
     history = [state.params]
@@ -118,13 +118,13 @@ def test_the_lag_histogram_is_measured_and_rolls_back_with_an_aborted_chunk(smax
 
 
 @pytest.mark.parametrize("setting", [{"pipeline": True, "simulated_workers": 2}, {"actor_threads": 2},
-                                     {"pipeline": True, "actor_threads": 2}])
+                                     {"pipeline": True, "actor_threads": 1}])
 def test_threaded_schedule_computes_what_the_single_jitted_loop_computes(smax_3m, setting) -> None:
     """actor_threads and pipeline run the environment groups' acting and the learning on
     separate threads; that must give the parameters, environments, episodes and lags of the
     same trainer's single jitted loop, which runs the same steps one after another."""
     trainer = _trainer(smax_3m, **setting)
-    assert trainer.threaded and trainer.groups == setting.get("actor_threads", 1)
+    assert trainer.threaded and trainer.groups == setting.get("actor_threads", TINY.actor_threads)
     assert trainer.lag == max(setting.get("simulated_workers", 0), int(setting.get("pipeline", False)))
     start = trainer.init(jax.random.PRNGKey(3))
     looped, looped_episodes, looped_metrics = trainer._train_jit(start, 5)

@@ -99,7 +99,7 @@ def test_same_seed_same_params_and_another_seed_differs(trained, smax_3m) -> Non
 
 def test_acting_never_picks_an_unavailable_action(trained) -> None:
     _, trainer, start, _ = trained
-    _, rollout, _ = jax.jit(trainer.collect)(start, start.params)
+    _, rollout, _, _ = jax.jit(trainer.act)(start)
     avail = np.asarray(rollout.avail[:-1])
     actions = np.asarray(rollout.actions)
     chosen = np.take_along_axis(avail, actions[..., None], axis=-1)[..., 0]
@@ -160,7 +160,7 @@ def test_continuous_algorithms_learn_and_act_in_a_box(name: str) -> None:
     algo = ALGORITHMS[name].build(experiment.algo_config, env.spec)
     trainer = FusedTrainer(experiment.run_config, algo, env)
     start = trainer.init(jax.random.PRNGKey(1))
-    _, rollout, _ = jax.eval_shape(trainer.collect, start, start.params)  # shapes only: no extra compile
+    _, rollout, _, _ = jax.eval_shape(trainer.act, start)  # shapes only: no extra compile
     assert rollout.actions.shape == (8, 8, 3, 5) and rollout.actions.dtype == np.float32
     assert rollout.behaviour_log_probs.shape == (8, 8, 3)
     end, _, metrics = trainer.train(start, 2)

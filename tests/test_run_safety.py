@@ -171,14 +171,14 @@ def test_diverged_run_keeps_a_finite_checkpoint_and_says_why_when_quiet(
 
     from offmarl.runners.fused import FusedTrainer
 
-    original = FusedTrainer._train
+    original = FusedTrainer.train
 
     def overflowing(self, state, num_updates):
         state, episodes, metrics = original(self, state, num_updates)
         params = jax.tree.map(lambda p: jnp.where(state.update >= 2, jnp.inf, p), state.params)
         return state._replace(params=params), episodes, metrics
 
-    monkeypatch.setattr(FusedTrainer, "_train", overflowing)
+    monkeypatch.setattr(FusedTrainer, "train", overflowing)
     out = tmp_path / "nan"
     assert main(["train", "--quiet", "--out", str(out), *SMAX]) == 3
     assert json.loads((out / "summary.json").read_text())["status"] == "diverged"

@@ -49,8 +49,9 @@ class OnlineConfig:
     update old (a lag of 1, which a lag from policy_lag or simulated_workers already covers).
     No effect with Ray workers, which act concurrently anyway."""
     actor_threads: int = 4
-    """Fused runner: split the num_envs environments into this many equal groups, each
-    stepped by its own thread at the same time, with the same parameters (no lag). One XLA
+    """Fused runner: split the num_envs environments (of each simulated worker) into this
+    many equal groups, each stepped by its own thread at the same time, with the same
+    parameters (no lag). One XLA
     CPU program of small environment kernels leaves much of a core idle, so several side by
     side step more environments per second (benchmarks/throughput.py). Must divide num_envs.
     Part of the arithmetic (each group draws its own random keys), not only of the speed:
@@ -121,9 +122,6 @@ class OnlineConfig:
                 and 1 <= self.actor_threads <= self.num_envs and self.num_envs % self.actor_threads == 0,
                 f"actor_threads={self.actor_threads} is invalid: must divide num_envs={self.num_envs} "
                 f"(e.g. {', '.join(str(k) for k in range(1, 9) if self.num_envs % k == 0)})")
-        require(self.actor_threads == 1 or not self.simulated_workers,
-                f"actor_threads={self.actor_threads} cannot be combined with simulated_workers="
-                f"{self.simulated_workers}: each simulated worker's unroll is one group")
         require(self.unrolls_per_update == 1 or self.workers > 0,
                 f"unrolls_per_update={self.unrolls_per_update} needs Ray workers (workers > 0): the "
                 "fused runner learns from one unroll per update")

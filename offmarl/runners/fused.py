@@ -108,6 +108,14 @@ class FusedTrainer:
                 "policy_state": self.algo.initial_policy_state((num_envs,)),
                 "episode_return": jnp.zeros((num_envs,))}
 
+    def _fresh_worker_envs(self, rng: jax.Array) -> dict:
+        """The num_envs environments of one worker: [num_envs, ...] fields, or with actor
+        groups [groups, num_envs // groups, ...]."""
+        if self.groups == 1:
+            return self._fresh_envs(rng, self.cfg.num_envs)
+        keys = jax.random.split(rng, self.groups)
+        return jax.vmap(self._fresh_envs, in_axes=(0, None))(keys, self.cfg.num_envs // self.groups)
+
     def init(self, rng: jax.Array) -> TrainState:
         """The state at step 0: parameters, optimiser and fresh environments, built as one
         compiled program (run op by op, the initialisers alone compile hundreds of kernels)."""
@@ -116,15 +124,10 @@ class FusedTrainer:
     def _init(self, rng: jax.Array) -> TrainState:
         param_rng, env_rng, rng = jax.random.split(rng, 3)
         params = self.algo.init(param_rng)
-        num_envs = self.cfg.num_envs
         if self.cfg.simulated_workers:
-            keys = jax.random.split(env_rng, self.cfg.simulated_workers)
-            envs = jax.vmap(self._fresh_envs, in_axes=(0, None))(keys, num_envs)
-        elif self.groups > 1:
-            keys = jax.random.split(env_rng, self.groups)
-            envs = jax.vmap(self._fresh_envs, in_axes=(0, None))(keys, num_envs // self.groups)
+            envs = jax.vmap(self._fresh_worker_envs)(jax.random.split(env_rng, self.cfg.simulated_workers))
         else:
-            envs = self._fresh_envs(env_rng, num_envs)
+            envs = self._fresh_worker_envs(env_rng)
         state = TrainState(
             params=params,
             opt_state=self.optimizer.init(params),
@@ -243,7 +246,7 @@ class FusedTrainer:
         envs = _env_fields(state)
         if self.cfg.simulated_workers:
             worker = state.update % self.cfg.simulated_workers
-            return state, behaviour, [jax.tree.map(lambda x: x[worker], envs)], [state.rng], lag
+            envs = jax.tree.map(lambda x: x[worker], envs)
         if self.groups == 1:
             return state, behaviour, [envs], [state.rng], lag
         rng, *keys = jax.random.split(state.rng, self.groups + 1)
@@ -254,15 +257,16 @@ class FusedTrainer:
         """Put the groups' `_collect_envs` results back into `state`: their environments, one
         rollout joined along the environment axis, and their summed episode stats."""
         envs, rngs, rollouts, episodes = zip(*collected)
+        if self.groups == 1:
+            state, merged, rollout, episodes = state._replace(rng=rngs[0]), envs[0], rollouts[0], episodes[0]
+        else:  # each group's key was split off the update's; the update carries its own on
+            merged = jax.tree.map(lambda *xs: jnp.stack(xs), *envs)
+            rollout = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *rollouts)
+            episodes = jax.tree.map(lambda *xs: sum(xs), *episodes)
         if self.cfg.simulated_workers:
             worker = state.update % self.cfg.simulated_workers
-            merged = jax.tree.map(lambda all_, one: all_.at[worker].set(one), _env_fields(state), envs[0])
-            return state._replace(rng=rngs[0], **merged), rollouts[0], episodes[0]
-        if self.groups == 1:
-            return state._replace(rng=rngs[0], **envs[0]), rollouts[0], episodes[0]
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *envs)
-        rollout = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=1), *rollouts)
-        return state._replace(**stacked), rollout, jax.tree.map(lambda *xs: sum(xs), *episodes)
+            merged = jax.tree.map(lambda all_, one: all_.at[worker].set(one), _env_fields(state), merged)
+        return state._replace(**merged), rollout, episodes
 
     def update(self, state: TrainState) -> tuple[TrainState, EpisodeStats, dict]:
         """One update: unroll with the (possibly lagged) behaviour policy, then learn.
