@@ -43,8 +43,8 @@ class OnlineConfig:
     """Act with parameters this many updates old, to exercise the off-policy correction
     (with workers, on top of the lag the asynchronous workers create)."""
     pipeline: bool = False
-    """Fused runner: act and learn at the same time, on two threads, the actors one update
-    behind the learner. Acting (mostly single-threaded environment stepping) then overlaps
+    """Fused runner: act and learn at the same time, on separate threads, the actors one
+    update behind the learner. Acting (mostly single-threaded environment stepping) then overlaps
     the learner's update instead of waiting for it; the price is a behaviour policy one
     update old (a lag of 1, which a lag from policy_lag or simulated_workers already covers).
     No effect with Ray workers, which act concurrently anyway."""
@@ -55,7 +55,8 @@ class OnlineConfig:
     CPU program of small environment kernels leaves much of a core idle, so several side by
     side step more environments per second (benchmarks/throughput.py). Must divide num_envs.
     Part of the arithmetic (each group draws its own random keys), not only of the speed:
-    results are reproducible per seed and actor_threads on any machine."""
+    results are reproducible per seed and actor_threads on any machine. No effect with Ray
+    workers (each worker steps its environments in one program)."""
     simulated_workers: int = 0
     """0: off. N > 0 (fused runner only): N simulated IMPALA workers, each with its own
     num_envs environments, take turns feeding the learner one unroll per update; the
