@@ -20,6 +20,7 @@ Trailing key=value words override config fields for every run, as in `offmarl tr
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -43,7 +44,11 @@ def run_setting(env: str, setting: dict, weights: bool, seed: int, budget: dict,
     name = "_".join(f"{k}{v}" for k, v in setting.items())
     run_dir = runs / f"{env.replace(':', '_')}_{name}_{'is' if weights else 'nois'}_s{seed}"
     experiment = resolve_experiment("matrace", env, seed, {**budget, **setting, "importance_weights": weights})
-    return train_or_resume(experiment, run_dir, quiet=True)[0]
+    summary = train_or_resume(experiment, run_dir, quiet=True)[0]
+    if summary["status"] != "completed":  # a signal or a divergence: no partial run enters a table
+        print(f"{run_dir}: {summary['status']}; rerun the same command to continue", file=sys.stderr)
+        raise SystemExit(summary.get("stop_exit_code", 1))
+    return summary
 
 
 def describe(setting: str, arm: str, summaries: list[dict], fused_lag: int | None) -> dict:
