@@ -89,8 +89,9 @@ class FusedTrainer:
         self.optimizer = make_optimizer(cfg)
         self._train_jit = jax.jit(self._train)
         self.groups = 1 if cfg.workers else cfg.actor_threads
-        self.threaded = self.pipelined or self.groups > 1
         """Environment groups collected side by side, each `num_envs // groups` wide."""
+        self.threaded = self.pipelined or self.groups > 1
+        """Run updates as separate programs on threads (`_train_threaded`), not as `_train`."""
         self._prepare_jit = {advance: jax.jit(partial(self._prepare_act, advance=advance))
                              for advance in (False, True)}
         self._collect_jit = jax.jit(self._collect_envs)
