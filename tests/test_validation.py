@@ -198,6 +198,17 @@ def test_validate_refuses_non_integers_set_in_python() -> None:
     OfflineConfig(batch_size=np.int64(64)).validate()  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("threads,message", [
+    (0, r"^actor_threads=0 is invalid: must be a positive integer$"),
+    (3, r"^actor_threads=3 is invalid: must divide num_envs=128 \(e\.g\. 1, 2, 4, 8\)$"),
+    (256, r"^actor_threads=256 is invalid: must divide num_envs=128 "),
+])
+def test_actor_threads_must_divide_the_environments(threads: int, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        OnlineConfig(num_envs=128, actor_threads=threads).validate()
+    OnlineConfig(num_envs=128, actor_threads=8).validate()
+
+
 @pytest.mark.parametrize("text,value", [
     ("300000", 300_000), ("1e6", 1_000_000), ("1_000_000", 1_000_000), ("2.5e6", 2_500_000),
     (" 42 ", 42), ("0", 0), ("-3", -3), ("9223372036854775807", 2**63 - 1),

@@ -96,7 +96,7 @@ class OnlineConfig:
     def validate(self) -> None:
         for name in ("env_steps", "num_envs", "unroll_length", "num_epochs", "num_minibatches",
                      "unrolls_per_update", "eval_interval", "eval_episodes", "final_eval_episodes",
-                     "checkpoint_interval", "keep_checkpoints"):
+                     "checkpoint_interval", "keep_checkpoints", "actor_threads"):
             value = getattr(self, name)
             require(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0,
                     f"{name}={value} is invalid: must be a positive integer")
@@ -119,8 +119,7 @@ class OnlineConfig:
         require(not (self.simulated_workers and self.workers),
                 f"simulated_workers={self.simulated_workers} cannot be combined with workers={self.workers}: "
                 "simulated workers run in the fused runner, workers on Ray; choose one")
-        require(isinstance(self.actor_threads, numbers.Integral) and not isinstance(self.actor_threads, bool)
-                and 1 <= self.actor_threads <= self.num_envs and self.num_envs % self.actor_threads == 0,
+        require(self.num_envs % self.actor_threads == 0,
                 f"actor_threads={self.actor_threads} is invalid: must divide num_envs={self.num_envs} "
                 f"(e.g. {', '.join(str(k) for k in range(1, 9) if self.num_envs % k == 0)})")
         require(self.unrolls_per_update == 1 or self.workers > 0,

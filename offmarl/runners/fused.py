@@ -362,14 +362,17 @@ class FusedTrainer:
         acted, rollout, episodes, lag = act(state, False)
         totals, lags = None, []
         for u in range(num_updates):
-            learning = self._threads.submit(learn, acted, rollout)
-            if u + 1 < num_updates and self.pipelined:
+            overlap = self.pipelined and u + 1 < num_updates
+            if overlap:
+                learning = self._threads.submit(learn, acted, rollout)
                 next_acted, next_rollout, next_episodes, next_lag = act(acted, True)
-            state, metrics = learning.result()
+                state, metrics = learning.result()
+            else:
+                state, metrics = learn(acted, rollout)
             step = (episodes, metrics)
             totals = step if totals is None else jax.tree.map(jnp.add, totals, step)
             lags.append(lag)
-            if u + 1 < num_updates and self.pipelined:
+            if overlap:
                 # The learner's fields from its update, the actors' from their next unroll.
                 acted = state._replace(rng=next_acted.rng, **_env_fields(next_acted))
                 rollout, episodes, lag = next_rollout, next_episodes, next_lag
