@@ -135,6 +135,10 @@ class OMIGA(SharedActor):
         w_target, _ = self.mixer.apply(target.mixer, batch.state)
         return local_advantage_exponent(w_target, q_target, self.v_net.apply(v_params, inputs), self.config.alpha)
 
+    def advantage_weights(self, state: OMIGAState, batch: TransitionBatch) -> jax.Array:
+        """exp(z_i) [B, N]: each agent's weight on its dataset action in the policy update."""
+        return jnp.exp(self._exponent(state.critics.v, state.target, batch))
+
     def _policy_loss(self, policy: Any, batch: TransitionBatch, z: jax.Array) -> tuple[jax.Array, dict]:
         log_probs = self.log_prob(policy, batch.obs, batch.avail, batch.actions)
         loss = weighted_bc_loss(log_probs, z)

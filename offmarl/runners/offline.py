@@ -58,7 +58,11 @@ def to_device(data: OfflineDataset) -> DeviceDataset:
 
 def sample_batch(data: DeviceDataset, rng: jax.Array, batch_size: int) -> TransitionBatch:
     """Uniformly sampled transitions."""
-    index = jax.random.randint(rng, (batch_size,), 0, data.actions.shape[0])
+    return gather_batch(data, jax.random.randint(rng, (batch_size,), 0, data.actions.shape[0]))
+
+
+def gather_batch(data: DeviceDataset, index: jax.Array) -> TransitionBatch:
+    """The transitions at rows `index`."""
     nxt = data.next_index[index]
     return TransitionBatch(
         obs=data.obs[index], state=data.state[index], avail=data.avail[index],

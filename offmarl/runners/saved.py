@@ -72,8 +72,12 @@ class SavedRun:
 
     def params(self, step: int) -> Any:
         """The acting parameters saved at `step`; ConfigError if they are not finite."""
-        state, _ = load_checkpoint(self.run_dir / "checkpoints", step, self._template)
-        return self._acting(step, state)
+        return self._acting(step, self.saved_state(step))
+
+    def saved_state(self, step: int) -> Any:
+        """Everything saved at `step`: offline (the algorithm's state, the key); online the
+        fused trainer's state."""
+        return load_checkpoint(self.run_dir / "checkpoints", step, self._template)[0]
 
     def _acting(self, step: int, state: Any) -> Any:
         params = self.algo.acting_params(state[0]) if self.offline else state.params
