@@ -227,6 +227,9 @@ def test_make_datasets_end_to_end_on_xor_writes_five_vaults_with_cards(tmp_path)
     assert "## Sources" in card and card.count("/runs/matrace_matrix_xor_s") == 2
     assert load_vault(vault, "mixed").num_transitions == sizes["good"] + sizes["medium"] + sizes["poor"]
     assert len(vault_metadata(vault, "mixed")["sources"]) == 6
+    # The replay starts where training started: the untrained policy, then checkpoints.
+    for source in vault_metadata(vault, "replay")["sources"]:
+        assert source["checkpoints"][0] == 0 and len(source["checkpoints"]) >= 2
     assert main(argv) == 0  # a rerun keeps every dataset and retrains nothing
 
 

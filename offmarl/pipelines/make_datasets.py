@@ -19,9 +19,9 @@ and each rolls its policy out with the same epsilon until the run's share of the
 dataset's transitions (at least 100k per dataset by default) is collected. Two more
 datasets:
 
-    replay         each run's training checkpoints up to its medium policy, sampled
-    (medium-replay) acting, transitions spread evenly over them: the replay of training
-                    to medium
+    replay         each run's untrained policy and training checkpoints up to its
+    (medium-replay) medium policy, sampled acting, transitions spread evenly over them:
+                    the replay of training to medium
     mixed          the union of good, medium and poor (medium-expert: of medium and
     (medium-expert) expert)
 
@@ -561,15 +561,18 @@ def _replay_of_run(
     run: SavedRun, collector: Any, medium: Behaviour, candidates: list[Behaviour], transitions: int,
     epsilon: float, seed: int, report: Callable[[int], None],
 ) -> tuple[CollectedEpisodes, dict[str, Any]]:
-    """Sampled acting of each of `run`'s checkpoints up to its medium policy, transitions
-    spread evenly over them."""
-    steps = [s for s in run.steps if s <= medium.env_steps] or run.steps[:1]
+    """Sampled acting of `run`'s untrained policy (step 0) and of each of its checkpoints up
+    to its medium policy, transitions spread evenly over them: training from its start, so
+    the replay holds the early play even where the first checkpoint is already medium."""
+    steps = [0, *(s for s in run.steps if s <= medium.env_steps)]
     lengths = {b.env_steps: b.mean_length for b in candidates if not b.greedy}
+    longest = max(lengths.values(), default=1.0)  # step 0 was not evaluated: start small, top up
     parts, done = [], 0
     for index, (env_steps, quota) in enumerate(zip(steps, split_evenly(transitions, len(steps)))):
         if quota == 0:
             continue
-        part = collect_transitions(collector, run.params(env_steps), quota, lengths.get(env_steps, 1.0),
+        params = run.initial_params() if env_steps == 0 else run.params(env_steps)
+        part = collect_transitions(collector, params, quota, lengths.get(env_steps, longest),
                                    seed + index, epsilon, False, lambda have, done=done: report(done + have))
         parts.append(part)
         done += part.dataset.num_transitions
@@ -577,7 +580,8 @@ def _replay_of_run(
     source = {
         **provenance(run, None, False, epsilon, seed),
         "checkpoints": steps,
-        "selection": f"checkpoints up to the medium policy ({medium.env_steps:,} env steps)",
+        "selection": f"the untrained policy (step 0) and the checkpoints up to the medium policy "
+                     f"({medium.env_steps:,} env steps)",
         "episodes": collected.dataset.num_episodes,
         "transitions": collected.dataset.num_transitions,
     }

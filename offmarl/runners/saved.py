@@ -74,6 +74,16 @@ class SavedRun:
         """The acting parameters saved at `step`; ConfigError if they are not finite."""
         return self._acting(step, self.saved_state(step))
 
+    def initial_params(self) -> Any:
+        """The untrained policy of an online run: its acting parameters at step 0, rebuilt
+        from its seed exactly as the run initialised them (no checkpoint holds them)."""
+        from offmarl.runners.fused import FusedTrainer
+
+        if self.offline:
+            raise ConfigError(f"{str(self.run_dir)!r} is an offline run: it has no untrained policy of its own")
+        trainer = FusedTrainer(self.experiment.run_config, self.algo, self.env)
+        return trainer.init(jax.random.PRNGKey(self.experiment.seed)).params
+
     def saved_state(self, step: int) -> Any:
         """Everything saved at `step`: offline (the algorithm's state, the key); online the
         fused trainer's state."""
