@@ -41,7 +41,7 @@ def collect(folders: list[str]) -> dict[tuple[str, str, str], dict[str, list[flo
     for folder in folders:
         for path in sorted(Path(folder).rglob("summary.json")):
             summary = json.loads(path.read_text())
-            if summary.get("status") != "completed" or "dataset" not in summary:
+            if not isinstance(summary, dict) or summary.get("status") != "completed" or "dataset" not in summary:
                 continue
             key = (summary["env"], summary["dataset"].rpartition(":")[2], summary["algo"])
             for mode in MODES:
