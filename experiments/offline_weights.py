@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from offmarl.algos.offline_common import weight_diagnostics
+from offmarl.data.dataset import OfflineDataset
 from offmarl.data.source import load_dataset
 from offmarl.runners.offline import gather_batch, to_device
 from offmarl.runners.saved import SavedRun
@@ -26,9 +27,8 @@ from offmarl.utils.files import atomic_write_json
 ROWS_PER_CALL = 8192
 
 
-def dataset_weights(saved: SavedRun, state, dataset: str) -> np.ndarray:
-    """exp(z) [rows, agents] of every transition of `dataset` under the run's saved critics."""
-    data, _ = load_dataset(saved.experiment.env, dataset)
+def dataset_weights(saved: SavedRun, state, data: OfflineDataset) -> np.ndarray:
+    """exp(z) [rows, agents] of every transition of `data` under the run's saved critics."""
     device = to_device(data)
     weights_of = jax.jit(lambda index: saved.algo.advantage_weights(state, gather_batch(device, index)))
     rows = data.num_transitions
@@ -58,7 +58,7 @@ def main() -> None:
     rows = []
     for dataset in args.datasets:
         data, _ = load_dataset(saved.experiment.env, dataset)
-        rows.append(summarise(dataset_weights(saved, state, dataset), dataset, data.episode_returns()))
+        rows.append(summarise(dataset_weights(saved, state, data), dataset, data.episode_returns()))
     alpha = saved.experiment.algo_config.alpha
     print(f"{args.run} (iteration {step:,}, alpha {alpha})")
     print("| dataset | return | weight mean | weight std | ESS fraction | z mean | z 5%-95% |")
