@@ -9,7 +9,7 @@ workers). A flag the user already set in XLA_FLAGS is left as the user set it.
   main thread waiting in ``tsl::BlockUntilReady`` for a result never produced; only
   SIGKILL ended it). With this flag the same program completed 8 runs of 8 (docs/inspo.md).
   The scheduler it turns off reorders a program's operations for concurrency; MA-Trace's
-  training throughput on smax:3m did not measurably change without it (README, "Throughput").
+  training throughput on smax:3m did not measurably change with it (docs/inspo.md).
 """
 
 from __future__ import annotations
