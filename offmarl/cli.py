@@ -310,6 +310,11 @@ def _config(args: argparse.Namespace) -> int:
             if doc:
                 print("    " + " ".join(doc.split()))
         print()
+    continuous = entry.action_space_defaults(continuous=True)
+    if continuous:
+        print(f"# {args.algo}'s own defaults on box-action (continuous) tasks")
+        for name, value in continuous.items():
+            print(f"{name} = {value!r}")
     return 0
 
 

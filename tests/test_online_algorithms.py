@@ -197,3 +197,13 @@ def test_one_compiled_evaluation_serves_both_modes_and_any_episode_count() -> No
     assert many["return"].shape == (7,) and greedy["return"].shape == (3,)
     assert not np.array_equal(greedy["return"], sampled["return"])
     assert evaluator._batch._cache_size() == 1
+
+
+def test_continuous_defaults_apply_on_box_tasks_only_and_yield_to_the_user() -> None:
+    assert ALGORITHMS["matrace"].action_space_defaults(continuous=True) == {"behaviour_kl_cost": 1.0}
+    assert ALGORITHMS["matrace"].action_space_defaults(continuous=False) == {}
+    assert resolve_experiment("matrace", "smax:3m", 0).algo_config.behaviour_kl_cost == 0.0
+    box = "mpe:simple_spread_continuous"
+    assert resolve_experiment("matrace", box, 0).algo_config.behaviour_kl_cost == 1.0
+    assert resolve_experiment("matrace", box, 0, {"behaviour_kl_cost": 0.0}).algo_config.behaviour_kl_cost == 0.0
+    assert resolve_experiment("mappo", box, 0).run_config == resolve_experiment("mappo", "smax:3m", 0).run_config

@@ -52,6 +52,12 @@ class AlgorithmEntry:
         per batch, ...): the config class's RUN_DEFAULTS, applied before any user layer."""
         return dict(getattr(self.config_class, "RUN_DEFAULTS", {}))
 
+    def action_space_defaults(self, continuous: bool) -> dict[str, Any]:
+        """The algorithm's own values for box-action (continuous) tasks, algorithm or runner
+        settings: the config class's CONTINUOUS_DEFAULTS, applied after run_defaults and
+        before any user layer; nothing on discrete tasks."""
+        return dict(getattr(self.config_class, "CONTINUOUS_DEFAULTS", {})) if continuous else {}
+
 
 ALGORITHMS: dict[str, AlgorithmEntry] = {
     "matrace": AlgorithmEntry("offmarl.algos.matrace", "MATraceConfig", "MATrace", "online",

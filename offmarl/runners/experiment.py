@@ -60,11 +60,12 @@ def _resolve_configs(
     """The algorithm's and the runner's configs after the override layers, both validated."""
     entry = get_algorithm(algo, kind)
     check_env_name(env)
-    check_action_support(algo, env, has_continuous_actions(env))
+    continuous = has_continuous_actions(env)
+    check_action_support(algo, env, continuous)
     if seed < 0:
         raise ConfigError(f"seed={seed} is invalid: must be >= 0")
     configs = [entry.config_class(), run_config_class()]
-    for layer in (entry.run_defaults, *layers):
+    for layer in (entry.run_defaults, entry.action_space_defaults(continuous), *layers):
         configs = apply_overrides(configs, layer)
     algo_config, run_config = configs
     algo_config.validate()
