@@ -39,6 +39,7 @@ METRICS = [
     "rho_ess",
     "entropy_per_agent",
     "behaviour_kl",
+    "behaviour_kl_cost",
     "value_mean",
 ]
 
@@ -161,6 +162,7 @@ def hand_loss(algo: MATrace, params: dict, rollout: Rollout) -> dict[str, float]
     return {
         "loss": policy_loss + value_loss + entropy_loss + cfg.behaviour_kl_cost * behaviour_kl,
         "behaviour_kl": behaviour_kl,
+        "behaviour_kl_cost": cfg.behaviour_kl_cost,
         "policy_loss": policy_loss,
         "value_loss": value_loss,
         "entropy": mean_entropy,
@@ -476,3 +478,42 @@ def test_update_anchored_kl_pulls_towards_the_policy_the_update_starts_from() ->
                                rtol=RTOL, atol=ATOL)
     with pytest.raises(ConfigError, match="kl_anchor='learner' is invalid; valid choices: behaviour, update"):
         make_config(kl_anchor="learner").validate()
+
+
+@pytest.mark.parametrize("kl_anchor", ["behaviour", "update"])
+@pytest.mark.parametrize("gap", [0.05, -0.05])
+def test_adaptive_kl_multiplier_gradient_sign(kl_anchor: str, gap: float) -> None:
+    """behaviour_kl_target > 0: descent on kl_param raises the multiplier while the anchor's KL
+    is above N x target and lowers it below; the networks see the fixed-cost loss."""
+    fixed = MATrace(make_config("obs", behaviour_kl_cost=0.2, kl_anchor=kl_anchor), SPEC)
+    params = make_params(fixed, seed=21)
+    rollout = make_rollout(seed=22)
+    if kl_anchor == "update":
+        rollout = fixed.prepare_batch(make_params(fixed, seed=23), rollout)
+    key = "behaviour_kl" if kl_anchor == "behaviour" else "anchor_kl"
+    kl = float(fixed.loss(params, rollout)[1][key])
+    assert kl > 0
+    n = SPEC.num_agents
+    target = (kl - gap) / n  # gap > 0: the KL is above the constraint
+    algo = MATrace(make_config("obs", behaviour_kl_cost=0.2, behaviour_kl_target=target, kl_anchor=kl_anchor), SPEC)
+    assert "kl_param" not in fixed.init(jax.random.PRNGKey(0))
+    params = {**params, "kl_param": algo.init(jax.random.PRNGKey(0))["kl_param"]}
+    total, metrics = algo.loss(params, rollout)
+    np.testing.assert_allclose(float(metrics["behaviour_kl_cost"]), 0.2, rtol=1e-5)
+    grads = jax.grad(lambda p: algo.loss(p, rollout)[0])(params)
+    g = float(grads["kl_param"])
+    np.testing.assert_allclose(g, 10.0 * 0.2 * (n * target - kl), rtol=1e-3)
+    assert (g < 0) if gap > 0 else (g > 0)
+    fixed_total = float(fixed.loss(params, rollout)[0])
+    np.testing.assert_allclose(float(total), fixed_total + 0.2 * (n * target - kl), rtol=1e-5, atol=1e-6)
+    fixed_grads = jax.grad(lambda p: fixed.loss(p, rollout)[0])(params)
+    for part in ("actor", "critic"):
+        for a, b in zip(jax.tree.leaves(grads[part]), jax.tree.leaves(fixed_grads[part])):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+
+
+def test_kl_target_needs_a_starting_cost() -> None:
+    with pytest.raises(ConfigError, match="behaviour_kl_target"):
+        MATraceConfig(behaviour_kl_target=0.01).validate()
+    with pytest.raises(ConfigError, match="behaviour_kl_target"):
+        MATraceConfig(behaviour_kl_target=-1.0, behaviour_kl_cost=0.1).validate()

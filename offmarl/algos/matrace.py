@@ -118,6 +118,12 @@ class MATraceConfig(ActorCriticConfig):
     """Weight of a per-agent KL(mu_i || pi_i) penalty towards the behaviour policy,
     estimated on the taken actions as mean((rho_i - 1) - log rho_i); a soft trust region
     for stale data. 0 is the paper."""
+    behaviour_kl_target: float = 0.0
+    """If > 0, a KL-constrained trust region: behaviour_kl_cost becomes the starting value
+    of a Lagrange multiplier, exp(10 q) with q trained alongside the networks (as the
+    adaptive entropy cost is), that rises while the anchor's KL per agent is above this
+    target (nats) and falls below it, towards 0 (no penalty) when the data are fresh
+    (docs/matrace.md). 0 keeps the cost fixed."""
     kl_anchor: Literal["behaviour", "update"] = "behaviour"
     """The policy behaviour_kl_cost pulls towards: the behaviour policy mu that acted (as
     stale as the lag), or the learner's own policy at the start of the current update, a
@@ -129,6 +135,10 @@ class MATraceConfig(ActorCriticConfig):
         require(self.pg_ratio in ("joint", "per_agent"),
                 f"pg_ratio={self.pg_ratio!r} is invalid; valid choices: joint, per_agent")
         require(self.behaviour_kl_cost >= 0, f"behaviour_kl_cost={self.behaviour_kl_cost} must be >= 0")
+        require(self.behaviour_kl_target >= 0, f"behaviour_kl_target={self.behaviour_kl_target} must be >= 0")
+        require(self.behaviour_kl_target == 0 or self.behaviour_kl_cost > 0,
+                f"behaviour_kl_target={self.behaviour_kl_target} needs behaviour_kl_cost > 0, the "
+                "multiplier's starting value")
         require(self.kl_anchor in ("behaviour", "update"),
                 f"kl_anchor={self.kl_anchor!r} is invalid; valid choices: behaviour, update")
         require(not (self.pg_ratio == "per_agent" and self.critic == "decentralised"),
@@ -155,11 +165,14 @@ class MATrace(ActorCritic):
     config: MATraceConfig
 
     def init(self, rng: jax.Array) -> dict:
-        return {
+        params = {
             **self.init_networks(rng),
             # exp(10 p) is the entropy cost in adaptive mode; unused in fixed mode.
             "entropy_param": jnp.log(jnp.maximum(self.config.entropy_cost, 1e-8)) / 10.0,
         }
+        if self.config.behaviour_kl_target > 0:  # only then, so other runs' checkpoints keep their layout
+            params["kl_param"] = jnp.log(jnp.asarray(self.config.behaviour_kl_cost, jnp.float32)) / 10.0
+        return params
 
     def prepare_batch(self, params: dict, rollout: Rollout) -> Rollout:
         """V-trace recomputes its targets in every pass. Only the per-update trust region
@@ -223,8 +236,14 @@ class MATrace(ActorCritic):
             entropy_cost = jnp.asarray(cfg.entropy_cost, jnp.float32)
             entropy_loss = -entropy_cost * mean_entropy
         total = policy_loss + value_loss + entropy_loss
-        if cfg.behaviour_kl_cost > 0:
-            total = total + cfg.behaviour_kl_cost * anchor_kl
+        kl_cost = jnp.asarray(cfg.behaviour_kl_cost, jnp.float32)
+        if cfg.behaviour_kl_target > 0:
+            # Lagrangian of KL <= target: the multiplier grows while the KL is above it.
+            kl_cost = jnp.exp(10.0 * params["kl_param"])
+            total = total + jax.lax.stop_gradient(kl_cost) * anchor_kl + kl_cost * (
+                self.spec.num_agents * cfg.behaviour_kl_target - jax.lax.stop_gradient(anchor_kl))
+        elif cfg.behaviour_kl_cost > 0:
+            total = total + kl_cost * anchor_kl
         rhos = jnp.exp(jnp.minimum(log_rhos, 20.0))  # diagnostics only: capped so a density ratio cannot overflow
         anchor_metrics = {"anchor_kl": jax.lax.stop_gradient(anchor_kl)} if cfg.kl_anchor == "update" else {}
         return total, {
@@ -241,5 +260,6 @@ class MATrace(ActorCritic):
             "rho_ess": jnp.sum(rhos) ** 2 / jnp.maximum(rhos.size * jnp.sum(rhos**2), 1e-30),
             "entropy_per_agent": mean_entropy / self.spec.num_agents,
             "behaviour_kl": jax.lax.stop_gradient(behaviour_kl),
+            "behaviour_kl_cost": kl_cost,
             "value_mean": jnp.mean(values),
         }
