@@ -1,12 +1,18 @@
-"""Offline learners against behaviour cloning, per dataset (issue 13's criterion).
+"""Offline learners against behaviour cloning, per dataset (issues 13 and 14's criteria).
 
 Reads finished offline runs (any run directories below the given folders, e.g. sweep
-directories) and prints one markdown row per (environment, dataset, algorithm): the final
-greedy and sampled win rates, mean and 95% Student-t interval over seeds, and each
-algorithm's difference from BC on the same dataset with the 95% Welch interval of the
-difference. "beats BC" means the whole interval of the difference is above zero.
+directories) and prints one markdown row per (environment, dataset, algorithm): a final
+evaluation score for the greedy and the sampled policy, mean and 95% Student-t interval over
+seeds, and each algorithm's difference from BC on the same dataset with the 95% Welch
+interval of the difference. "beats BC" means the whole interval of the difference is above zero.
+
+Scores (`--metric`): `win_rate` (SMAX); `return`; `normalised`, the return rescaled between
+the uniform-random policy (0) and the vault's `expert` dataset (1), both read from the vault's
+metadata as `make-datasets` wrote them (OMIGA's MaMuJoCo convention). With `return` and
+`normalised` each row also gives the dataset's own mean return (normalised alike).
 
     python experiments/offline_vs_bc.py docs/results/offline_smax_og [--out FILE.json]
+    python experiments/offline_vs_bc.py docs/results/offline_mabrax --metric normalised
 """
 
 from __future__ import annotations
@@ -14,15 +20,18 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
+from offmarl.data.vault import parse_dataset_arg, vault_metadata
 from offmarl.evaluation.aggregate import mean_ci
 from offmarl.utils.files import atomic_write_json
 
 MODES = ("greedy", "sampled")
+METRICS = ("win_rate", "return", "normalised")
 
 
 def welch_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -35,8 +44,28 @@ def welch_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     return float(a.mean() - b.mean()), float(stats.t.ppf(0.975, dof) * se)
 
 
-def collect(folders: list[str]) -> dict[tuple[str, str, str], dict[str, list[float]]]:
-    """(env, dataset uid, algo) -> {mode: final win rates over seeds}, finished runs only."""
+@lru_cache(maxsize=None)
+def return_anchors(vault: str, uid: str) -> tuple[float, float]:
+    """(uniform-random return, expert dataset's mean return) of a make-datasets vault."""
+    meta = vault_metadata(vault, uid)
+    if meta.get("scoring") != "return" or "score_0_return" not in meta:
+        raise SystemExit(f"{vault}:{uid} has no return anchors (made by make-datasets with return scoring?)")
+    return float(meta["score_0_return"]), float(vault_metadata(vault, "expert")["mean_return"])
+
+
+def score(summary: dict, key: str, metric: str) -> float:
+    """One run's `key` (a return or a win rate) in `metric` units."""
+    value = float(summary[key])
+    if metric != "normalised":
+        return value
+    vault, uid = parse_dataset_arg(summary["dataset"])
+    low, high = return_anchors(str(vault), uid)
+    return (value - low) / (high - low)
+
+
+def collect(folders: list[str], metric: str) -> dict[tuple[str, str, str], dict[str, list[float]]]:
+    """(env, dataset uid, algo) -> {mode: final scores over seeds, "data": the dataset's own}."""
+    quantity = "win_rate" if metric == "win_rate" else "return"
     found: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for folder in folders:
         for path in sorted(Path(folder).rglob("summary.json")):
@@ -45,19 +74,24 @@ def collect(folders: list[str]) -> dict[tuple[str, str, str], dict[str, list[flo
                 continue
             key = (summary["env"], summary["dataset"].rpartition(":")[2], summary["algo"])
             for mode in MODES:
-                found[key][mode].append(summary[f"final_eval_{mode}_win_rate"])
+                found[key][mode].append(score(summary, f"final_eval_{mode}_{quantity}", metric))
+            if metric != "win_rate":
+                found[key]["data"].append(score(summary, "dataset_return_mean", metric))
     return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+")
+    parser.add_argument("--metric", choices=METRICS, default="win_rate")
     parser.add_argument("--out", help="also write the rows as JSON here")
     args = parser.parse_args()
-    found = collect(args.folders)
+    found = collect(args.folders, args.metric)
     rows = []
     for (env, uid, algo), by_mode in sorted(found.items()):
-        row = {"env": env, "dataset": uid, "algo": algo, "seeds": len(by_mode["greedy"])}
+        row = {"env": env, "dataset": uid, "algo": algo, "metric": args.metric, "seeds": len(by_mode["greedy"])}
+        if by_mode.get("data"):
+            row["dataset_score"] = float(np.mean(by_mode["data"]))
         bc = found.get((env, uid, "bc"))
         for mode in MODES:
             values = np.asarray(by_mode[mode])
@@ -65,20 +99,24 @@ def main() -> None:
             if bc is not None and algo != "bc" and len(values) > 1 and len(bc[mode]) > 1:
                 row[f"{mode}_minus_bc"] = welch_difference(values, np.asarray(bc[mode]))
         rows.append(row)
-    print("| env | dataset | algo | seeds | greedy | greedy - BC | sampled | sampled - BC |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    data_column = args.metric != "win_rate"
+    print(f"| env | dataset |{' data |' if data_column else ''} algo | seeds | greedy | greedy - BC | sampled | sampled - BC |")
+    print(f"| --- | --- |{' --- |' if data_column else ''} --- | --- | --- | --- | --- | --- |")
+    large = args.metric == "return" and max((abs(r["greedy"][0]) for r in rows), default=0.0) > 100
+    digits = 1 if large else 3
     for r in rows:
         cells = []
         for mode in MODES:
             mean, half = r[mode]
-            cells.append(f"{mean:.3f} ± {half:.3f}")
+            cells.append(f"{mean:.{digits}f} ± {half:.{digits}f}")
             if f"{mode}_minus_bc" in r:
                 diff, dhalf = r[f"{mode}_minus_bc"]
                 mark = " **beats BC**" if diff - dhalf > 0 else (" below BC" if diff + dhalf < 0 else "")
-                cells.append(f"{diff:+.3f} ± {dhalf:.3f}{mark}")
+                cells.append(f"{diff:+.{digits}f} ± {dhalf:.{digits}f}{mark}")
             else:
                 cells.append("-")
-        print(f"| {r['env']} | {r['dataset']} | {r['algo']} | {r['seeds']} | " + " | ".join(cells) + " |")
+        data = f" {r['dataset_score']:.{digits}f} |" if data_column else ""
+        print(f"| {r['env']} | {r['dataset']} |{data} {r['algo']} | {r['seeds']} | " + " | ".join(cells) + " |")
     if args.out:
         atomic_write_json(args.out, rows)
 
