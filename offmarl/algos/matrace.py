@@ -85,7 +85,7 @@ class MATraceConfig(ActorCriticConfig):
     """On box-action tasks (Gaussian policies) the paper's unpenalised update moves the
     policy so far per batch that it collapses: mabrax:hopper_3x1, seed 0, 2M env steps,
     ends at a greedy return of 5.6 (the hopper falls at once; behaviour KL 10-20 nats)
-    without the penalty and 1,394 with it (KL 0.001-0.05); docs/mabrax.md."""
+    without the penalty and 1,391 with it (KL 0.001-0.05); docs/mabrax.md."""
 
     rho_bar: float = 1.0
     """Clip of the importance ratio in the V-trace temporal differences."""
