@@ -63,6 +63,20 @@ def vtrace(
     return jax.lax.stop_gradient(vs), jax.lax.stop_gradient(pg_advantages)
 
 
+def multiplier_param(cost: float | jax.Array) -> jax.Array:
+    """The trained parameter p of a Lagrange multiplier exp(10 p) that starts at `cost`."""
+    return jnp.log(jnp.maximum(jnp.asarray(cost, jnp.float32), 1e-8)) / 10.0
+
+
+def constraint_penalty(param: jax.Array, value: jax.Array, bound: float | jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Lagrangian of the constraint value <= bound with multiplier exp(10 param) (the released
+    code's adaptive entropy mechanism): sg(cost) value + cost (bound - sg(value)). The networks
+    see the value penalised at the current cost; descent on param raises the cost while the
+    constraint is violated and lowers it otherwise. Returns (loss term, cost)."""
+    cost = jnp.exp(10.0 * param)
+    return jax.lax.stop_gradient(cost) * value + cost * (bound - jax.lax.stop_gradient(value)), cost
+
+
 def k3_divergence(log_probs: jax.Array, anchor_log_probs: jax.Array) -> jax.Array:
     """Mean over [T, B] of sum_i (r_i - 1) - log r_i with r_i = pi_i / anchor_i on the taken
     actions ([T, B, N] log-probabilities): never negative, zero where the two agree, and
@@ -168,10 +182,10 @@ class MATrace(ActorCritic):
         params = {
             **self.init_networks(rng),
             # exp(10 p) is the entropy cost in adaptive mode; unused in fixed mode.
-            "entropy_param": jnp.log(jnp.maximum(self.config.entropy_cost, 1e-8)) / 10.0,
+            "entropy_param": multiplier_param(self.config.entropy_cost),
         }
         if self.config.behaviour_kl_target > 0:  # only then, so other runs' checkpoints keep their layout
-            params["kl_param"] = jnp.log(jnp.asarray(self.config.behaviour_kl_cost, jnp.float32)) / 10.0
+            params["kl_param"] = multiplier_param(self.config.behaviour_kl_cost)
         return params
 
     def prepare_batch(self, params: dict, rollout: Rollout) -> Rollout:
@@ -225,23 +239,19 @@ class MATrace(ActorCritic):
         anchor_kl = behaviour_kl if cfg.kl_anchor == "behaviour" else k3_divergence(log_probs, rollout.extras)
         value_loss = cfg.baseline_cost * 0.5 * jnp.mean((vs - values[:-1]) ** 2)
         mean_entropy = jnp.mean(entropy)
-        entropy_cost = jnp.exp(10.0 * params["entropy_param"])
         target = cfg.target_entropy * (1.0 - cfg.target_entropy_decay * progress)
-        if cfg.entropy_mode == "adaptive":
-            # Lagrangian: the cost grows while entropy is under target and shrinks above it.
-            entropy_loss = -jax.lax.stop_gradient(entropy_cost) * mean_entropy + entropy_cost * (
-                jax.lax.stop_gradient(mean_entropy) - self.spec.num_agents * target
-            )
+        if cfg.entropy_mode == "adaptive":  # entropy >= N x target, written as -entropy <= -N x target
+            entropy_loss, entropy_cost = constraint_penalty(
+                params["entropy_param"], -mean_entropy, -self.spec.num_agents * target)
         else:
             entropy_cost = jnp.asarray(cfg.entropy_cost, jnp.float32)
             entropy_loss = -entropy_cost * mean_entropy
         total = policy_loss + value_loss + entropy_loss
         kl_cost = jnp.asarray(cfg.behaviour_kl_cost, jnp.float32)
-        if cfg.behaviour_kl_target > 0:
-            # Lagrangian of KL <= target: the multiplier grows while the KL is above it.
-            kl_cost = jnp.exp(10.0 * params["kl_param"])
-            total = total + jax.lax.stop_gradient(kl_cost) * anchor_kl + kl_cost * (
-                self.spec.num_agents * cfg.behaviour_kl_target - jax.lax.stop_gradient(anchor_kl))
+        if cfg.behaviour_kl_target > 0:  # KL per agent <= target
+            kl_loss, kl_cost = constraint_penalty(
+                params["kl_param"], anchor_kl, self.spec.num_agents * cfg.behaviour_kl_target)
+            total = total + kl_loss
         elif cfg.behaviour_kl_cost > 0:
             total = total + kl_cost * anchor_kl
         rhos = jnp.exp(jnp.minimum(log_rhos, 20.0))  # diagnostics only: capped so a density ratio cannot overflow
