@@ -21,6 +21,7 @@ from offmarl.pipelines.make_datasets import (
     _level_metadata,
     choose_behaviour,
     collect_transitions,
+    dense_checkpoint_experiment,
     level_scheme,
 )
 
@@ -259,3 +260,14 @@ def test_make_datasets_on_box_actions_writes_the_four_mamujoco_datasets(tmp_path
     meta = vault_metadata(vault, "medium")
     assert meta["scoring"] == "return" and meta["quality_band"] == pytest.approx([1 / 3, 1 / 2])
     assert vault_metadata(vault, "medium-expert")["mixed_of"] == ["medium", "expert"]
+
+
+@pytest.mark.parametrize("env_steps", [3_000_000, 1_000_000])
+def test_dense_checkpoints_fall_on_every_training_chunk(env_steps: int) -> None:
+    """The checkpoint interval is whole updates and equals the chunk (eval_interval), so a
+    run keeps num_checkpoints checkpoints, not every second one (3M steps on 3m, 4,096-step
+    updates: 20 at 147,456 steps, where 150,000 gave 10)."""
+    run = dense_checkpoint_experiment("smax:3m", 0, env_steps, 20).run_config
+    assert run.checkpoint_interval % run.steps_per_update == 0
+    assert run.eval_interval == run.checkpoint_interval
+    assert run.num_updates // (run.checkpoint_interval // run.steps_per_update) == 20

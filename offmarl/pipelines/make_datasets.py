@@ -147,10 +147,13 @@ def vault_path(out_dir: str | Path, env_name: str) -> Path:
 def dense_checkpoint_experiment(
     env_name: str, seed: int, env_steps: int | None, num_checkpoints: int
 ) -> Experiment:
-    """Default MA-Trace settings, with about `num_checkpoints` checkpoints all kept."""
+    """Default MA-Trace settings, with about `num_checkpoints` checkpoints all kept. The
+    interval is whole updates, so each training chunk (eval_interval) ends on a checkpoint;
+    an interval a few steps longer than the chunk would checkpoint every second chunk only."""
     budget = {} if env_steps is None else {"env_steps": env_steps}
     base = resolve_experiment("matrace", env_name, seed, budget).run_config
-    interval = max(base.steps_per_update, base.env_steps // num_checkpoints)
+    spu = base.steps_per_update
+    interval = max(spu, base.env_steps // num_checkpoints // spu * spu)
     dense = {
         "checkpoint_interval": interval,
         "eval_interval": min(base.eval_interval, interval),
