@@ -167,7 +167,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        "(default 5000)")
     sweep.add_argument("--quiet", action="store_true", help="only failures and errors (no per-cell lines)")
     sweep.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="config field overrides for every cell (see `offmarl config --algo NAME`)")
+                       help="config field overrides for every cell, or ALGO.key=value for ALGO's cells "
+                       "only (see `offmarl config --algo NAME`)")
 
     card = command("dataset-card", "write the markdown card and return histogram of a dataset")
     card.add_argument("dataset", help="VAULT[:uid]; without uid, every dataset of the vault")

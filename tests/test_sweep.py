@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 
 from offmarl.cli import main
-from offmarl.pipelines.sweep import cell_command, cell_state, plan_sweep, suite_table_lines, summarise_sweep
+from offmarl.errors import ConfigError
+from offmarl.pipelines.sweep import (
+    cell_command,
+    cell_state,
+    overrides_for,
+    plan_sweep,
+    suite_table_lines,
+    summarise_sweep,
+)
 from offmarl.runners.common import RunLock
 from offmarl.utils.files import read_jsonl
 
@@ -210,6 +218,8 @@ BAD = [
     (["--dataset", "nosuch"], "neither a built-in dataset of matrix:xor"),
     (["--env-steps", "512"], "--env-steps is the budget of online algorithms"),
     (["--ray-address", "headnode"], "--ray-address 'headnode' is invalid"),
+    (["mappo.lr=1e-3"], "names algorithm 'mappo', which is not in --algos (valid prefixes: bc)"),
+    (["bc.no_such_key=1"], "no_such_key"),
 ]
 
 
@@ -251,6 +261,19 @@ def test_cell_commands_and_states(tmp_path: Path) -> None:
                                                "unroll_length=16"]
     assert cell_command(plan, cell, "resume") == ["train", "--resume", run, "--env-steps", "1000"]
     assert not (tmp_path / "s").exists()  # planning creates nothing
+
+
+def test_algorithm_scoped_overrides_reach_that_algorithms_cells_only(tmp_path: Path) -> None:
+    """`ALGO.key=value` sets a field of ALGO's cells only, so a sweep can set a MA-Trace-only
+    field beside MAPPO; a plain `key=value` still reaches every cell."""
+    plan = plan_sweep(tmp_path / "s", ["matrace", "mappo"], ["smax:3m"], [0], env_steps=4096,
+                      overrides=["num_envs=16", "matrace.behaviour_kl_cost=0.3", "mappo.clip_eps=0.1"])
+    matrace, mappo = plan.cells
+    assert cell_command(plan, matrace, "new")[-2:] == ["num_envs=16", "behaviour_kl_cost=0.3"]
+    assert cell_command(plan, mappo, "new")[-2:] == ["num_envs=16", "clip_eps=0.1"]
+    assert overrides_for("ippo", plan.overrides) == ["num_envs=16"]
+    with pytest.raises(ConfigError, match="mappo on smax:3m.*behaviour_kl_cost"):
+        plan_sweep(tmp_path / "s", ["matrace", "mappo"], ["smax:3m"], [0], overrides=["behaviour_kl_cost=0.3"])
 
 
 def _start_ray_head(temp_dir: str) -> tuple[subprocess.Popen, str]:

@@ -16,6 +16,9 @@ A rerun of the same command skips completed cells (whose budget matches), resume
 started ones and creates the rest; a different grid, dataset or overrides for the same
 DIR is refused (exit 2). Everything is checked, and every cell's experiment resolved,
 before anything is created or started.
+
+An override `key=value` applies to every cell; `ALGO.key=value` to ALGO's cells only, so one
+sweep can compare algorithms whose settings differ (`matrace.lr=5e-4 mappo.clip_eps=0.1`).
 """
 
 from __future__ import annotations
@@ -166,6 +169,28 @@ def _check_dataset(env: str, dataset: str) -> None:
                           "a sweep's offline cells all train on the one --dataset")
 
 
+def overrides_for(algo: str, words: list[str] | tuple[str, ...]) -> list[str]:
+    """The override words that apply to `algo`'s cells: every plain `key=value`, and each
+    `algo.key=value` without its prefix."""
+    chosen = []
+    for word in words:
+        key, sep, value = word.partition("=")
+        scope, dot, field = key.rpartition(".")
+        if not dot:
+            chosen.append(word)
+        elif scope == algo:
+            chosen.append(f"{field}{sep}{value}")
+    return chosen
+
+
+def _check_override_scopes(words: list[str] | tuple[str, ...], algos: list[str]) -> None:
+    for word in words:
+        scope, dot, _ = word.partition("=")[0].rpartition(".")
+        if dot and scope not in algos:
+            raise ConfigError(f"override {word!r} names algorithm {scope!r}, which is not in --algos "
+                              f"(valid prefixes: {', '.join(algos)})")
+
+
 def _resolve_cell(algo: str, kind: str, env: str, seed: int, dataset: str | None,
                   env_steps: int | None, steps: int | None, overrides: dict[str, str]) -> Cell:
     from offmarl.runners.experiment import resolve_experiment, resolve_offline_experiment
@@ -223,7 +248,8 @@ def plan_sweep(out: str | Path, algos: list[str], envs: list[str], seeds: list[i
     for budget, flag in ((env_steps, "--env-steps"), (steps, "--steps")):
         if budget is not None and budget <= 0:
             raise ConfigError(f"{flag}={budget} is invalid: must be a positive integer")
-    values = parse_overrides(list(overrides))
+    parse_overrides(list(overrides))
+    _check_override_scopes(overrides, algos)
 
     history: list[dict] = []
     recorded = read_sweep_json(out)
@@ -260,6 +286,7 @@ def plan_sweep(out: str | Path, algos: list[str], envs: list[str], seeds: list[i
     for seed in seeds:
         for env in envs:
             for algo in algos:
+                values = parse_overrides(overrides_for(algo, overrides))
                 cells.append(_resolve_cell(algo, kinds[algo], env, seed, dataset, env_steps, steps, values))
     names: dict[str, Cell] = {}
     for cell in cells:
@@ -333,7 +360,7 @@ def cell_command(plan: SweepPlan, cell: Cell, state: str) -> list[str]:
         return [command, "--resume", run, *flag]
     data = ["--dataset", plan.dataset] if cell.kind == "offline" else []
     return [command, "--algo", cell.algo, "--env", cell.env, *data, "--seed", str(cell.seed),
-            "--out", run, *flag, *plan.overrides]
+            "--out", run, *flag, *overrides_for(cell.algo, plan.overrides)]
 
 
 # -- running cells ------------------------------------------------------------------------
