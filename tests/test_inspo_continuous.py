@@ -114,9 +114,10 @@ def np_tanh_gaussian(outputs: np.ndarray, actions: jax.Array) -> np.ndarray:
     return tanh_gaussian_log_prob(mean, log_std, np.asarray(actions), SPREAD_LOW, SPREAD_HIGH)
 
 
-def np_exponent(q: np.ndarray, v: np.ndarray, log_mu: np.ndarray, config: InSPOConfig) -> np.ndarray:
+def np_exponent(q: np.ndarray, v: np.ndarray, log_mu: np.ndarray, config: InSPOConfig,
+                clip: float = 10.0) -> np.ndarray:
     tau = config.alpha + config.beta
-    return np.clip((q - v) / tau - config.beta / tau * log_mu, -10.0, 10.0)
+    return np.clip((q - v) / tau - config.beta / tau * log_mu, -clip, clip)
 
 
 def np_exponential_value_loss(z: np.ndarray, linear: np.ndarray) -> float:
@@ -128,7 +129,8 @@ def test_continuous_inspo_losses_match_numpy() -> None:
     """Weighted likelihood of each agent's own tanh-Gaussian with weight
     exp(clip((Q_i - V_i)/tau - (beta/tau) log mu_i, +-10)); local critics with the action as an
     input regressed onto w (Q^targ - L) and w; the joint Q(s, [a_1 .. a_N]) by TD onto
-    r + gamma (1 - d) V^targ(s'); the exponential losses of V and V_i."""
+    r + gamma (1 - d) V^targ(s'); the exponential losses of V and V_i (V_i's on the unclipped
+    exponent)."""
     config, (algo, init, update) = CONFIG, spread_learner()
     state = init(jax.random.PRNGKey(4))
     # Spread the outputs; online critics distinct from the targets.
@@ -187,7 +189,7 @@ def test_continuous_inspo_losses_match_numpy() -> None:
                   + np.mean((mean_weight - local_weights) ** 2))
     np.testing.assert_allclose(float(got["q_local_loss"]), want_local, rtol=1e-4)
     v_i = np_value(critics.v_local, local_inputs(batch.obs))
-    z_local = np_exponent(floor + advantage / np.maximum(mean_weight, 1.0), v_i, log_mu, config)
+    z_local = np_exponent(floor + advantage / np.maximum(mean_weight, 1.0), v_i, log_mu, config, clip=np.inf)
     np.testing.assert_allclose(float(got["v_local_loss"]), np_exponential_value_loss(z_local, v_i / tau), rtol=1e-4)
     # The local critics read the action they are given.
     centre = jnp.broadcast_to(f32((SPREAD_LOW + SPREAD_HIGH) / 2), batch.actions.shape)

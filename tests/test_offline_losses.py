@@ -11,12 +11,13 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from oracles import box_transition_batch, dense, local_inputs, log_softmax, mlp, tanh_gaussian_log_prob
 
 from offmarl.algos import ALGORITHMS, check_action_support
 from offmarl.algos.bc import bc_loss
-from offmarl.algos.inspo import InSPOConfig, local_value, policy_exponent, teammate_weights
+from offmarl.algos.inspo import InSPOConfig, local_value, local_value_loss, policy_exponent, teammate_weights
 from offmarl.algos.iql_cql import iql_cql_loss
 from offmarl.algos.maicq import icq_actor_loss, icq_critic_loss
 from offmarl.algos.offline_common import exponential_value_loss, weight_diagnostics
@@ -179,6 +180,31 @@ def test_policy_exponent_matches_numpy_and_clips() -> None:
     np.testing.assert_allclose(got, np.clip(raw, -10, 10), rtol=RTOL, atol=ATOL)
 
 
+def test_local_value_climbs_from_far_below_where_the_clipped_exponent_would_sink() -> None:
+    """Q_i far above V_i (every exponent beyond the clip, as at the start of SMAX runs at
+    alpha 0.1): the local value loss still drives V_i up to V* = tau log mean exp(Q/tau).
+    On the clipped exponent the same loss has only its linear term left, which pushes V_i
+    down for ever (the policy's weights then all sit at exp(10): plain BC)."""
+    alpha, beta = 0.1, 0.0
+    q = f32([1.5, 2.0, 2.5])
+    log_mu = jnp.full(3, np.log(1 / 3), jnp.float32)
+    v_star = alpha * np.log(np.mean(np.exp(np.array([1.5, 2.0, 2.5]) / alpha)))
+
+    def clipped_loss(v: jax.Array) -> jax.Array:  # one V for the three samples, as V_i(o)
+        vs = jnp.full(3, v)
+        return exponential_value_loss(policy_exponent(q, vs, log_mu, alpha, beta), vs / alpha)
+
+    assert float(jax.grad(clipped_loss)(jnp.float32(0.0))) > 0  # descent lowers V: the trap
+    optimiser = optax.adam(0.01)
+    v = jnp.float32(0.0)
+    opt_state = optimiser.init(v)
+    grad = jax.jit(jax.grad(lambda v: local_value_loss(q, jnp.full(3, v), log_mu, alpha, beta)))
+    for _ in range(1500):
+        updates, opt_state = optimiser.update(grad(v), opt_state)
+        v = optax.apply_updates(v, updates)
+    assert float(v) == pytest.approx(v_star, abs=0.02)
+
+
 @pytest.mark.parametrize("before", [[0, 0, 0], [1, 0, 0], [0, 1, 1], [1, 1, 1]])
 def test_teammate_weights_are_clipped_products_of_ratios(before: list[int]) -> None:
     """w = min(prod_{j in before} pi_j/mu_j, max_weight), the ratios multiplied one by one."""
@@ -225,8 +251,7 @@ def test_inspo_closed_form_on_a_one_state_game(alpha: float, beta: float) -> Non
     q_d, log_mu_d = f32(Q[DATA_ACTIONS]), f32(np.log(MU[DATA_ACTIONS]))
 
     def v_loss(v: jax.Array) -> jax.Array:
-        z = policy_exponent(q_d, v, log_mu_d, alpha, beta)
-        return exponential_value_loss(z, jnp.full(z.shape, v / tau))
+        return local_value_loss(q_d, jnp.full(q_d.shape, v), log_mu_d, alpha, beta)
 
     assert abs(float(jax.grad(v_loss)(jnp.float32(v_star)))) < 1e-5
     for v in (v_star - 0.05, v_star + 0.05):

@@ -105,10 +105,26 @@ class InSPOState(NamedTuple):
     value_floor: jax.Array  # L = min(0, lowest target Q(s, a) seen so far)
 
 
-def policy_exponent(q: jax.Array, v: jax.Array, log_mu: jax.Array, alpha: float, beta: float) -> jax.Array:
-    """log of the weighted-BC weight mu^(-beta/tau) exp((Q - V)/tau), clipped to [-10, 10]."""
+def soft_advantage(q: jax.Array, v: jax.Array, log_mu: jax.Array, alpha: float, beta: float) -> jax.Array:
+    """log of the weighted-BC weight mu^(-beta/tau) exp((Q - V)/tau), unclipped."""
     temperature = alpha + beta
-    return jnp.clip((q - v) / temperature - beta / temperature * log_mu, -EXP_CLIP, EXP_CLIP)
+    return (q - v) / temperature - beta / temperature * log_mu
+
+
+def policy_exponent(q: jax.Array, v: jax.Array, log_mu: jax.Array, alpha: float, beta: float) -> jax.Array:
+    """soft_advantage clipped to [-10, 10], so the policy's weights stay finite in float32."""
+    return jnp.clip(soft_advantage(q, v, log_mu, alpha, beta), -EXP_CLIP, EXP_CLIP)
+
+
+def local_value_loss(q_local: jax.Array, v_local: jax.Array, log_mu: jax.Array, alpha: float,
+                     beta: float) -> jax.Array:
+    """The exponential loss of V_i against fixed Q_i, on the *unclipped* soft advantage
+    (exponential_value_loss shifts by the batch maximum, so it cannot overflow). With the
+    clipped exponent, a sample above the clip gives V_i no gradient; once every sample of a
+    batch is above it, only the linear term acts and V_i falls without end, every weight
+    sits at exp(10) and the policy update is plain behaviour cloning (docs/inspo.md)."""
+    z = soft_advantage(jax.lax.stop_gradient(q_local), v_local, log_mu, alpha, beta)
+    return exponential_value_loss(z, v_local / (alpha + beta))
 
 
 def local_value(weighted_advantage: jax.Array, mean_weight: jax.Array, floor: jax.Array) -> jax.Array:
@@ -261,8 +277,7 @@ class InSPO(StatelessPolicy):
         q_local = local_value(weighted_advantage, mean_weight, floor)
 
         v_local = self.v_local.apply(critics.v_local, local_in)
-        z_local = policy_exponent(jax.lax.stop_gradient(q_local), v_local, log_mu, cfg.alpha, cfg.beta)
-        v_local_loss = exponential_value_loss(z_local, v_local / temp)
+        v_local_loss = local_value_loss(q_local, v_local, log_mu, cfg.alpha, cfg.beta)
         metrics = {"q_loss": q_loss, "v_loss": v_loss, "q_local_loss": q_local_loss,
                    "v_local_loss": v_local_loss, "q_mean": jnp.mean(q)}
         return q_loss + v_loss + q_local_loss + v_local_loss, metrics
