@@ -322,6 +322,7 @@ def _config(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from offmarl.evaluation.aggregate import format_report, report_runs
     from offmarl.evaluation.statistics import DEFAULT_REPS, format_aggregate, rliable_report
+    from offmarl.pipelines.sweep import suite_table_from_report
 
     reps = DEFAULT_REPS if args.reps is None else args.reps
     if reps < 1:
@@ -334,6 +335,9 @@ def _report(args: argparse.Namespace) -> int:
         print(format_report(report), end="")
         print("\naggregate over tasks (rliable, the statistics of `offmarl sweep`):")
         print("\n".join(format_aggregate(report["aggregate"])))
+        suite = suite_table_from_report(report)
+        if suite:
+            print("\n" + "\n".join(suite), end="")
     return 0
 
 

@@ -184,4 +184,7 @@ def test_report_command_gives_the_sweeps_rliable_aggregate(tmp_path: Path, capsy
     assert main(["report", "--reps", "300", *runs]) == 0
     text = capsys.readouterr().out
     assert "aggregate over tasks (rliable" in text and "| matrace | 3 x 2 |" in text
+    # The sweep's suite table, over runs of any sweeps: ours beside the published figures.
+    assert "| map | matrace | mappo | JaxMARL IPPO |" in text
+    assert "| smax:2s3z | 0.950 ± 0.124 (3) | 0.550 ± 0.938 (3) | 0.90 | 1.00 | 0.89 | 0.95 | 99/94/98 |" in text
     assert main(["report", "--reps", "0", *runs]) == 2

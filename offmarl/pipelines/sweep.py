@@ -704,6 +704,25 @@ def suite_table_lines(algos: list[str], table: dict) -> list[str]:
     return [*lines, ""]
 
 
+def suite_table_from_report(report: dict) -> list[str]:
+    """suite_table_lines for the online groups of `offmarl report` (runs of any sweeps):
+    the same per-map table of final greedy win rates beside the published figures."""
+    algos: list[str] = []
+    table: dict[str, dict] = {}
+    for group in report["groups"]:
+        wins = group["metrics"].get("final_eval_greedy_win_rate")
+        if group.get("dataset") is not None or wins is None:
+            continue
+        if group["algo"] not in algos:
+            algos.append(group["algo"])
+        table.setdefault(group["env"], {})[group["algo"]] = {
+            "done": wins["n"], "final_greedy_win_rate": {"mean": wins["mean"], "ci95": wins["ci95"], "n": wins["n"]}}
+    for rows in table.values():
+        for algo in algos:
+            rows.setdefault(algo, {"done": 0})
+    return suite_table_lines(algos, table)
+
+
 def _table_md(plan_json: dict, table: dict, stats: dict | None, partial: bool) -> str:
     lines = [f"# Sweep results{' (partial)' if partial else ''}", "",
              f"algorithms {', '.join(plan_json['algos'])}; environments {', '.join(plan_json['envs'])}; "
