@@ -57,6 +57,8 @@ def make_config(critic: str = "obs", **overrides: object) -> MATraceConfig:
         entropy_mode="fixed",
         entropy_cost=0.05,
         hidden_sizes=(16, 16),
+        behaviour_kl_cost=0.0,
+        behaviour_kl_target=0.0,
     )
     fields.update(overrides)
     return MATraceConfig(**fields)  # type: ignore[arg-type]
@@ -439,7 +441,8 @@ def test_lag_robust_settings_are_off_by_default_and_agree_on_policy() -> None:
     np.testing.assert_allclose(float(joint[0]), float(per_agent[0]), rtol=1e-6, atol=1e-7)
     assert float(per_agent[1]["behaviour_kl"]) == pytest.approx(0.0, abs=1e-6)
     assert float(algo.loss(params, stale)[1]["behaviour_kl"]) > 0.1
-    assert (MATraceConfig().pg_ratio, MATraceConfig().behaviour_kl_cost) == ("joint", 0.0)
+    defaults = MATraceConfig()
+    assert (defaults.pg_ratio, defaults.behaviour_kl_cost, defaults.behaviour_kl_target) == ("joint", 0.1, 0.02)
     with pytest.raises(ConfigError, match="pg_ratio='mean' is invalid; valid choices: joint, per_agent"):
         make_config(pg_ratio="mean").validate()
     with pytest.raises(ConfigError, match="pg_ratio=per_agent needs a team critic"):
@@ -514,6 +517,6 @@ def test_adaptive_kl_multiplier_gradient_sign(kl_anchor: str, gap: float) -> Non
 
 def test_kl_target_needs_a_starting_cost() -> None:
     with pytest.raises(ConfigError, match="behaviour_kl_target"):
-        MATraceConfig(behaviour_kl_target=0.01).validate()
+        MATraceConfig(behaviour_kl_cost=0.0, behaviour_kl_target=0.01).validate()
     with pytest.raises(ConfigError, match="behaviour_kl_target"):
         MATraceConfig(behaviour_kl_target=-1.0, behaviour_kl_cost=0.1).validate()

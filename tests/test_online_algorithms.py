@@ -200,10 +200,13 @@ def test_one_compiled_evaluation_serves_both_modes_and_any_episode_count() -> No
 
 
 def test_continuous_defaults_apply_on_box_tasks_only_and_yield_to_the_user() -> None:
-    assert ALGORITHMS["matrace"].action_space_defaults(continuous=True) == {"behaviour_kl_cost": 1.0}
+    continuous = {"behaviour_kl_cost": 1.0, "behaviour_kl_target": 0.0}
+    assert ALGORITHMS["matrace"].action_space_defaults(continuous=True) == continuous
     assert ALGORITHMS["matrace"].action_space_defaults(continuous=False) == {}
-    assert resolve_experiment("matrace", "smax:3m", 0).algo_config.behaviour_kl_cost == 0.0
+    discrete = resolve_experiment("matrace", "smax:3m", 0).algo_config
+    assert (discrete.behaviour_kl_cost, discrete.behaviour_kl_target) == (0.1, 0.02)
     box = "mpe:simple_spread_continuous"
-    assert resolve_experiment("matrace", box, 0).algo_config.behaviour_kl_cost == 1.0
+    boxed = resolve_experiment("matrace", box, 0).algo_config
+    assert (boxed.behaviour_kl_cost, boxed.behaviour_kl_target) == (1.0, 0.0)
     assert resolve_experiment("matrace", box, 0, {"behaviour_kl_cost": 0.0}).algo_config.behaviour_kl_cost == 0.0
     assert resolve_experiment("mappo", box, 0).run_config == resolve_experiment("mappo", "smax:3m", 0).run_config
