@@ -138,7 +138,7 @@ class MATraceConfig(ActorCriticConfig):
     adaptive entropy cost is), that rises while the anchor's KL per agent is above this
     target (nats) and falls below it, towards 0 (no penalty) when the data are fresh
     (docs/matrace.md). 0 keeps the cost fixed. The default 0.02 holds the win rate of 32
-    simulated workers within 0.02 of one worker's on smax:3m and 2s3z (docs/tuning.md)."""
+    simulated workers within 0.02 of one worker's on smax:3m and 2s3z (docs/matrace.md)."""
     kl_anchor: Literal["behaviour", "update"] = "behaviour"
     """The policy behaviour_kl_cost pulls towards: the behaviour policy mu that acted (as
     stale as the lag), or the learner's own policy at the start of the current update, a
