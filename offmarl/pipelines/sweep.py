@@ -169,24 +169,23 @@ def _check_dataset(env: str, dataset: str) -> None:
                           "a sweep's offline cells all train on the one --dataset")
 
 
+def _split_scope(word: str) -> tuple[str | None, str]:
+    """`algo.key=value` -> ("algo", "key=value"); a plain `key=value` -> (None, word)."""
+    key, sep, value = word.partition("=")
+    scope, dot, field = key.rpartition(".")
+    return (scope, f"{field}{sep}{value}") if dot else (None, word)
+
+
 def overrides_for(algo: str, words: list[str] | tuple[str, ...]) -> list[str]:
     """The override words that apply to `algo`'s cells: every plain `key=value`, and each
     `algo.key=value` without its prefix."""
-    chosen = []
-    for word in words:
-        key, sep, value = word.partition("=")
-        scope, dot, field = key.rpartition(".")
-        if not dot:
-            chosen.append(word)
-        elif scope == algo:
-            chosen.append(f"{field}{sep}{value}")
-    return chosen
+    return [plain for scope, plain in map(_split_scope, words) if scope in (None, algo)]
 
 
 def _check_override_scopes(words: list[str] | tuple[str, ...], algos: list[str]) -> None:
     for word in words:
-        scope, dot, _ = word.partition("=")[0].rpartition(".")
-        if dot and scope not in algos:
+        scope, _ = _split_scope(word)
+        if scope is not None and scope not in algos:
             raise ConfigError(f"override {word!r} names algorithm {scope!r}, which is not in --algos "
                               f"(valid prefixes: {', '.join(algos)})")
 
@@ -250,6 +249,7 @@ def plan_sweep(out: str | Path, algos: list[str], envs: list[str], seeds: list[i
             raise ConfigError(f"{flag}={budget} is invalid: must be a positive integer")
     parse_overrides(list(overrides))
     _check_override_scopes(overrides, algos)
+    values = {algo: parse_overrides(overrides_for(algo, overrides)) for algo in algos}
 
     history: list[dict] = []
     recorded = read_sweep_json(out)
@@ -286,8 +286,7 @@ def plan_sweep(out: str | Path, algos: list[str], envs: list[str], seeds: list[i
     for seed in seeds:
         for env in envs:
             for algo in algos:
-                values = parse_overrides(overrides_for(algo, overrides))
-                cells.append(_resolve_cell(algo, kinds[algo], env, seed, dataset, env_steps, steps, values))
+                cells.append(_resolve_cell(algo, kinds[algo], env, seed, dataset, env_steps, steps, values[algo]))
     names: dict[str, Cell] = {}
     for cell in cells:
         if cell.name in names:
