@@ -67,3 +67,7 @@ def test_games_get_small_offline_defaults_that_the_user_overrides(algo: str) -> 
     assert (mine.run_config.steps, mine.algo_config.hidden_sizes) == (500, (32,))
     smax = resolve_offline_experiment(algo, "smax:3m", "x.vlt:good", 0)
     assert smax.algo_config.hidden_sizes == (256, 256) and smax.run_config.steps == 20_000
+    if ALGORITHMS[algo].continuous:
+        hopper = resolve_offline_experiment(algo, "mabrax:hopper_3x1", "x.vlt:medium", 0)
+        assert hopper.algo_config.hidden_sizes == (64, 64)
+        assert (hopper.run_config.steps, hopper.run_config.final_eval_episodes) == (100_000, 128)
