@@ -58,7 +58,7 @@ OFFLINE_ALGOS = [name for name, entry in ALGORITHMS.items() if entry.kind == "of
 
 
 @pytest.mark.parametrize("algo", OFFLINE_ALGOS)
-def test_games_get_small_offline_defaults_that_the_user_overrides(algo: str) -> None:
+def test_env_families_get_their_offline_defaults_that_the_user_overrides(algo: str) -> None:
     game = resolve_offline_experiment(algo, "matrix:xor", "02_20", 0)
     assert game.algo_config.hidden_sizes == (64, 64)
     assert (game.run_config.steps, game.run_config.eval_interval) == (2_000, 1_000)

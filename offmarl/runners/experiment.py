@@ -38,17 +38,17 @@ class Experiment:
         return env, get_algorithm(self.algo).build(self.algo_config, env.spec)
 
 
-# Offline defaults per environment family, applied after the algorithm's and before the user's.
-# The small games: 64-64 networks and runs long enough for the README's known answers
-# (docs/games.md), so a game a table solves trains in seconds rather than minutes. Keys common to every offline
-# algorithm's and the offline runner's configs.
-_GAME_NETWORK = {"hidden_sizes": (64, 64)}
+# Offline defaults per environment family, applied after the algorithm's and before the user's;
+# keys common to every offline algorithm's and the offline runner's configs. The small games:
+# 64-64 networks and runs long enough for the README's known answers (docs/games.md), so a game
+# a table solves trains in seconds rather than minutes.
+_SMALL_NETWORK = {"hidden_sizes": (64, 64)}
 _OFFLINE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "matrix": {**_GAME_NETWORK, "steps": 2_000, "eval_interval": 1_000, "checkpoint_interval": 2_000},
-    "bridge": {**_GAME_NETWORK, "steps": 10_000, "eval_interval": 2_000, "checkpoint_interval": 10_000},
+    "matrix": {**_SMALL_NETWORK, "steps": 2_000, "eval_interval": 1_000, "checkpoint_interval": 2_000},
+    "bridge": {**_SMALL_NETWORK, "steps": 10_000, "eval_interval": 2_000, "checkpoint_interval": 10_000},
     # MABrax: 64-64 networks run OMIGA at 7x the updates/s of the paper's 256-256 on two cores,
     # which makes the 100k iterations its value learning needs affordable (docs/mabrax.md).
-    "mabrax": {**_GAME_NETWORK, "steps": 100_000, "eval_interval": 10_000, "eval_episodes": 16,
+    "mabrax": {**_SMALL_NETWORK, "steps": 100_000, "eval_interval": 10_000, "eval_episodes": 16,
                "final_eval_episodes": 128, "checkpoint_interval": 20_000},
 }
 
