@@ -339,6 +339,40 @@ def test_icq_critic_loss_matches_numpy_with_in_sample_weights_over_valid_rows() 
     np.testing.assert_allclose(float(flat), 0.5 * np.sum(valid * (q_tot - sarsa) ** 2) / valid.sum(), rtol=1e-4)
 
 
+def iterate_icq_target(reward: np.ndarray, gamma: float, beta: float, advantage: bool, iterations: int) -> np.ndarray:
+    """Q <- the target icq_critic_loss regresses onto, `iterations` times, on states that lead
+    to themselves with one action each (all rows valid, none done; V_tot' = Q_tot' with
+    advantage weights, 0 without). The target is read off the loss's gradient at Q_tot = 0:
+    d loss / d Q_tot = -target / n."""
+    ones, zeros = jnp.ones(len(reward)), jnp.zeros(len(reward))
+
+    def target(q: jax.Array) -> jax.Array:
+        grad = jax.grad(icq_critic_loss)(zeros, f32(reward), zeros, q, ones, gamma, beta, q if advantage else 0.0)
+        return -len(reward) * grad
+
+    return np.asarray(jax.jit(lambda: jax.lax.fori_loop(0, iterations, lambda _, q: target(q), zeros))(), np.float64)
+
+
+def test_icq_target_with_q_weights_diverges_on_values_in_the_hundreds_and_with_advantage_weights_does_not() -> None:
+    """docs/maicq.md: n softmax_batch(Q_tot' / beta) also weighs each next state by its value,
+    so at beta_Q = 1000 the best states of a batch whose values span a few hundred (a
+    hopper's) get weights above 1/gamma and their targets grow without end. Iterated on 128
+    states that lead to themselves (every advantage 0) with rewards 0..3 per step, the
+    released form runs away; the advantage form converges to r / (1 - gamma)."""
+    gamma, beta = 0.99, 1000.0
+    reward = np.linspace(0.0, 3.0, 128)
+    released = iterate_icq_target(reward, gamma, beta, advantage=False, iterations=200)
+    assert not np.all(np.isfinite(released)) or released.max() > 100 * reward.max() / (1 - gamma)
+    np.testing.assert_allclose(iterate_icq_target(reward, gamma, beta, advantage=True, iterations=3000),
+                               reward / (1 - gamma), rtol=1e-3, atol=1e-3)
+    # On SMAX's scale (rewards a hundred times smaller) the released form stays bounded, but
+    # still discounts states below the batch's mean more and those above it less.
+    small = reward / 100
+    released_small = iterate_icq_target(small, gamma, beta, advantage=False, iterations=3000)
+    ratio = released_small[1:] / (small[1:] / (1 - gamma))
+    assert 0.7 < ratio.min() < 0.9 and 1.05 < ratio.max() < 1.4, (ratio.min(), ratio.max())
+
+
 def test_icq_actor_loss_matches_numpy_and_holds_weights_advantages_and_k_constant() -> None:
     rng = np.random.default_rng(22)
     size, beta = 5, 0.1

@@ -6,9 +6,12 @@ box (continuous) actions.
 The critic is evaluated on actions in the data only:
 - Critic: Q_tot(s, a) = sum_i k_i(s) Q_i(o_i, a_i) + b(s) with k(s) >= 0 (a linear
   decomposition, as in the paper; OMIGA's mixer). Its target is
-  r + gamma (1 - d) n softmax_batch(Q_tot'(s', a') / beta_Q) Q_tot'(s', a'), where a'
-  is the *dataset's* next joint action and Q_tot' the target networks: the implicit
-  constraint's importance weight exp(Q/beta)/Z, Z estimated by the batch (n rows).
+  r + gamma (1 - d) w Q_tot'(s', a'), where a' is the *dataset's* next joint action and
+  Q_tot' the target networks, with the implicit constraint's importance weight
+  w = exp(Q/beta)/Z(s'). Z(s') is estimated by the batch (n rows): w = n softmax_batch(
+  (Q_tot'(s', a') - V_tot'(s')) / beta_Q), the state's value V_tot' = sum_i k_i V_i' + b
+  taken out first so that the batch compares actions, not states (`target_weights`;
+  the released code's softmax of Q_tot' itself diverges on returns in the hundreds).
 - Actor: -mean(k_i(s) n softmax_batch(A_i / beta_A) log pi_i(a_i|o_i)) with
   A_i = Q_i(o_i, a_i) - V_i(o_i), V_i = E_{a ~ pi_i}[Q_i(o_i, a)], weights and k held constant.
 - Targets are hard copies every `target_update_period` updates; one Adam for all.
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -67,8 +70,16 @@ class MAICQConfig:
     mixer_hidden_size: int = 64
     """Hidden width of the state-conditioned mixer k(s), b(s)."""
     num_action_samples: int = 10
-    """Box actions: policy samples K of the actor's baseline V_i = mean_k Q_i(o_i, a^k)
-    (discrete actions sum over all actions exactly and ignore it)."""
+    """Box actions: policy samples K of the baseline V_i = mean_k Q_i(o_i, a^k) (actor and,
+    with target_weights 'advantage', critic target; discrete actions sum over all actions
+    exactly and ignore it)."""
+    target_weights: Literal["advantage", "q"] = "advantage"
+    """What the critic target's batch softmax exponentiates: the next joint action's
+    advantage Q_tot'(s', a') - V_tot'(s'), an estimate of the paper's per-state normaliser
+    Z(s'); or Q_tot'(s', a') itself, as the released code does, which also weighs each
+    next state by its value: a state beta_Q * ln(1/gamma) above the batch's others then has
+    an effective discount above 1, and the critic diverges where values span more than
+    about 10 (docs/maicq.md)."""
 
     def validate(self) -> None:
         validate_common(self)
@@ -77,6 +88,8 @@ class MAICQConfig:
         require(self.target_update_period > 0,
                 f"target_update_period={self.target_update_period} is invalid: must be a positive integer")
         require(self.mixer_hidden_size > 0, f"mixer_hidden_size={self.mixer_hidden_size} must be > 0")
+        require(self.target_weights in ("advantage", "q"),
+                f"target_weights={self.target_weights!r} is invalid: choose 'advantage' or 'q'")
         require(self.num_action_samples > 0,
                 f"num_action_samples={self.num_action_samples} is invalid: must be a positive integer")
 
@@ -109,12 +122,13 @@ def batch_softmax_weights(x: jax.Array, valid: jax.Array, beta: float) -> jax.Ar
 
 def icq_critic_loss(
     q_tot: jax.Array, reward: jax.Array, done: jax.Array, next_target_q_tot: jax.Array,
-    valid: jax.Array, gamma: float, beta: float,
+    valid: jax.Array, gamma: float, beta: float, next_target_v_tot: jax.Array | float = 0.0,
 ) -> jax.Array:
     """0.5 mean over valid rows of (Q_tot - target)^2, target without gradient. The
-    in-sample weights are normalised over the rows that bootstrap (valid, not done): a
-    done row's next state belongs to another episode."""
-    weights = batch_softmax_weights(next_target_q_tot, valid * (1.0 - done), beta)
+    in-sample weights n softmax_batch((Q_tot' - V_tot') / beta) are normalised over the rows
+    that bootstrap (valid, not done): a done row's next state belongs to another episode.
+    V_tot' = 0 gives the released code's softmax of Q_tot'."""
+    weights = batch_softmax_weights(next_target_q_tot - next_target_v_tot, valid * (1.0 - done), beta)
     target = jax.lax.stop_gradient(reward + gamma * (1.0 - done) * weights * next_target_q_tot)
     return 0.5 * jnp.sum(valid * (q_tot - target) ** 2) / jnp.maximum(jnp.sum(valid), 1.0)
 
@@ -175,16 +189,29 @@ class MAICQ(SharedActor):
         k, b = self.mixer.apply(mixer_params, state)
         return jnp.sum(k * q_taken, axis=-1) + b, q_taken, k
 
+    def _next_v_tot(self, params: MAICQParams, state: MAICQState, batch: TransitionBatch,
+                    rng: jax.Array) -> jax.Array | float:
+        """V_tot'(s') = sum_i k_i'(s') E_{pi_i}[Q_i'(o_i', .)] + b'(s') of the critic target
+        (target networks, current policy), or 0 with target_weights 'q'."""
+        if self.config.target_weights == "q":
+            return 0.0
+        next_policy = self.head.distribution(self.logits(params.policy, batch.next_obs, batch.next_avail))
+        next_v = self.baseline(self.q_net, state.target_q, with_agent_id(batch.next_obs), next_policy, rng)
+        k, b = self.mixer.apply(state.target_mixer, batch.next_state)
+        return jax.lax.stop_gradient(jnp.sum(k * next_v, axis=-1) + b)
+
     def _loss(self, params: MAICQParams, state: MAICQState, batch: TransitionBatch,
               rng: jax.Array) -> tuple[jax.Array, dict]:
+        rng_actor, rng_target = jax.random.split(rng)
         q_tot, q_taken, k = self._q_tot(params.q, params.mixer, batch.obs, batch.state, batch.actions)
         next_q_tot, _, _ = self._q_tot(state.target_q, state.target_mixer, batch.next_obs, batch.next_state,
                                        batch.next_actions)
         critic = icq_critic_loss(q_tot, batch.reward, batch.done, jax.lax.stop_gradient(next_q_tot),
-                                 batch.valid, self.config.gamma, self.config.target_q_beta)
+                                 batch.valid, self.config.gamma, self.config.target_q_beta,
+                                 self._next_v_tot(params, state, batch, rng_target))
         outputs = self.logits(params.policy, batch.obs, batch.avail)
         policy = self.head.distribution(jax.lax.stop_gradient(outputs))
-        baseline = self.baseline(self.q_net, params.q, with_agent_id(batch.obs), policy, rng)
+        baseline = self.baseline(self.q_net, params.q, with_agent_id(batch.obs), policy, rng_actor)
         actor, weights = icq_actor_loss(self.head.log_prob(outputs, batch.actions),
                                         jax.lax.stop_gradient(q_taken - baseline), k, self.config.advantage_beta)
         return critic + actor, {"q_loss": critic, "policy_loss": actor, "q_tot": jnp.mean(q_tot),
