@@ -13,7 +13,7 @@ import pytest
 
 from offmarl.algos import ALGORITHMS
 from offmarl.cli import main
-from offmarl.runners.experiment import resolve_experiment
+from offmarl.runners.experiment import resolve_experiment, resolve_offline_experiment
 from offmarl.runners.config import OfflineConfig, OnlineConfig
 from offmarl.runners.fused import FusedTrainer
 from offmarl.runners.online import OnlineRun
@@ -210,3 +210,7 @@ def test_continuous_defaults_apply_on_box_tasks_only_and_yield_to_the_user() -> 
     assert (boxed.behaviour_kl_cost, boxed.behaviour_kl_target) == (1.0, 0.0)
     assert resolve_experiment("matrace", box, 0, {"behaviour_kl_cost": 0.0}).algo_config.behaviour_kl_cost == 0.0
     assert resolve_experiment("mappo", box, 0).run_config == resolve_experiment("mappo", "smax:3m", 0).run_config
+    # InSPO's temperature on box tasks (their values are in the hundreds; docs/inspo.md).
+    assert resolve_offline_experiment("inspo", "smax:3m", "d", 0).algo_config.alpha == 0.1
+    assert resolve_offline_experiment("inspo", "mabrax:hopper_3x1", "d", 0).algo_config.alpha == 10.0
+    assert resolve_offline_experiment("inspo", "mabrax:hopper_3x1", "d", 0, {"alpha": 1.0}).algo_config.alpha == 1.0

@@ -22,7 +22,7 @@ vector) and how the local critics read it (one output per action or an action in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +51,12 @@ from offmarl.types import TransitionBatch
 @dataclass(frozen=True)
 class InSPOConfig:
     """InSPO hyper-parameters (see docs/inspo.md for the derivation)."""
+
+    # Box-action tasks (multi-agent MuJoCo) pay rewards of order 1 per step for up to 1,000
+    # steps, so values in the hundreds: at alpha 0.1 the joint V's soft maximum over noisy
+    # in-sample Q overestimates and the critic diverges, and at 1 the policy weights
+    # collapse onto a few samples. 10 is OMIGA's MaMuJoCo temperature (docs/inspo.md).
+    CONTINUOUS_DEFAULTS: ClassVar[dict[str, Any]] = {"alpha": 10.0}
 
     alpha: float = 0.1
     """Temperature of the reverse-KL regulariser toward the behaviour policy mu.
