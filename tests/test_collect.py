@@ -190,3 +190,35 @@ def test_cli_make_datasets_bad_input_is_one_line_exit_2(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and problem in err, err
     assert not (tmp_path / "ds").exists()
+
+
+def test_pipeline_progress_sent_to_a_file_prints_a_line_per_unfinished_task_while_it_works() -> None:
+    """rich draws no live bar into a file or a pipe; make-datasets' checkpoint scoring
+    (tens of minutes on MABrax) then printed nothing. The heartbeat names each unfinished
+    task with its counts, and nothing once every task is done."""
+    import io
+    import time
+
+    from rich.console import Console
+
+    from offmarl.utils.progress import HeartbeatProgress, progress_display
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=False, width=200)
+    with progress_display(console, "episodes", heartbeat_s=0.05) as progress:
+        assert isinstance(progress, HeartbeatProgress)
+        scoring = progress.add_task("evaluate checkpoints", total=256, stats="")
+        done = progress.add_task("collect poor", total=10, stats="")
+        progress.update(done, completed=10)
+        progress.advance(scoring, 64)
+        time.sleep(0.5)
+        beats = [line for line in out.getvalue().splitlines() if "] evaluate checkpoints: 64/256 episodes" in line]
+        assert len(beats) >= 2, out.getvalue()
+        assert "] collect poor:" not in out.getvalue()
+        progress.update(scoring, completed=256)
+        time.sleep(0.2)
+        after = out.getvalue()
+        time.sleep(0.2)
+        assert out.getvalue() == after  # every task finished: no more lines
+    terminal = Console(file=io.StringIO(), force_terminal=True)
+    assert not isinstance(progress_display(terminal, "episodes"), HeartbeatProgress)

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from offmarl.errors import ConfigError
+from offmarl.utils.progress import format_elapsed
 
 LOCK_FILE = ".lock"
 
@@ -236,8 +237,7 @@ class RunProgress:
             self._bar.update(self._task, completed=done, info=f"{self.phase} {speed}".strip())
 
     def _elapsed(self) -> str:
-        seconds = int(time.perf_counter() - self._start)
-        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        return format_elapsed(time.perf_counter() - self._start)
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(1.0):
