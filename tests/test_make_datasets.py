@@ -24,6 +24,7 @@ from offmarl.pipelines.make_datasets import (
     dense_checkpoint_experiment,
     level_scheme,
 )
+from offmarl.utils.files import JsonlMemo, read_jsonl
 
 class FakeCollector:
     """Returns `episodes` copies of a fixed return per (checkpoint, greedy), mixed with
@@ -42,12 +43,12 @@ class FakeCollector:
 
 
 def make_evaluator(returns, win_rates, has_win: bool = True, random_return: float = 0.2,
-                   levels=OG_MARL_LEVELS) -> _Evaluator:
+                   levels=OG_MARL_LEVELS, memos=None) -> _Evaluator:
     steps = sorted({s for s, _ in returns})
     spec = SimpleNamespace(has_win=has_win)
     run = SimpleNamespace(steps=steps, params=lambda s: s, env=SimpleNamespace(spec=spec))
     return _Evaluator([run], [FakeCollector(returns, win_rates, random_return)], episodes=16, seed=7,
-                      levels=levels)
+                      levels=levels, memos=memos)
 
 
 # Two checkpoints that never win; greedy and sampled returns 0.8 / 1.0 and 0.7 / 0.9.
@@ -73,6 +74,26 @@ def test_no_wins_scores_by_return_between_random_and_best_checkpoint() -> None:
         "random_policy_win_rate": 0.0, "random_policy_seed": 7 + RANDOM_SEED,
     }
     assert evaluator.band_in_returns(OG_MARL_LEVELS.bands["medium"]) == pytest.approx([0.44, 0.68])
+
+
+def test_an_interrupted_scoring_repeats_no_measurement(tmp_path) -> None:
+    """A second evaluator on the same memo file (a rerun after a kill) measures nothing
+    again and scores exactly as the first; a torn last line costs only that measurement."""
+    memo_file = tmp_path / "run" / "dataset_measurements.jsonl"
+    first = make_evaluator(RETURNS, NO_WINS, memos=[JsonlMemo(memo_file)])
+    expected = first.checkpoints(lambda: None)
+    assert len(first.collectors[0].calls) == 5  # 4 checkpoint arms + the random policy
+
+    rerun = make_evaluator(RETURNS, NO_WINS, memos=[JsonlMemo(memo_file)])
+    assert rerun.checkpoints(lambda: None) == expected
+    assert rerun.collectors[0].calls == []
+
+    lines = memo_file.read_text().splitlines()
+    memo_file.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][: len(lines[-1]) // 2])
+    torn = make_evaluator(RETURNS, NO_WINS, memos=[JsonlMemo(memo_file)])
+    assert torn.checkpoints(lambda: None) == expected
+    assert torn.collectors[0].calls == [(200, 7 + RANDOM_SEED, 1.0, True)]  # the torn one only
+    assert len(read_jsonl(memo_file)) == 5  # the re-measured line was not glued to the torn one
 
 
 def test_levels_by_return_good_is_best_checkpoint_medium_and_poor_epsilon_mixed() -> None:

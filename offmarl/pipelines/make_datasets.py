@@ -40,7 +40,8 @@ is mixed with a larger epsilon, found by bisection on fresh evaluations. A band 
 still cannot be hit gets the closest policy found, and the metadata says so. Each
 dataset's metadata lists its sources (run, seed, checkpoint, acting, epsilon, episodes,
 transitions, how the policy was chosen); the vault's checkpoint_evaluations.json records
-every evaluation and the scoring.
+every evaluation and the scoring. Each run's folder keeps its evaluations as they finish
+(dataset_measurements.jsonl), so a pipeline killed while scoring resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ from offmarl.errors import ConfigError
 from offmarl.pipelines.collect import outcome_metadata, provenance
 from offmarl.runners.experiment import Experiment, resolve_experiment
 from offmarl.runners.saved import SavedRun
-from offmarl.utils.files import atomic_write_json
+from offmarl.utils.files import JsonlMemo, atomic_write_json
 from offmarl.utils.progress import progress_display
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ def level_scheme(env_name: str) -> LevelScheme:
 
 
 EVALUATIONS_FILE = "checkpoint_evaluations.json"
+MEASUREMENTS_FILE = "dataset_measurements.jsonl"  # in each run's folder: every evaluation, kept for reruns
 DEFAULT_SEEDS = (0, 1, 2, 3)
 DEFAULT_TRANSITIONS = 100_000
 DEFAULT_EPSILON = 0.05
@@ -183,11 +185,14 @@ class _Evaluator:
     (see the module docstring)."""
 
     def __init__(self, runs: Sequence[SavedRun], collectors: Sequence[Any], episodes: int, seed: int,
-                 epsilon: float = 0.0, levels: LevelScheme = OG_MARL_LEVELS) -> None:
+                 epsilon: float = 0.0, levels: LevelScheme = OG_MARL_LEVELS,
+                 memos: Sequence[JsonlMemo] | None = None) -> None:
         """`seed` is the base seed; evaluations and the epsilon search offset it. `epsilon`
         is the rollout epsilon every checkpoint is evaluated (and later collected) with;
-        `levels` are the quality levels the scores serve."""
+        `levels` are the quality levels the scores serve. `memos` (one per run) keep each
+        measurement, so a rerun after an interruption repeats none of them."""
         self.runs, self.collectors = list(runs), list(collectors)
+        self.memos = list(memos) if memos is not None else None
         self.episodes, self.seed, self.epsilon, self.levels = episodes, seed, epsilon, levels
         self.has_win = self.runs[0].env.spec.has_win
         self.scoring = "win_rate" if self.has_win else "return"
@@ -198,10 +203,17 @@ class _Evaluator:
     def measure(self, run: int, env_steps: int, greedy: bool, epsilon: float,
                 seed: int) -> tuple[float | None, float, float]:
         """(win rate, mean return, mean episode length) of fresh episodes."""
+        key = {"env_steps": env_steps, "greedy": greedy, "epsilon": epsilon, "episodes": self.episodes,
+               "seed": seed}
+        if self.memos is not None and (known := self.memos[run].get(key)) is not None:
+            return tuple(known)
         collected = self.collectors[run].collect(
             self.runs[run].params(env_steps), self.episodes, seed, epsilon, greedy
         )
-        return collected.win_rate, float(collected.returns.mean()), float(collected.mean_length)
+        measured = collected.win_rate, float(collected.returns.mean()), float(collected.mean_length)
+        if self.memos is not None:
+            self.memos[run].put(key, list(measured))
+        return measured
 
     def score(self, win_rate: float | None, mean_return: float) -> float:
         if self.scoring == "win_rate":
@@ -489,7 +501,8 @@ def _build_datasets(
     """Evaluate every run's checkpoints, then collect and write each uid in `todo` with its card."""
     collectors = _collectors(runs)
     base_seed = runs[0].experiment.seed
-    evaluator = _Evaluator(runs, collectors, eval_episodes, base_seed, epsilon, levels)
+    memos = [JsonlMemo(run.run_dir / MEASUREMENTS_FILE) for run in runs]
+    evaluator = _Evaluator(runs, collectors, eval_episodes, base_seed, epsilon, levels, memos)
     share = math.ceil(transitions / len(runs))  # each run's part of every dataset
     with progress_display(console, "") as progress:
         total = 2 * sum(len(run.steps) for run in runs) * eval_episodes

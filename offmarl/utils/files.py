@@ -83,12 +83,45 @@ class JsonlWriter:
         self._file = open(path, "a", buffering=1)
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(record) + "\n")
+        self.write_raw(json.dumps(record) + "\n")
+
+    def write_raw(self, text: str) -> None:
+        self._file.write(text)
         self._file.flush()
         os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()
+
+
+class JsonlMemo:
+    """Results of a deterministic computation, one JSON line per result, so a job killed
+    part-way recomputes only what it had not finished. Keys are JSON-able dicts; a torn
+    last line (from a crash) is skipped and never glued to the next record."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._known = {_memo_key(r["key"]): r["value"] for r in read_jsonl(self.path)
+                       if isinstance(r, dict) and "key" in r and "value" in r}
+
+    def get(self, key: dict) -> Any | None:
+        return self._known.get(_memo_key(key))
+
+    def put(self, key: dict, value: Any) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        torn = self.path.exists() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
+        writer = JsonlWriter(self.path)
+        try:
+            if torn:
+                writer.write_raw("\n")
+            writer.write({"key": key, "value": value})
+        finally:
+            writer.close()
+        self._known[_memo_key(key)] = value
+
+
+def _memo_key(key: dict) -> str:
+    return json.dumps(key, sort_keys=True)
 
 
 def slug(text: str) -> str:
