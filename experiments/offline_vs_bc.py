@@ -13,6 +13,9 @@ metadata as `make-datasets` wrote them (OMIGA's MaMuJoCo convention). With `retu
 
     python experiments/offline_vs_bc.py docs/results/offline_smax_og [--out FILE.json]
     python experiments/offline_vs_bc.py docs/results/offline_mabrax --metric normalised
+
+`--label FIELD` names each non-BC algorithm with its config value of FIELD (e.g. `--label
+alpha` gives rows "omiga alpha=1.0" and "omiga alpha=10.0"), to compare settings in one table.
 """
 
 from __future__ import annotations
@@ -63,7 +66,16 @@ def score(summary: dict, key: str, metric: str) -> float:
     return (value - low) / (high - low)
 
 
-def collect(folders: list[str], metric: str) -> dict[tuple[str, str, str], dict[str, list[float]]]:
+def row_name(path: Path, algo: str, label: str | None) -> str:
+    """`algo`, or "algo FIELD=value" with the run's algo_config value of `label` (not for BC)."""
+    if label is None or algo == "bc":
+        return algo
+    config = json.loads((path.parent / "config.json").read_text())
+    return f"{algo} {label}={config['algo_config'].get(label)}"
+
+
+def collect(folders: list[str], metric: str,
+            label: str | None = None) -> dict[tuple[str, str, str], dict[str, list[float]]]:
     """(env, dataset uid, algo) -> {mode: final scores over seeds, "data": the dataset's own}."""
     quantity = "win_rate" if metric == "win_rate" else "return"
     found: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -72,7 +84,7 @@ def collect(folders: list[str], metric: str) -> dict[tuple[str, str, str], dict[
             summary = json.loads(path.read_text())
             if not isinstance(summary, dict) or summary.get("status") != "completed" or "dataset" not in summary:
                 continue
-            key = (summary["env"], summary["dataset"].rpartition(":")[2], summary["algo"])
+            key = (summary["env"], summary["dataset"].rpartition(":")[2], row_name(path, summary["algo"], label))
             for mode in MODES:
                 found[key][mode].append(score(summary, f"final_eval_{mode}_{quantity}", metric))
             if metric != "win_rate":
@@ -85,8 +97,9 @@ def main() -> None:
     parser.add_argument("folders", nargs="+")
     parser.add_argument("--metric", choices=METRICS, default="win_rate")
     parser.add_argument("--out", help="also write the rows as JSON here")
+    parser.add_argument("--label", help="name each algorithm's rows by this config field's value")
     args = parser.parse_args()
-    found = collect(args.folders, args.metric)
+    found = collect(args.folders, args.metric, args.label)
     rows = []
     for (env, uid, algo), by_mode in sorted(found.items()):
         row = {"env": env, "dataset": uid, "algo": algo, "metric": args.metric, "seeds": len(by_mode["greedy"])}
