@@ -77,16 +77,18 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 class JsonlWriter:
-    """Appends one JSON record per line and flushes it to disk at once."""
+    """Appends one JSON record per line and flushes it to disk at once. A torn last line
+    left by a crash is ended first, so the next record is never glued to it."""
 
     def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        torn = path.exists() and path.stat().st_size > 0 and not _ends_with_newline(path)
         self._file = open(path, "a", buffering=1)
+        if torn:
+            self._file.write("\n")
 
     def write(self, record: dict) -> None:
-        self.write_raw(json.dumps(record) + "\n")
-
-    def write_raw(self, text: str) -> None:
-        self._file.write(text)
+        self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
 
@@ -94,10 +96,15 @@ class JsonlWriter:
         self._file.close()
 
 
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 class JsonlMemo:
     """Results of a deterministic computation, one JSON line per result, so a job killed
-    part-way recomputes only what it had not finished. Keys are JSON-able dicts; a torn
-    last line (from a crash) is skipped and never glued to the next record."""
+    part-way recomputes only what it had not finished. Keys are JSON-able dicts."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -109,11 +116,8 @@ class JsonlMemo:
 
     def put(self, key: dict, value: Any) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        torn = self.path.exists() and self.path.stat().st_size > 0 and not self.path.read_bytes().endswith(b"\n")
         writer = JsonlWriter(self.path)
         try:
-            if torn:
-                writer.write_raw("\n")
             writer.write({"key": key, "value": value})
         finally:
             writer.close()
