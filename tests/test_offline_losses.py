@@ -131,6 +131,19 @@ def test_omiga_q_loss_matches_numpy_with_no_gradient_into_the_target() -> None:
     assert np.all(np.asarray(d_next) == 0.0)
 
 
+def test_omiga_q_loss_clips_only_the_targets_above_max_target() -> None:
+    x = omiga_inputs(6)
+    gamma = 0.9
+    q_tot = np.sum(x["w"] * x["q_taken"], axis=-1) + x["b"]
+    next_v_tot = np.sum(x["next_w_target"] * x["next_v_target"], axis=-1) + x["next_b_target"]
+    target = x["reward"] + gamma * (1 - x["done"]) * next_v_tot
+    bound = float(np.median(target))
+    assert (target > bound).any() and (target < bound).any()  # the clip binds on some samples only
+    want = np.sum(x["valid"] * (q_tot - np.minimum(target, bound)) ** 2) / x["valid"].sum()
+    got = float(omiga_q_loss(**{k: f32(v) for k, v in x.items()}, gamma=gamma, max_target=bound))
+    np.testing.assert_allclose(got, want, rtol=RTOL)
+
+
 def test_omiga_q_loss_without_valid_samples_is_zero() -> None:
     x = omiga_inputs(4) | {"valid": np.zeros(B)}
     assert float(omiga_q_loss(**{k: f32(v) for k, v in x.items()}, gamma=0.9)) == 0.0

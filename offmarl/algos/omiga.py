@@ -31,7 +31,7 @@ from offmarl.algos.offline_common import (
     validate_common,
     weight_diagnostics,
 )
-from offmarl.config import require
+from offmarl.config import FLOAT32_MAX, require
 from offmarl.envs.base import EnvSpec
 from offmarl.networks import MLPValue, MonotonicMixer, with_agent_id
 from offmarl.types import TransitionBatch
@@ -55,6 +55,11 @@ class OMIGAConfig:
     """Hidden widths of the local Q, V and policy networks."""
     mixer_hidden_size: int = 64
     """Hidden width of the state-conditioned mixer."""
+    max_td_target: float = FLOAT32_MAX
+    """Upper clip of Q_tot's TD target r + gamma (1 - d) V_tot(s'): a value no return can
+    exceed (a SMAX team return is at most about 2). Not in the paper; at a low alpha the
+    soft maximum in V_tot overestimates and Q_tot can diverge (docs/omiga.md). The default,
+    float32's largest value, leaves the target unclipped as the paper does."""
 
     def validate(self) -> None:
         validate_common(self)
@@ -86,12 +91,12 @@ def local_advantage_exponent(w: jax.Array, q: jax.Array, v: jax.Array, alpha: fl
 def omiga_q_loss(
     q_taken: jax.Array, w: jax.Array, b: jax.Array, reward: jax.Array, done: jax.Array,
     next_v_target: jax.Array, next_w_target: jax.Array, next_b_target: jax.Array,
-    gamma: float, valid: jax.Array,
+    gamma: float, valid: jax.Array, max_target: float = FLOAT32_MAX,
 ) -> jax.Array:
-    """Mean squared TD error of Q_tot(s, a) against r + gamma (1 - d) V_tot^targ(s')."""
+    """Mean squared TD error of Q_tot(s, a) against min(r + gamma (1 - d) V_tot^targ(s'), max_target)."""
     q_tot = jnp.sum(w * q_taken, axis=-1) + b
     next_v_tot = jnp.sum(next_w_target * next_v_target, axis=-1) + next_b_target
-    target = jax.lax.stop_gradient(reward + gamma * (1.0 - done) * next_v_tot)
+    target = jax.lax.stop_gradient(jnp.minimum(reward + gamma * (1.0 - done) * next_v_tot, max_target))
     return jnp.sum(valid * (q_tot - target) ** 2) / jnp.maximum(jnp.sum(valid), 1.0)
 
 
@@ -151,7 +156,7 @@ class OMIGA(SharedActor):
         next_v = self.v_net.apply(target.v, with_agent_id(batch.next_obs))
         next_w, next_b = self.mixer.apply(target.mixer, batch.next_state)
         loss = omiga_q_loss(q_taken, w, b, batch.reward, batch.done, next_v, next_w, next_b,
-                            self.config.gamma, batch.valid)
+                            self.config.gamma, batch.valid, self.config.max_td_target)
         return loss, {"q_loss": loss, "q_tot": jnp.mean(jnp.sum(w * q_taken, -1) + b)}
 
     def _v_loss(self, v_params: Any, target: Critics, batch: TransitionBatch) -> tuple[jax.Array, dict]:
