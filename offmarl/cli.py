@@ -316,6 +316,10 @@ def _config(args: argparse.Namespace) -> int:
         print(f"# {args.algo}'s own defaults on box-action (continuous) tasks")
         for name, value in continuous.items():
             print(f"{name} = {value!r}")
+    for family, values in getattr(entry.config_class, "FAMILY_DEFAULTS", {}).items():
+        print(f"# {args.algo}'s own defaults on {family}:* environments")
+        for name, value in values.items():
+            print(f"{name} = {value!r}")
     return 0
 
 

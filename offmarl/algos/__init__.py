@@ -58,6 +58,13 @@ class AlgorithmEntry:
         before any user layer; nothing on discrete tasks."""
         return dict(getattr(self.config_class, "CONTINUOUS_DEFAULTS", {})) if continuous else {}
 
+    def family_defaults(self, env: str) -> dict[str, Any]:
+        """The algorithm's own values for one environment family (the part of `env` before
+        ':', e.g. smax): the config class's FAMILY_DEFAULTS[family], applied after
+        action_space_defaults and before any user layer; nothing for other families."""
+        family = env.partition(":")[0]
+        return dict(getattr(self.config_class, "FAMILY_DEFAULTS", {}).get(family, {}))
+
 
 ALGORITHMS: dict[str, AlgorithmEntry] = {
     "matrace": AlgorithmEntry("offmarl.algos.matrace", "MATraceConfig", "MATrace", "online",

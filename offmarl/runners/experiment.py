@@ -69,7 +69,7 @@ def _resolve_configs(
     if seed < 0:
         raise ConfigError(f"seed={seed} is invalid: must be >= 0")
     configs = [entry.config_class(), run_config_class()]
-    for layer in (entry.run_defaults, entry.action_space_defaults(continuous), *layers):
+    for layer in (entry.run_defaults, entry.action_space_defaults(continuous), entry.family_defaults(env), *layers):
         configs = apply_overrides(configs, layer)
     algo_config, run_config = configs
     algo_config.validate()
