@@ -13,6 +13,7 @@ import pytest
 
 from offmarl.algos import ALGORITHMS
 from offmarl.cli import main
+from offmarl.config import FLOAT32_MAX
 from offmarl.runners.experiment import resolve_experiment, resolve_offline_experiment
 from offmarl.runners.config import OfflineConfig, OnlineConfig
 from offmarl.runners.fused import FusedTrainer
@@ -213,4 +214,14 @@ def test_continuous_defaults_apply_on_box_tasks_only_and_yield_to_the_user() -> 
     # InSPO's temperature on box tasks (their values are in the hundreds; docs/inspo.md).
     assert resolve_offline_experiment("inspo", "smax:3m", "d", 0).algo_config.alpha == 0.1
     assert resolve_offline_experiment("inspo", "mabrax:hopper_3x1", "d", 0).algo_config.alpha == 10.0
+
+
+def test_family_defaults_apply_to_their_family_only_and_yield_to_the_user() -> None:
+    smax = resolve_offline_experiment("omiga", "smax:3m", "d", 0).algo_config
+    assert (smax.alpha, smax.max_td_target) == (0.1, 2.0)
+    game = resolve_offline_experiment("omiga", "matrix:xor", "d", 0).algo_config
+    assert (game.alpha, game.max_td_target) == (10.0, FLOAT32_MAX)  # the paper's elsewhere
+    assert resolve_offline_experiment("omiga", "smax:3m", "d", 0, {"alpha": 10.0}).algo_config.alpha == 10.0
+    assert ALGORITHMS["omiga"].family_defaults("smax:2s3z") == {"alpha": 0.1, "max_td_target": 2.0}
+    assert ALGORITHMS["omiga"].family_defaults("mpe:simple_spread") == {}
     assert resolve_offline_experiment("inspo", "mabrax:hopper_3x1", "d", 0, {"alpha": 1.0}).algo_config.alpha == 1.0
