@@ -57,11 +57,16 @@ class InSPOConfig:
     # in-sample Q overestimates and the critic diverges, and at 1 the policy weights
     # collapse onto a few samples. 10 is OMIGA's MaMuJoCo temperature (docs/inspo.md).
     CONTINUOUS_DEFAULTS: ClassVar[dict[str, Any]] = {"alpha": 10.0}
+    # SMAX: at 0.1 the policy weights collapse onto a few samples (ESS 0.01-0.07) and the
+    # policy wins nothing on 3m, 2s3z and 5m_vs_6m; at 1 it stands level with BC or above
+    # (docs/inspo.md, "SMAX: the temperature").
+    FAMILY_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {"smax": {"alpha": 1.0}}
 
     alpha: float = 0.1
-    """Temperature of the reverse-KL regulariser toward the behaviour policy mu.
-    Keep alpha + beta small next to the reward scale: with alpha + beta >= 1 on rewards of
-    order 1 the policy stays at behaviour cloning."""
+    """Temperature of the reverse-KL regulariser toward the behaviour policy mu. On the
+    matrix games (exact values) keep alpha + beta small next to the reward scale; with
+    learned values it must also stay above the noise of Q_i, hence 1 on SMAX and 10 on box
+    actions (docs/inspo.md)."""
     beta: float = 0.0
     """Temperature of the entropy bonus."""
     gamma: float = 0.99
