@@ -110,12 +110,17 @@ def test_local_advantage_exponent_matches_numpy_and_clips() -> None:
     np.testing.assert_allclose(got, np.clip(raw, -10, 10), rtol=RTOL, atol=ATOL)
 
 
+def numpy_q_tot_and_target(x: dict, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Q_tot(s, a) and its unclipped TD target r + gamma (1 - d) V_tot^targ(s'), by hand."""
+    q_tot = np.sum(x["w"] * x["q_taken"], axis=-1) + x["b"]
+    next_v_tot = np.sum(x["next_w_target"] * x["next_v_target"], axis=-1) + x["next_b_target"]
+    return q_tot, x["reward"] + gamma * (1 - x["done"]) * next_v_tot
+
+
 def test_omiga_q_loss_matches_numpy_with_no_gradient_into_the_target() -> None:
     x = omiga_inputs(3)
     gamma = 0.9
-    q_tot = np.sum(x["w"] * x["q_taken"], axis=-1) + x["b"]
-    next_v_tot = np.sum(x["next_w_target"] * x["next_v_target"], axis=-1) + x["next_b_target"]
-    target = x["reward"] + gamma * (1 - x["done"]) * next_v_tot
+    q_tot, target = numpy_q_tot_and_target(x, gamma)
     want = np.sum(x["valid"] * (q_tot - target) ** 2) / x["valid"].sum()
 
     def loss(q_taken: jax.Array, next_v: jax.Array) -> jax.Array:
@@ -134,9 +139,7 @@ def test_omiga_q_loss_matches_numpy_with_no_gradient_into_the_target() -> None:
 def test_omiga_q_loss_clips_only_the_targets_above_max_target() -> None:
     x = omiga_inputs(6)
     gamma = 0.9
-    q_tot = np.sum(x["w"] * x["q_taken"], axis=-1) + x["b"]
-    next_v_tot = np.sum(x["next_w_target"] * x["next_v_target"], axis=-1) + x["next_b_target"]
-    target = x["reward"] + gamma * (1 - x["done"]) * next_v_tot
+    q_tot, target = numpy_q_tot_and_target(x, gamma)
     bound = float(np.median(target))
     assert (target > bound).any() and (target < bound).any()  # the clip binds on some samples only
     want = np.sum(x["valid"] * (q_tot - np.minimum(target, bound)) ** 2) / x["valid"].sum()
