@@ -311,15 +311,14 @@ def _config(args: argparse.Namespace) -> int:
             if doc:
                 print("    " + " ".join(doc.split()))
         print()
-    continuous = entry.action_space_defaults(continuous=True)
-    if continuous:
-        print(f"# {args.algo}'s own defaults on box-action (continuous) tasks")
-        for name, value in continuous.items():
-            print(f"{name} = {value!r}")
+    scoped = {"box-action (continuous) tasks": entry.action_space_defaults(continuous=True)}
     for family, values in getattr(entry.config_class, "FAMILY_DEFAULTS", {}).items():
-        print(f"# {args.algo}'s own defaults on {family}:* environments")
-        for name, value in values.items():
-            print(f"{name} = {value!r}")
+        scoped[f"{family}:* environments"] = values
+    for scope, values in scoped.items():
+        if values:
+            print(f"# {args.algo}'s own defaults on {scope}")
+            for name, value in values.items():
+                print(f"{name} = {value!r}")
     return 0
 
 

@@ -214,6 +214,7 @@ def test_continuous_defaults_apply_on_box_tasks_only_and_yield_to_the_user() -> 
     # InSPO's temperature on box tasks (their values are in the hundreds; docs/inspo.md).
     assert resolve_offline_experiment("inspo", "matrix:xor", "d", 0).algo_config.alpha == 0.1
     assert resolve_offline_experiment("inspo", "mabrax:hopper_3x1", "d", 0).algo_config.alpha == 10.0
+    assert resolve_offline_experiment("inspo", "mabrax:hopper_3x1", "d", 0, {"alpha": 1.0}).algo_config.alpha == 1.0
 
 
 def test_family_defaults_apply_to_their_family_only_and_yield_to_the_user() -> None:
@@ -225,4 +226,3 @@ def test_family_defaults_apply_to_their_family_only_and_yield_to_the_user() -> N
     assert ALGORITHMS["omiga"].family_defaults("smax:2s3z") == {"alpha": 0.1, "max_td_target": 2.0}
     assert ALGORITHMS["omiga"].family_defaults("mpe:simple_spread") == {}
     assert resolve_offline_experiment("inspo", "smax:5m_vs_6m", "d", 0).algo_config.alpha == 1.0
-    assert resolve_offline_experiment("inspo", "mabrax:hopper_3x1", "d", 0, {"alpha": 1.0}).algo_config.alpha == 1.0
