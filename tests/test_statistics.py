@@ -184,12 +184,21 @@ def test_marl_eval_json_from_run_directories(tmp_path: Path) -> None:
     assert st.split_env("matrix:/tmp/games/g.json") == ("matrix", "g")
 
 
-def test_one_algorithm_with_two_datasets_gets_two_labels(tmp_path: Path) -> None:
-    runs = [make_run(tmp_path, "bc", "smax:3m", 0, 0.9, dataset="good"),
-            make_run(tmp_path, "bc", "smax:3m", 0, 0.2, dataset="poor")]
+def test_an_offline_task_is_an_environment_and_a_dataset(tmp_path: Path) -> None:
+    wins = {("bc", "good"): (0.9, 0.7), ("bc", "poor"): (0.2, 0.4),
+            ("omiga", "good"): (0.8, 0.6), ("omiga", "poor"): (0.5, 0.3)}
+    runs = [make_run(tmp_path, algo, "smax:3m", seed, w, dataset=f"/data/smax_3m.vlt:{data}")
+            for (algo, data), ws in wins.items() for seed, w in enumerate(ws)]
     report = st.rliable_report(runs, reps=50)
-    assert list(report["algorithms"]) == ["bc[good]", "bc[poor]"]
-    assert set(st.marl_eval_results(runs)["smax"]["3m"]) == {"bc[good]", "bc[poor]"}
+    assert report["tasks"] == ["smax:3m/good", "smax:3m/poor"]
+    assert list(report["algorithms"]) == ["bc", "omiga"]
+    # One aggregate per algorithm over both datasets: IQM of [[0.9, 0.2], [0.7, 0.4]].
+    assert report["algorithms"]["bc"]["iqm"]["value"] == pytest.approx(np.mean([0.4, 0.7]))
+    assert report["per_task"]["smax:3m/poor"]["omiga"]["scores"] == [0.5, 0.3]
+    tasks = st.marl_eval_results(runs)["smax"]
+    assert set(tasks) == {"3m/good", "3m/poor"} and set(tasks["3m/good"]) == {"bc", "omiga"}
+    assert tasks["3m/poor"]["bc"]["seed_1"]["absolute_metrics"]["win_rate"] == [0.4]
+    assert st.dataset_name("02_20") == "02_20" and st.dataset_name("d/v.vlt:medium-replay") == "medium-replay"
 
 
 def test_report_writes_both_plots(tmp_path: Path) -> None:

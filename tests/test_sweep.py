@@ -81,7 +81,7 @@ def test_a_tiny_sweep_completes_and_writes_every_output(tiny_sweep) -> None:
     assert [c["dir"] for c in recorded["cells"]] == ["runs/bc_matrix_xor_s0", "runs/bc_matrix_xor_s1"]
 
     marl = json.loads((out / "marl_eval.json").read_text())
-    seeds = marl["matrix"]["xor"]["bc"]
+    seeds = marl["matrix"]["xor/02_20"]["bc"]
     assert set(seeds) == {"seed_0", "seed_1"}
     for seed in (0, 1):
         run = out / "runs" / f"bc_matrix_xor_s{seed}"
@@ -103,7 +103,7 @@ def test_a_tiny_sweep_completes_and_writes_every_output(tiny_sweep) -> None:
               ["final_eval_greedy_return"] for s in (0, 1)]
     assert row["done"] == 2 and row["final_greedy_return"]["mean"] == pytest.approx(sum(finals) / 2)
     statistics = aggregate["statistics"]
-    assert statistics["score_kind"] == "return" and statistics["tasks"] == ["matrix:xor"]
+    assert statistics["score_kind"] == "return" and statistics["tasks"] == ["matrix:xor/02_20"]
     assert statistics["algorithms"]["bc"]["mean"]["value"] == pytest.approx(sum(finals) / 2)
     assert statistics["bootstrap"]["reps"] == 200
     table = (out / "table.md").read_text()

@@ -3,8 +3,9 @@
 Scores. Each finished run (summary.json status "completed") gives one score: its final
 greedy win rate (`final_eval_greedy_win_rate`) where the environment has a win
 condition, otherwise its final greedy return (`final_eval_greedy_return`). Seeds are
-runs; tasks are environments; an algorithm is an `algo` (with its dataset in brackets
-when one algorithm's runs come from more than one dataset).
+runs; an algorithm is an `algo`; a task is an environment, or for an offline run an
+(environment, dataset) pair named `env/dataset` (`smax:3m/mixed`), so that an algorithm's
+aggregate (e.g. its IQM) runs over every map and dataset it was trained on.
 
 Returns are not normalised by guessing: win rates (and returns mapped to [0, 1] with a
 `return_ranges` entry {env: (worst, best)}, score = (return - worst) / (best - worst)) are
@@ -245,13 +246,17 @@ def run_score(summary: dict, return_ranges: dict[str, tuple[float, float]] | Non
     return float(ret), "return"
 
 
-def _algo_labels(summaries: list[dict]) -> list[str]:
-    """Each run's algorithm label: algo, or algo[dataset] where an algo has several datasets."""
-    datasets: dict[Any, set] = {}
-    for s in summaries:
-        datasets.setdefault(s.get("algo"), set()).add(s.get("dataset"))
-    return [f"{s.get('algo')}[{s.get('dataset')}]" if len(datasets[s.get("algo")]) > 1 else str(s.get("algo"))
-            for s in summaries]
+def dataset_name(spec: str) -> str:
+    """A dataset's short name: the uid of a vault spec ('datasets/smax_3m.vlt:mixed' ->
+    'mixed'), or a built-in dataset's name as it is."""
+    path, sep, uid = str(spec).rpartition(":")
+    return uid if sep and path else str(spec)
+
+
+def task_of(summary: dict) -> str:
+    """A run's task: its environment, with the dataset's name for an offline run."""
+    env = str(summary.get("env"))
+    return f"{env}/{dataset_name(summary['dataset'])}" if summary.get("dataset") else env
 
 
 def collect_scores(run_dirs: list[str | Path],
@@ -262,12 +267,12 @@ def collect_scores(run_dirs: list[str | Path],
     with a warning."""
     warnings: list[str] = []
     loaded = [(str(run), read_summary(run)) for run in run_dirs]
-    labels = _algo_labels([s for _, s in loaded])
     cells: dict[str, dict[str, list[dict]]] = {}
     kinds: dict[str, set[str]] = {}
     algos: list[str] = []
     tasks: list[str] = []
-    for (run, summary), algo in zip(loaded, labels):
+    for run, summary in loaded:
+        algo = str(summary.get("algo"))
         if summary.get("status") != "completed":
             warnings.append(f"{run} has status {summary.get('status')!r}: left out of the statistics")
             continue
@@ -275,7 +280,7 @@ def collect_scores(run_dirs: list[str | Path],
         if scored is None:
             warnings.append(f"{run} has no final greedy win rate or return: left out of the statistics")
             continue
-        task = str(summary.get("env"))
+        task = task_of(summary)
         if algo not in algos:
             algos.append(algo)
         if task not in tasks:
@@ -472,8 +477,8 @@ def marl_eval_results(run_dirs: list[str | Path]) -> dict:
 
     step_<i> is the i-th periodic evaluation in metrics.jsonl (step_count: its env steps
     online, its training iterations offline); absolute_metrics is the final evaluation
-    of summary.json. Values are the greedy evaluation's per-episode returns and wins (0
-    or 1) where the records hold them (`eval_greedy_returns`, `eval_greedy_wins`), else
+    of summary.json. An offline run's task_name carries its dataset (`3m/mixed`). Values
+    are the greedy evaluation's per-episode returns and wins (0 or 1) where the records hold them (`eval_greedy_returns`, `eval_greedy_wins`), else
     a one-element list holding the evaluation's mean. win_rate is absent for
     environments without a win condition. run_id is seed_<s>, or the run directory's
     name where one algorithm has two runs of the same seed on a task."""
@@ -481,15 +486,16 @@ def marl_eval_results(run_dirs: list[str | Path]) -> dict:
 
     loaded = [(Path(run), read_summary(run)) for run in run_dirs]
     done = [(run, s) for run, s in loaded if s.get("status") == "completed"]
-    labels = _algo_labels([s for _, s in done])
     seen: dict[tuple, list[Any]] = {}
-    for (_, s), algo in zip(done, labels):
-        seen.setdefault((s.get("env"), algo), []).append(s.get("seed"))
+    for _, s in done:
+        seen.setdefault((task_of(s), s.get("algo")), []).append(s.get("seed"))
     out: dict[str, dict] = {}
-    for (run, summary), algo in zip(done, labels):
+    for run, summary in done:
         env_name, task = split_env(str(summary.get("env")))
-        seed = summary.get("seed")
-        run_id = f"seed_{seed}" if seen[(summary.get("env"), algo)].count(seed) == 1 else run.name
+        if summary.get("dataset"):
+            task = f"{task}/{dataset_name(summary['dataset'])}"
+        algo, seed = str(summary.get("algo")), summary.get("seed")
+        run_id = f"seed_{seed}" if seen[(task_of(summary), summary.get("algo"))].count(seed) == 1 else run.name
         step_key = "env_steps" if "env_steps" in summary else "steps"
         entry: dict[str, Any] = {}
         for i, record in enumerate(r for r in read_jsonl(run / "metrics.jsonl") if step_key in r):
