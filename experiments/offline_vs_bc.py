@@ -67,11 +67,12 @@ def score(summary: dict, key: str, metric: str) -> float:
 
 
 def row_name(path: Path, algo: str, label: str | None) -> str:
-    """`algo`, or "algo FIELD=value" with the run's algo_config value of `label` (not for BC)."""
+    """`algo`, or "algo FIELD=value" with the run's algo_config value of `label` (not for BC,
+    nor for an algorithm without that field)."""
     if label is None or algo == "bc":
         return algo
-    config = json.loads((path.parent / "config.json").read_text())
-    return f"{algo} {label}={config['algo_config'].get(label)}"
+    config = json.loads((path.parent / "config.json").read_text())["algo_config"]
+    return f"{algo} {label}={config[label]}" if label in config else algo
 
 
 def collect(folders: list[str], metric: str,
