@@ -208,3 +208,30 @@ def test_report_writes_both_plots(tmp_path: Path) -> None:
     for name in ("performance_profile.png", "probability_of_improvement.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["bootstrap"]["reps"] == 50 and report["pairs"][0]["probability"] == 1.0
+
+
+def test_mean_curves_average_the_seeds_at_their_common_evaluation_points(tmp_path: Path) -> None:
+    from offmarl.evaluation.plots import mean_curves, plot_mean_curves
+
+    def records(wins: list[float], steps: list[int]) -> list[dict]:
+        return [{"steps": x, "eval_greedy_win_rate": w, "eval_greedy_return": 2 * w} for x, w in zip(steps, wins)]
+
+    runs = [make_run(tmp_path, "omiga", "smax:3m", 0, 0.5, dataset="v.vlt:mixed", step_key="steps",
+                     records=records([0.1, 0.3, 0.5], [10, 20, 30])),
+            make_run(tmp_path, "omiga", "smax:3m", 1, 0.7, dataset="v.vlt:mixed", step_key="steps",
+                     records=records([0.3, 0.7], [10, 20])),  # stopped early: only 10 and 20 are common
+            make_run(tmp_path, "omiga", "smax:3m", 2, 0.0, dataset="v.vlt:mixed", status="interrupted",
+                     step_key="steps", records=records([1.0], [10])),
+            make_run(tmp_path, "bc", "mpe:simple_spread", 0, None, -3.0,
+                     records=[{"env_steps": 5, "eval_greedy_win_rate": None, "eval_greedy_return": -4.0}])]
+    curves = mean_curves(runs)
+    assert set(curves) == {"smax:3m/mixed", "mpe:simple_spread"}
+    omiga = curves["smax:3m/mixed"]["omiga"]
+    assert (omiga["x"], omiga["seeds"], omiga["quantity"], omiga["x_key"]) == ([10, 20], 2, "win_rate", "steps")
+    np.testing.assert_allclose(omiga["mean"], [0.2, 0.5])
+    # Two seeds: t(0.975, 1) x std / sqrt(2), with std = |a - b| / sqrt(2).
+    np.testing.assert_allclose(omiga["ci95"], [scipy_stats.t.ppf(0.975, 1) * d / 2 for d in (0.2, 0.4)])
+    bc = curves["mpe:simple_spread"]["bc"]
+    assert (bc["x"], bc["mean"], bc["ci95"], bc["quantity"]) == ([5], [-4.0], [0.0], "return")
+    assert plot_mean_curves(runs, tmp_path / "curves.png") == curves
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

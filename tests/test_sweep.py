@@ -33,7 +33,7 @@ from offmarl.utils.files import read_jsonl
 TINY = ["hidden_sizes=8,8", "eval_interval=20", "eval_episodes=4", "final_eval_episodes=4"]
 GRID = ["--algos", "bc", "--envs", "matrix:xor", "--seeds", "0,1", "--dataset", "02_20"]
 PNG = b"\x89PNG\r\n\x1a\n"
-OUTPUTS = ("sweep.json", "marl_eval.json", "aggregate.json", "table.md", "performance_profile.png",
+OUTPUTS = ("sweep.json", "marl_eval.json", "aggregate.json", "table.md", "curves.png", "performance_profile.png",
            "probability_of_improvement.png")
 
 
@@ -72,7 +72,7 @@ def test_a_tiny_sweep_completes_and_writes_every_output(tiny_sweep) -> None:
         assert (out / "logs" / f"bc_matrix_xor_s{seed}.log").stat().st_size > 0
     for name in OUTPUTS:
         assert (out / name).is_file(), name
-    for name in OUTPUTS[-2:]:
+    for name in OUTPUTS[-3:]:
         assert (out / name).read_bytes()[:8] == PNG
 
     recorded = json.loads((out / "sweep.json").read_text())

@@ -1,4 +1,5 @@
-"""Plots of runs (learning curves, policy-lag histograms), written atomically as PNG."""
+"""Plots of runs (learning curves, policy-lag histograms, several seeds' mean curves),
+written atomically as PNG."""
 
 from __future__ import annotations
 
@@ -47,3 +48,65 @@ def plot_lag_histogram(histogram: Counter, path: str | Path) -> None:
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def mean_curves(run_dirs: list[str | Path]) -> dict[str, dict[str, dict]]:
+    """The periodic greedy evaluations of finished runs, averaged over seeds:
+    {task: {algo: {"x", "mean", "ci95", "seeds", "quantity", "x_key"}}}, where a task is an
+    environment (with its dataset for offline runs), x the evaluation points every seed
+    of the group has (x_key: env_steps online, steps, i.e. training iterations, offline), quantity the win
+    rate where every record has one, else the return, and ci95 the half-width of the
+    Student-t interval over seeds (0 for one seed)."""
+    from offmarl.evaluation.aggregate import mean_ci, read_summary
+    from offmarl.evaluation.statistics import task_of
+    from offmarl.utils.files import read_jsonl
+
+    groups: dict[tuple[str, str], list[list[dict]]] = {}
+    x_keys: dict[tuple[str, str], str] = {}
+    for run in run_dirs:
+        summary = read_summary(run)
+        if summary.get("status") != "completed":
+            continue
+        x_key = "env_steps" if "env_steps" in summary else "steps"
+        records = [r for r in read_jsonl(Path(run) / "metrics.jsonl")
+                   if x_key in r and r.get("eval_greedy_return") is not None]
+        x_keys[(task_of(summary), str(summary.get("algo")))] = x_key
+        groups.setdefault((task_of(summary), str(summary.get("algo"))), []).append(
+            [{"x": r[x_key], "win_rate": r.get("eval_greedy_win_rate"), "return": r["eval_greedy_return"]}
+             for r in records])
+    curves: dict[str, dict[str, dict]] = {}
+    for (task, algo), seeds in groups.items():
+        quantity = "win_rate" if all(p["win_rate"] is not None for run in seeds for p in run) else "return"
+        by_x = [{p["x"]: p[quantity] for p in run} for run in seeds]
+        xs = sorted(set.intersection(*(set(points) for points in by_x)))
+        stats = [mean_ci([points[x] for points in by_x]) for x in xs]
+        curves.setdefault(task, {})[algo] = {"x": xs, "mean": [m for m, _ in stats], "ci95": [h for _, h in stats],
+                                             "seeds": len(seeds), "quantity": quantity,
+                                             "x_key": x_keys[(task, algo)]}
+    return curves
+
+
+def plot_mean_curves(run_dirs: list[str | Path], path: str | Path) -> dict[str, dict[str, dict]]:
+    """One panel per task, one line per algorithm: the mean greedy evaluation over seeds
+    with its 95% interval shaded (`mean_curves`). Returns the curves."""
+    curves = mean_curves(run_dirs)
+    fig, axes = plt.subplots(1, max(len(curves), 1), figsize=(5 * max(len(curves), 1), 3.8), squeeze=False)
+    for ax, (task, algos) in zip(axes[0], curves.items()):
+        for algo, curve in algos.items():
+            low = [m - h for m, h in zip(curve["mean"], curve["ci95"])]
+            high = [m + h for m, h in zip(curve["mean"], curve["ci95"])]
+            (line,) = ax.plot(curve["x"], curve["mean"], label=f"{algo} ({curve['seeds']} seeds)")
+            ax.fill_between(curve["x"], low, high, color=line.get_color(), alpha=0.2)
+        first = next(iter(algos.values()))
+        quantity = first["quantity"]
+        ax.set_xlabel("env steps" if first["x_key"] == "env_steps" else "training iterations")
+        ax.set_title(task)
+        ax.set_ylabel(f"greedy eval {quantity.replace('_', ' ')}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if not curves:
+        axes[0][0].axis("off")
+        axes[0][0].text(0.5, 0.5, "no finished runs yet", ha="center", va="center")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return curves

@@ -10,7 +10,8 @@ resume and signal handling. The sweep directory:
     DIR/runs/<algo>_<env slug>_s<seed>/   one run directory per cell
     DIR/logs/<cell>.log     each cell's output (appended on every start)
     DIR/marl_eval.json, DIR/aggregate.json, DIR/table.md,
-    DIR/performance_profile.png, DIR/probability_of_improvement.png
+    DIR/performance_profile.png, DIR/probability_of_improvement.png,
+    DIR/curves.png          mean greedy evaluation over seeds per task and algorithm
 
 A rerun of the same command skips completed cells (whose budget matches), resumes the
 started ones and creates the rest; a different grid, dataset or overrides for the same
@@ -574,7 +575,7 @@ def _run_locked(plan: SweepPlan, runner: Any, limit: int, reps: int, seed: int,
     summarise_sweep(plan.out, reps=reps if done or not ran else min(reps, PARTIAL_REPS), seed=seed,
                     partial=not done)
     info(f"wrote {plan.out / 'table.md'}, aggregate.json, marl_eval.json, performance_profile.png, "
-         "probability_of_improvement.png")
+         "probability_of_improvement.png, curves.png")
     if stopped is not None:
         name = signal.Signals(stopped).name
         say(f"sweep stopped by {name}: running cells checkpointed; rerun the same command to continue")
@@ -757,8 +758,8 @@ def _table_md(plan_json: dict, table: dict, stats: dict | None, partial: bool) -
 def summarise_sweep(out: str | Path, reps: int | None = None, seed: int = 0, partial: bool = False,
                     return_ranges: dict[str, tuple[float, float]] | None = None) -> dict:
     """Aggregate the sweep in `out` from its run directories as they are now, and write
-    (atomically) marl_eval.json, aggregate.json, table.md, performance_profile.png and
-    probability_of_improvement.png there. Returns aggregate.json's contents.
+    (atomically) marl_eval.json, aggregate.json, table.md, performance_profile.png,
+    probability_of_improvement.png and curves.png there. Returns aggregate.json's contents.
     Reads and writes nothing else; safe to call while cells run (it only reads them)."""
     from offmarl.evaluation.statistics import DEFAULT_REPS, rliable_report, write_marl_eval_json
     from offmarl.utils.files import atomic_write_bytes, atomic_write_json
@@ -782,6 +783,9 @@ def summarise_sweep(out: str | Path, reps: int | None = None, seed: int = 0, par
         ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center")
         save_figure(fig, out / "performance_profile.png")
         plot_probability_of_improvement([], out / "probability_of_improvement.png")
+    from offmarl.evaluation.plots import plot_mean_curves
+
+    plot_mean_curves(with_summary, out / "curves.png")
     table = _env_table(plan_json, out)
     cells = {}
     for c in plan_json["cells"]:
