@@ -53,10 +53,10 @@ def plot_lag_histogram(histogram: Counter, path: str | Path) -> None:
 def mean_curves(run_dirs: list[str | Path]) -> dict[str, dict[str, dict]]:
     """The periodic greedy evaluations of finished runs, averaged over seeds:
     {task: {algo: {"x", "mean", "ci95", "seeds", "quantity", "x_key"}}}, where a task is an
-    environment (with its dataset for offline runs), x the evaluation points every seed
-    of the group has (x_key: env_steps online, steps, i.e. training iterations, offline), quantity the win
-    rate where every record has one, else the return, and ci95 the half-width of the
-    Student-t interval over seeds (0 for one seed)."""
+    environment (with its dataset for offline runs), x the evaluation points every seed of
+    the group has (x_key: env_steps online; steps, i.e. training iterations, offline),
+    quantity the win rate where every record has one, else the return, and ci95 the
+    half-width of the Student-t interval over seeds (0 for one seed)."""
     from offmarl.evaluation.aggregate import mean_ci, read_summary
     from offmarl.evaluation.statistics import task_of
     from offmarl.utils.files import read_jsonl
@@ -70,8 +70,9 @@ def mean_curves(run_dirs: list[str | Path]) -> dict[str, dict[str, dict]]:
         x_key = "env_steps" if "env_steps" in summary else "steps"
         records = [r for r in read_jsonl(Path(run) / "metrics.jsonl")
                    if x_key in r and r.get("eval_greedy_return") is not None]
-        x_keys[(task_of(summary), str(summary.get("algo")))] = x_key
-        groups.setdefault((task_of(summary), str(summary.get("algo"))), []).append(
+        key = (task_of(summary), str(summary.get("algo")))
+        x_keys[key] = x_key
+        groups.setdefault(key, []).append(
             [{"x": r[x_key], "win_rate": r.get("eval_greedy_win_rate"), "return": r["eval_greedy_return"]}
              for r in records])
     curves: dict[str, dict[str, dict]] = {}

@@ -451,6 +451,13 @@ def split_env(env: str) -> tuple[str, str]:
     return family, scenario
 
 
+def marl_eval_task(summary: dict) -> tuple[str, str]:
+    """marl-eval's (env_name, task_name) of a run: `split_env` of its environment, with
+    the dataset's name appended for an offline run ('smax', '3m/mixed')."""
+    env_name, task = split_env(str(summary.get("env")))
+    return env_name, f"{task}/{dataset_name(summary['dataset'])}" if summary.get("dataset") else task
+
+
 def _episode_values(record: dict, prefix: str, quantity: str) -> list[float] | None:
     """The per-episode list of `quantity` (win_rate -> `<prefix>wins`, return ->
     `<prefix>returns`) if the record holds it, else a one-element list of the mean."""
@@ -478,9 +485,10 @@ def marl_eval_results(run_dirs: list[str | Path]) -> dict:
     step_<i> is the i-th periodic evaluation in metrics.jsonl (step_count: its env steps
     online, its training iterations offline); absolute_metrics is the final evaluation
     of summary.json. An offline run's task_name carries its dataset (`3m/mixed`). Values
-    are the greedy evaluation's per-episode returns and wins (0 or 1) where the records hold them (`eval_greedy_returns`, `eval_greedy_wins`), else
-    a one-element list holding the evaluation's mean. win_rate is absent for
-    environments without a win condition. run_id is seed_<s>, or the run directory's
+    are the greedy evaluation's per-episode returns and wins (0 or 1) where the records
+    hold them (`eval_greedy_returns`, `eval_greedy_wins`), else a one-element list
+    holding the evaluation's mean. win_rate is absent for environments without a win
+    condition. run_id is seed_<s>, or the run directory's
     name where one algorithm has two runs of the same seed on a task."""
     from offmarl.utils.files import read_jsonl
 
@@ -488,14 +496,12 @@ def marl_eval_results(run_dirs: list[str | Path]) -> dict:
     done = [(run, s) for run, s in loaded if s.get("status") == "completed"]
     seen: dict[tuple, list[Any]] = {}
     for _, s in done:
-        seen.setdefault((task_of(s), s.get("algo")), []).append(s.get("seed"))
+        seen.setdefault((marl_eval_task(s), s.get("algo")), []).append(s.get("seed"))
     out: dict[str, dict] = {}
     for run, summary in done:
-        env_name, task = split_env(str(summary.get("env")))
-        if summary.get("dataset"):
-            task = f"{task}/{dataset_name(summary['dataset'])}"
+        env_name, task = marl_eval_task(summary)
         algo, seed = str(summary.get("algo")), summary.get("seed")
-        run_id = f"seed_{seed}" if seen[(task_of(summary), summary.get("algo"))].count(seed) == 1 else run.name
+        run_id = f"seed_{seed}" if seen[((env_name, task), summary.get("algo"))].count(seed) == 1 else run.name
         step_key = "env_steps" if "env_steps" in summary else "steps"
         entry: dict[str, Any] = {}
         for i, record in enumerate(r for r in read_jsonl(run / "metrics.jsonl") if step_key in r):
