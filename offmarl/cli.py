@@ -312,7 +312,7 @@ def _config(args: argparse.Namespace) -> int:
                 print("    " + " ".join(doc.split()))
         print()
     scoped = {"box-action (continuous) tasks": entry.action_space_defaults(continuous=True)}
-    for family, values in getattr(entry.config_class, "FAMILY_DEFAULTS", {}).items():
+    for family, values in entry.families_with_defaults().items():
         scoped[f"{family}:* environments"] = values
     for scope, values in scoped.items():
         if values:

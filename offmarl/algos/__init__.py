@@ -58,12 +58,15 @@ class AlgorithmEntry:
         before any user layer; nothing on discrete tasks."""
         return dict(getattr(self.config_class, "CONTINUOUS_DEFAULTS", {})) if continuous else {}
 
+    def families_with_defaults(self) -> dict[str, dict[str, Any]]:
+        """{family: values} of the config class's FAMILY_DEFAULTS (empty if it has none)."""
+        return {family: dict(values) for family, values in getattr(self.config_class, "FAMILY_DEFAULTS", {}).items()}
+
     def family_defaults(self, env: str) -> dict[str, Any]:
         """The algorithm's own values for one environment family (the part of `env` before
         ':', e.g. smax): the config class's FAMILY_DEFAULTS[family], applied after
         action_space_defaults and before any user layer; nothing for other families."""
-        family = env.partition(":")[0]
-        return dict(getattr(self.config_class, "FAMILY_DEFAULTS", {}).get(family, {}))
+        return self.families_with_defaults().get(env.partition(":")[0], {})
 
 
 ALGORITHMS: dict[str, AlgorithmEntry] = {
