@@ -7,7 +7,9 @@ process, so the paper's 30-worker scale fits on a laptop), and real Ray workers
 is trained with importance weights (MA-Trace) and with every ratio set to 1
 (`importance_weights=false`), over several seeds; the final greedy evaluation win rate is
 compared. The paper's claim (section 3.3): without the weights, learning degrades as the
-lag grows. Finished runs are reused, so an interrupted sweep continues where it stopped.
+lag grows. Finished runs are reused, so an interrupted sweep continues where it stopped. A run
+that diverges (stopped on NaN or inf, last good checkpoint kept) is an outcome of its arm: it
+scores its last periodic evaluation and the table counts it as diverged.
 Writes is_ablation.json, is_ablation.md and is_ablation.png under --out. Usage:
 
     python benchmarks/is_ablation.py --env smax:3m --lags 0,8,32 --workers 2 --seeds 3 [key=value ...]
@@ -45,7 +47,10 @@ def run_setting(env: str, setting: dict, weights: bool, seed: int, budget: dict,
     run_dir = runs / f"{env.replace(':', '_')}_{name}_{'is' if weights else 'nois'}_s{seed}"
     experiment = resolve_experiment("matrace", env, seed, {**budget, **setting, "importance_weights": weights})
     summary = train_or_resume(experiment, run_dir, quiet=True)[0]
-    if summary["status"] != "completed":  # a signal or a divergence: no partial run enters a table
+    if summary["status"] == "diverged":  # an outcome of the arm: it scores its last evaluation
+        print(f"{run_dir}: diverged at {summary['env_steps']:,} env steps; it enters the table with its "
+              f"last evaluation ({summary['eval_win_rate']:.3f})", file=sys.stderr)
+    elif summary["status"] != "completed":  # a signal: no partial run enters a table
         print(f"{run_dir}: {summary['status']}; rerun the same command to continue", file=sys.stderr)
         raise SystemExit(summary.get("stop_exit_code", 1))
     return summary
@@ -57,7 +62,8 @@ def describe(setting: str, arm: str, summaries: list[dict], fused_lag: int | Non
     lags = [s["lag_mean"] for s in summaries if s.get("lag_mean") is not None] or [fused_lag]
     return {"setting": setting, "arm": arm, "seeds": len(wins), "win_rate_mean": float(wins.mean()),
             "win_rate_std": float(wins.std(ddof=1)) if len(wins) > 1 else 0.0,
-            "win_rates": wins.tolist(), "measured_lag_mean": None if lags == [None] else float(np.mean(lags))}
+            "win_rates": wins.tolist(), "diverged": sum(s["status"] == "diverged" for s in summaries),
+            "measured_lag_mean": None if lags == [None] else float(np.mean(lags))}
 
 
 def write_outputs(rows: list[dict], out: Path, info: dict) -> None:
@@ -67,7 +73,8 @@ def write_outputs(rows: list[dict], out: Path, info: dict) -> None:
     by_key = {(r["setting"], r["arm"]): r for r in rows}
     for setting in settings:
         with_is, without = by_key.get((setting, "with IS")), by_key.get((setting, "without IS"))
-        cells = [f"{r['win_rate_mean']:.2f} ± {r['win_rate_std']:.2f} (n={r['seeds']})" if r else "-"
+        cells = [f"{r['win_rate_mean']:.2f} ± {r['win_rate_std']:.2f} (n={r['seeds']}"
+                 + (f", {r['diverged']} diverged)" if r.get("diverged") else ")") if r else "-"
                  for r in (with_is, without)]
         lag = next((r["measured_lag_mean"] for r in (with_is, without) if r and r["measured_lag_mean"] is not None), None)
         diff = f"{with_is['win_rate_mean'] - without['win_rate_mean']:+.2f}" if with_is and without else "-"

@@ -1,0 +1,40 @@
+"""The ablation script's table: a diverged run is an outcome of its arm, scored by its last evaluation."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def is_ablation():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("is_ablation")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def summary(win_rate: float, status: str = "completed", lag: float = 1.0) -> dict:
+    return {"eval_win_rate": win_rate, "status": status, "lag_mean": lag}
+
+
+def test_a_diverged_run_counts_with_its_last_evaluation(is_ablation, tmp_path):
+    with_is = is_ablation.describe("simulated workers 1", "with IS", [summary(1.0), summary(0.9), summary(0.8)], None)
+    without = is_ablation.describe("simulated workers 1", "without IS",
+                                   [summary(0.0, "diverged"), summary(0.0, "diverged"), summary(0.96)], None)
+    assert without["diverged"] == 2 and with_is["diverged"] == 0
+    assert without["win_rate_mean"] == pytest.approx(0.32)
+    assert with_is["measured_lag_mean"] == pytest.approx(1.0)
+    is_ablation.write_outputs([with_is, without], tmp_path,
+                              {"env": "smax:2s3z", "env_steps": 5_000_000, "overrides": {}})
+    row = (tmp_path / "is_ablation.md").read_text().splitlines()[2]
+    assert row == ("| simulated workers 1 | 1.0 | 0.90 ± 0.10 (n=3) | 0.32 ± 0.55 (n=3, 2 diverged) | +0.58 |")
+    assert json.loads((tmp_path / "is_ablation.json").read_text())["rows"][1]["diverged"] == 2
+    assert (tmp_path / "is_ablation.png").stat().st_size > 0
