@@ -7,8 +7,9 @@ seeds, and each algorithm's difference from BC on the same dataset with the 95% 
 interval of the difference. "beats BC" means the whole interval of the difference is above zero.
 
 Scores (`--metric`): `win_rate` (SMAX); `return`; `normalised`, the return rescaled between
-the uniform-random policy (0) and the vault's `expert` dataset (1), both read from the vault's
-metadata as `make-datasets` wrote them (OMIGA's MaMuJoCo convention). With `return` and
+the uniform-random policy (0) and the vault's `expert` dataset (1), as `make-datasets` wrote them
+in the vault's metadata (OMIGA's MaMuJoCo convention): from the run's config.json where the run
+recorded them, else from the vault. With `return` and
 `normalised` each row also gives the dataset's own mean return (normalised alike).
 
     python experiments/offline_vs_bc.py docs/results/offline_smax_og [--out FILE.json]
@@ -29,7 +30,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from offmarl.data.vault import parse_dataset_arg, vault_metadata
+from offmarl.data.source import return_anchors
+from offmarl.data.vault import parse_dataset_arg
 from offmarl.evaluation.aggregate import mean_ci
 from offmarl.utils.files import atomic_write_json
 
@@ -48,22 +50,29 @@ def welch_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 @lru_cache(maxsize=None)
-def return_anchors(vault: str, uid: str) -> tuple[float, float]:
+def vault_anchors(vault: str, uid: str) -> tuple[float, float]:
     """(uniform-random return, expert dataset's mean return) of a make-datasets vault."""
-    meta = vault_metadata(vault, uid)
-    if meta.get("scoring") != "return" or "score_0_return" not in meta:
+    anchors = return_anchors(vault, uid)
+    if anchors is None:
         raise SystemExit(f"{vault}:{uid} has no return anchors (made by make-datasets with return scoring?)")
-    return float(meta["score_0_return"]), float(vault_metadata(vault, "expert")["mean_return"])
+    return anchors
 
 
-def score(summary: dict, key: str, metric: str) -> float:
+def score(summary: dict, key: str, metric: str, recorded_anchors: list[float] | None = None) -> float:
     """One run's `key` (a return or a win rate) in `metric` units."""
     value = float(summary[key])
     if metric != "normalised":
         return value
-    vault, uid = parse_dataset_arg(summary["dataset"])
-    low, high = return_anchors(str(vault), uid)
+    if recorded_anchors is None:
+        vault, uid = parse_dataset_arg(summary["dataset"])
+        recorded_anchors = vault_anchors(str(vault), uid)
+    low, high = recorded_anchors
     return (value - low) / (high - low)
+
+
+def run_config(summary_path: Path) -> dict:
+    """The config.json beside a run's summary.json."""
+    return json.loads((summary_path.parent / "config.json").read_text())
 
 
 def row_name(path: Path, algo: str, label: str | None) -> str:
@@ -71,7 +80,7 @@ def row_name(path: Path, algo: str, label: str | None) -> str:
     nor for an algorithm without that field)."""
     if label is None or algo == "bc":
         return algo
-    config = json.loads((path.parent / "config.json").read_text())["algo_config"]
+    config = run_config(path)["algo_config"]
     return f"{algo} {label}={config[label]}" if label in config else algo
 
 
@@ -86,10 +95,11 @@ def collect(folders: list[str], metric: str,
             if not isinstance(summary, dict) or summary.get("status") != "completed" or "dataset" not in summary:
                 continue
             key = (summary["env"], summary["dataset"].rpartition(":")[2], row_name(path, summary["algo"], label))
+            anchors = run_config(path).get("dataset_info", {}).get("return_anchors")
             for mode in MODES:
-                found[key][mode].append(score(summary, f"final_eval_{mode}_{quantity}", metric))
+                found[key][mode].append(score(summary, f"final_eval_{mode}_{quantity}", metric, anchors))
             if metric != "win_rate":
-                found[key]["data"].append(score(summary, "dataset_return_mean", metric))
+                found[key]["data"].append(score(summary, "dataset_return_mean", metric, anchors))
     return found
 
 

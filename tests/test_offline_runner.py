@@ -219,6 +219,22 @@ def test_dataset_that_does_not_fit_the_env_is_one_line_exit_2(
     assert not out.exists()
 
 
+def test_a_run_records_the_return_anchors_of_a_vault_scored_by_return(tmp_path: Path) -> None:
+    """make-datasets' normalisation (random policy 0, the expert dataset's mean return 1) is
+    copied into the run's config.json, so its scores normalise after the vault is gone."""
+    data = load_builtin_dataset("matrix:xor", "02_20", num_episodes=10)
+    scored, unscored = tmp_path / "scored.vlt", tmp_path / "plain.vlt"
+    write_vault(data, scored, "expert", {"scoring": "return", "score_0_return": -3.0, "mean_return": 12.5})
+    write_vault(data, scored, "medium", {"scoring": "return", "score_0_return": -3.0, "mean_return": 4.0})
+    write_vault(data, unscored, "medium", {"scoring": "win_rate"})
+    assert load_dataset("matrix:xor", f"{scored}:medium")[1]["return_anchors"] == [-3.0, 12.5]
+    assert "return_anchors" not in load_dataset("matrix:xor", f"{unscored}:medium")[1]
+    out = tmp_path / "run"
+    assert main(["offline", "--algo", "bc", "--env", "matrix:xor", "--dataset", f"{scored}:medium",
+                 "--steps", "10", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["dataset_info"]["return_anchors"] == [-3.0, 12.5]
+
+
 def test_resume_of_a_missing_run_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["offline", "--resume", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()

@@ -9,7 +9,7 @@ import numpy as np
 
 from offmarl.data.builtin import builtin_dataset_names, load_builtin_dataset
 from offmarl.data.dataset import OfflineDataset
-from offmarl.data.vault import list_uids, load_vault, parse_dataset_arg
+from offmarl.data.vault import list_uids, load_vault, parse_dataset_arg, vault_metadata
 from offmarl.envs.base import BoxActions, EnvSpec
 from offmarl.errors import ConfigError
 
@@ -33,7 +33,20 @@ def load_dataset(env_name: str, dataset: str) -> tuple[OfflineDataset, dict[str,
                 f"one uid; valid choices: {', '.join(choices) or 'none found (make one with `offmarl collect`)'}"
             )
         uid = uids[0]
-    return load_vault(path, uid), {"source": "vault", "path": str(path), "uid": uid}
+    info: dict[str, Any] = {"source": "vault", "path": str(path), "uid": uid}
+    if (anchors := return_anchors(path, uid)) is not None:
+        info["return_anchors"] = list(anchors)
+    return load_vault(path, uid), info
+
+
+def return_anchors(path: Any, uid: str) -> tuple[float, float] | None:
+    """(uniform-random return, the `expert` dataset's mean return) of a vault that
+    `make-datasets` scored by return (OMIGA's MaMuJoCo normalisation), else None. Runs record
+    them, so their scores can be normalised after the vault is gone."""
+    meta = vault_metadata(path, uid)
+    if meta.get("scoring") != "return" or "score_0_return" not in meta or "expert" not in list_uids(path):
+        return None
+    return float(meta["score_0_return"]), float(vault_metadata(path, "expert")["mean_return"])
 
 
 def _actions_text(continuous: bool, size: int) -> str:
