@@ -420,6 +420,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"offmarl: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt as err:
+        # A run loop turns a signal into its own checkpoint and exit code; this is one that
+        # arrived outside it (while a run was compiling, or between a pipeline's runs).
+        signal_name = str(err) or "SIGINT"
+        print(f"offmarl: stopped by {signal_name}; finished runs and checkpoints are kept: run the same "
+              "command again to continue", file=sys.stderr)
+        return getattr(err, "exit_code", 130)
     except BrokenPipeError:
         # The reader (e.g. `| head`) went away: stop quietly, as other Unix tools do.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -116,3 +116,21 @@ def test_an_offline_algorithm_without_continuous_support_is_refused_on_a_box_tas
     assert "algorithm 'iql_cql' supports discrete actions only, and 'mpe:simple_spread_continuous' has " \
            "continuous actions; offline algorithms with continuous support: bc, omiga, inspo, maicq" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_signal_outside_a_run_loop_is_one_line_with_the_signal_exit_code(monkeypatch, capsys) -> None:
+    """A SIGTERM while a pipeline's run compiles (outside the loop that checkpoints) ends
+    with 128 + 15 and one line, not a traceback."""
+    import signal
+
+    import offmarl.cli as cli
+    from offmarl.runners.common import StopRequested
+
+    def stopped(_args):
+        raise StopRequested(signal.SIGTERM)
+
+    monkeypatch.setitem(cli._COMMANDS, "envs", stopped)
+    assert main(["envs"]) == 143
+    err = capsys.readouterr().err.strip()
+    assert err == ("offmarl: stopped by SIGTERM; finished runs and checkpoints are kept: run the same command "
+                   "again to continue")
