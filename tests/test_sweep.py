@@ -263,6 +263,24 @@ def test_cell_commands_and_states(tmp_path: Path) -> None:
     assert not (tmp_path / "s").exists()  # planning creates nothing
 
 
+def test_a_diverged_cell_is_final_and_its_run_is_reused(tmp_path: Path) -> None:
+    """A run stopped on NaN or inf would diverge again from its last good checkpoint: the
+    sweep skips it (counting it as not completed) and train_or_resume returns it untouched."""
+    from offmarl.runners.online import train_or_resume
+
+    plan = plan_sweep(tmp_path / "s", ["matrace"], ["smax:3m"], [0], env_steps=1000,
+                      overrides=["num_envs=16", "unroll_length=16"])
+    cell = plan.cells[0]
+    run = plan.run_dir(cell)
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    assert cell_state(plan, cell) == "resume"
+    diverged = {"status": "diverged", "env_steps": 512, "eval_win_rate": 0.0}
+    (run / "summary.json").write_text(json.dumps(diverged))
+    assert cell_state(plan, cell) == "diverged"
+    assert train_or_resume(None, run) == (diverged, True)  # no experiment needed: nothing trains
+
+
 def test_algorithm_scoped_overrides_reach_that_algorithms_cells_only(tmp_path: Path) -> None:
     """`ALGO.key=value` sets a field of ALGO's cells only, so a sweep can set a MA-Trace-only
     field beside MAPPO; a plain `key=value` still reaches every cell."""

@@ -169,13 +169,13 @@ def train_run(experiment: Experiment, run_dir: Path, console: Console, quiet: bo
     from offmarl.runners.online import train_or_resume
 
     summary, reused = train_or_resume(experiment, run_dir, quiet)
-    if reused:
-        console.print(f"reusing the finished run {run_dir}")
-        return
     status = summary["status"]
+    if reused:
+        console.print(f"reusing the finished run {run_dir}" + (" (it diverged)" if status == "diverged" else ""))
+        return
     if status == "interrupted":
         console.print("interrupted: run the same command again to resume training")
-        raise SystemExit(130)
+        raise SystemExit(summary.get("stop_exit_code", 130))
     if status == "diverged":
         console.print("[yellow]training diverged; the datasets use the checkpoints saved before")
 

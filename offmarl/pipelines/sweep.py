@@ -331,8 +331,9 @@ def _read_json(path: Path) -> dict | None:
 
 
 def cell_state(plan: SweepPlan, cell: Cell) -> str:
-    """"done" (completed at this budget), "resume" (started, or completed at a lower
-    budget) or "new". ConfigError if the cell has trained past the budget."""
+    """"done" (completed at this budget), "diverged" (stopped on NaN or inf, which a
+    resume would repeat), "resume" (started, or completed at a lower budget) or "new".
+    ConfigError if the cell has trained past the budget."""
     from offmarl.utils.checkpoint import list_checkpoints
 
     run = plan.run_dir(cell)
@@ -345,6 +346,8 @@ def cell_state(plan: SweepPlan, cell: Cell) -> str:
                           f"the budget {cell.budget:,}: give a budget of at least that")
     if summary and summary.get("status") == "completed" and summary.get(cell.step_key) == cell.budget:
         return "done"
+    if summary and summary.get("status") == "diverged":
+        return "diverged"
     if (run / "config.json").is_file():
         return "resume"
     return "new"
@@ -519,17 +522,22 @@ def _run_locked(plan: SweepPlan, runner: Any, limit: int, reps: int, seed: int,
     states = {cell: cell_state(plan, cell) for cell in plan.cells}
     total = len(plan.cells)
     index = {cell: i + 1 for i, cell in enumerate(plan.cells)}
-    counts = {s: sum(1 for v in states.values() if v == s) for s in ("done", "resume", "new")}
+    counts = {s: sum(1 for v in states.values() if v == s) for s in ("done", "diverged", "resume", "new")}
     info(f"sweep {plan.out}: {total} cells ({counts['new']} new, {counts['resume']} to resume, "
-         f"{counts['done']} done), {limit} at a time")
+         f"{counts['done']} done" + (f", {counts['diverged']} diverged" if counts["diverged"] else "")
+         + f"), {limit} at a time")
+    failed: list[str] = []
     for cell in plan.cells:
         if states[cell] == "done":
             info(f"[{index[cell]}/{total}] skip  {cell.label()}: completed"
                  f"{_fmt_score(_read_json(plan.run_dir(cell) / 'summary.json'))}")
-    pending = deque(c for c in plan.cells if states[c] != "done")
+        elif states[cell] == "diverged":
+            say(f"[{index[cell]}/{total}] skip  {cell.label()}: diverged (a resume would repeat it; delete "
+                f"{plan.run_dir(cell)} to train it again)")
+            failed.append(f"{cell.label()} (diverged)")
+    pending = deque(c for c in plan.cells if states[c] not in ("done", "diverged"))
     running: dict[Cell, tuple[Any, float]] = {}
     signalled: set[Cell] = set()
-    failed: list[str] = []
     ran = False
     with StopSignals(raise_on_signal=False) as signals:
         while pending or running:

@@ -182,12 +182,16 @@ class OnlineRun(RunLoop):
         self.trainer.close(self.dir)
 
 
+FINISHED_STATUSES = ("completed", "diverged")
+"""Statuses of a run that resuming would not change."""
+
+
 def train_or_resume(experiment: Experiment, run_dir: Path, quiet: bool = False) -> tuple[dict, bool]:
-    """The summary of the run in `run_dir`, and whether it was reused: a completed run is
-    reused, a started one resumed from its last checkpoint, otherwise `experiment` is
-    trained there."""
+    """The summary of the run in `run_dir`, and whether it was reused: a completed or
+    diverged run is reused (resuming a divergence from its last good checkpoint repeats it),
+    a started one resumed from its last checkpoint, otherwise `experiment` is trained there."""
     summary = run_dir / "summary.json"
-    if summary.is_file() and (finished := json.loads(summary.read_text())).get("status") == "completed":
+    if summary.is_file() and (finished := json.loads(summary.read_text())).get("status") in FINISHED_STATUSES:
         return finished, True
     if (run_dir / "config.json").is_file():
         return OnlineRun.resume(run_dir, quiet=quiet).execute(), False
