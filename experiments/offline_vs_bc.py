@@ -70,18 +70,13 @@ def score(summary: dict, key: str, metric: str, recorded_anchors: list[float] | 
     return (value - low) / (high - low)
 
 
-def run_config(summary_path: Path) -> dict:
-    """The config.json beside a run's summary.json."""
-    return json.loads((summary_path.parent / "config.json").read_text())
-
-
-def row_name(path: Path, algo: str, label: str | None) -> str:
-    """`algo`, or "algo FIELD=value" with the run's algo_config value of `label` (not for BC,
-    nor for an algorithm without that field)."""
+def row_name(config: dict, algo: str, label: str | None) -> str:
+    """`algo`, or "algo FIELD=value" with the run's (config.json's) algo_config value of
+    `label` (not for BC, nor for an algorithm without that field)."""
     if label is None or algo == "bc":
         return algo
-    config = run_config(path)["algo_config"]
-    return f"{algo} {label}={config[label]}" if label in config else algo
+    algo_config = config["algo_config"]
+    return f"{algo} {label}={algo_config[label]}" if label in algo_config else algo
 
 
 def collect(folders: list[str], metric: str,
@@ -94,8 +89,9 @@ def collect(folders: list[str], metric: str,
             summary = json.loads(path.read_text())
             if not isinstance(summary, dict) or summary.get("status") != "completed" or "dataset" not in summary:
                 continue
-            key = (summary["env"], summary["dataset"].rpartition(":")[2], row_name(path, summary["algo"], label))
-            anchors = run_config(path).get("dataset_info", {}).get("return_anchors")
+            config = json.loads((path.parent / "config.json").read_text())
+            key = (summary["env"], summary["dataset"].rpartition(":")[2], row_name(config, summary["algo"], label))
+            anchors = config.get("dataset_info", {}).get("return_anchors")
             for mode in MODES:
                 found[key][mode].append(score(summary, f"final_eval_{mode}_{quantity}", metric, anchors))
             if metric != "win_rate":
