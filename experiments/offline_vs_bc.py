@@ -10,7 +10,8 @@ Scores (`--metric`): `win_rate` (SMAX); `return`; `normalised`, the return resca
 the uniform-random policy (0) and the vault's `expert` dataset (1), as `make-datasets` wrote them
 in the vault's metadata (OMIGA's MaMuJoCo convention): from the run's config.json where the run
 recorded them, else from the vault. With `return` and
-`normalised` each row also gives the dataset's own mean return (normalised alike).
+`normalised` each row also gives the dataset's own mean return (normalised alike), and with
+`normalised` the greedy policy's return and the dataset's as returns too (issue 14's table).
 
     python experiments/offline_vs_bc.py docs/results/offline_smax_og [--out FILE.json]
     python experiments/offline_vs_bc.py docs/results/offline_mabrax --metric normalised
@@ -107,11 +108,15 @@ def main() -> None:
     parser.add_argument("--label", help="name each algorithm's rows by this config field's value")
     args = parser.parse_args()
     found = collect(args.folders, args.metric, args.label)
+    returns = collect(args.folders, "return", args.label) if args.metric == "normalised" else {}
     rows = []
     for (env, uid, algo), by_mode in sorted(found.items()):
         row = {"env": env, "dataset": uid, "algo": algo, "metric": args.metric, "seeds": len(by_mode["greedy"])}
         if by_mode.get("data"):
             row["dataset_score"] = float(np.mean(by_mode["data"]))
+        if returns:
+            row["dataset_return"] = float(np.mean(returns[(env, uid, algo)]["data"]))
+            row["greedy_return"] = mean_ci(returns[(env, uid, algo)]["greedy"])
         bc = found.get((env, uid, "bc"))
         for mode in MODES:
             values = np.asarray(by_mode[mode])
@@ -120,8 +125,11 @@ def main() -> None:
                 row[f"{mode}_minus_bc"] = welch_difference(values, np.asarray(bc[mode]))
         rows.append(row)
     data_column = args.metric != "win_rate"
-    print(f"| env | dataset |{' data |' if data_column else ''} algo | seeds | greedy | greedy - BC | sampled | sampled - BC |")
-    print(f"| --- | --- |{' --- |' if data_column else ''} --- | --- | --- | --- | --- | --- |")
+    return_columns = ("data return", "greedy return") if returns else ()
+    header = ["env", "dataset", *return_columns[:1], *(["data"] if data_column else []), "algo", "seeds",
+              *return_columns[1:], "greedy", "greedy - BC", "sampled", "sampled - BC"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
     large = args.metric == "return" and max((abs(r["greedy"][0]) for r in rows), default=0.0) > 100
     digits = 1 if large else 3
     for r in rows:
@@ -136,6 +144,9 @@ def main() -> None:
             else:
                 cells.append("-")
         data = f" {r['dataset_score']:.{digits}f} |" if data_column else ""
+        if returns:
+            data = f" {r['dataset_return']:.1f} |{data}"
+            cells.insert(0, "{:.1f} ± {:.1f}".format(*r["greedy_return"]))
         print(f"| {r['env']} | {r['dataset']} |{data} {r['algo']} | {r['seeds']} | " + " | ".join(cells) + " |")
     if args.out:
         atomic_write_json(args.out, rows)

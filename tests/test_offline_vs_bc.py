@@ -1,0 +1,71 @@
+"""experiments/offline_vs_bc.py: normalised scores from recorded anchors, Welch differences
+against BC, and the return columns of the MaMuJoCo-style table (issue 14)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+ANCHORS = [-100.0, 1100.0]
+
+
+@pytest.fixture(scope="module")
+def offline_vs_bc():
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        yield importlib.import_module("offline_vs_bc")
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+
+
+def write_run(root: Path, algo: str, seed: int, greedy: float, sampled: float) -> None:
+    run = root / f"{algo}_s{seed}"
+    run.mkdir(parents=True)
+    dataset = "/gone/task.vlt:medium"
+    (run / "summary.json").write_text(json.dumps({
+        "algo": algo, "env": "mabrax:hopper_3x1", "dataset": dataset, "seed": seed, "status": "completed",
+        "final_eval_greedy_return": greedy, "final_eval_sampled_return": sampled, "dataset_return_mean": 500.0,
+    }))
+    (run / "config.json").write_text(json.dumps({
+        "algo_config": {"alpha": 10.0},
+        "dataset_info": {"source": "vault", "path": "/gone/task.vlt", "uid": "medium", "return_anchors": ANCHORS},
+    }))
+
+
+def test_normalised_table_has_returns_and_welch_differences(offline_vs_bc, tmp_path, capsys, monkeypatch):
+    bc_greedy, omiga_greedy = [200.0, 260.0, 320.0], [800.0, 860.0, 950.0]
+    for seed in range(3):
+        write_run(tmp_path, "bc", seed, bc_greedy[seed], 100.0 + seed)
+        write_run(tmp_path, "omiga", seed, omiga_greedy[seed], 110.0 + seed)
+    write_run(tmp_path, "omiga", 9, 0.0, 0.0)
+    (tmp_path / "omiga_s9" / "summary.json").write_text(json.dumps({"status": "running"}))
+
+    monkeypatch.setattr(sys, "argv", ["offline_vs_bc", str(tmp_path), "--metric", "normalised",
+                                      "--out", str(tmp_path / "rows.json")])
+    offline_vs_bc.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("| env | dataset | data return | data | algo | seeds | greedy return | greedy | greedy - BC "
+                        "| sampled | sampled - BC |")
+    omiga = lines[3].split(" | ")
+    assert omiga[2:6] == ["500.0", "0.500", "omiga", "3"]
+
+    normalise = lambda values: (np.asarray(values) + 100.0) / 1200.0  # noqa: E731
+    a, b = normalise(omiga_greedy), normalise(bc_greedy)
+    diff = a.mean() - b.mean()
+    va, vb = a.var(ddof=1) / 3, b.var(ddof=1) / 3
+    dof = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 2)
+    half = stats.t.ppf(0.975, dof) * np.sqrt(va + vb)
+    assert omiga[8] == f"{diff:+.3f} ± {half:.3f} **beats BC**"
+    assert omiga[6] == f"{np.mean(omiga_greedy):.1f} ± {stats.t.ppf(0.975, 2) * np.std(omiga_greedy, ddof=1) / np.sqrt(3):.1f}"
+
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [r["seeds"] for r in rows] == [3, 3]
+    assert rows[1]["greedy"][0] == pytest.approx(a.mean())
+    assert rows[1]["greedy_minus_bc"][1] == pytest.approx(half)
