@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import jax
 import numpy as np
 import pytest
 
@@ -289,6 +290,29 @@ def test_dense_checkpoints_fall_on_every_training_chunk(env_steps: int) -> None:
     run keeps num_checkpoints checkpoints, not every second one (3M steps on 3m, 4,096-step
     updates: 20 at 147,456 steps, where 150,000 gave 10)."""
     run = dense_checkpoint_experiment("smax:3m", 0, env_steps, 20).run_config
+    assert (run.eval_episodes, run.final_eval_episodes) == (16, 64)
     assert run.checkpoint_interval % run.steps_per_update == 0
     assert run.eval_interval == run.checkpoint_interval
     assert run.num_updates // (run.checkpoint_interval // run.steps_per_update) == 20
+
+
+def test_the_runs_evaluations_do_not_change_what_they_train(tmp_path) -> None:
+    """make-datasets' runs evaluate on fewer episodes than the defaults; the checkpoints
+    (hence the datasets) must not depend on that: evaluations draw from their own seeds."""
+    from offmarl.cli import main
+    from offmarl.runners.saved import SavedRun
+
+    checkpoints = []
+    for episodes in (2, 8):
+        out = tmp_path / f"eval{episodes}"
+        argv = ["train", "--algo", "matrace", "--env", "matrix:xor", "--env-steps", "1024", "--out", str(out),
+                "--quiet", "num_envs=8", "unroll_length=8", "eval_interval=256", "checkpoint_interval=256",
+                f"eval_episodes={episodes}", f"final_eval_episodes={episodes}"]
+        assert main(argv) == 0
+        run = SavedRun.open(out)
+        assert run.steps == [256, 512, 768, 1024][-len(run.steps):] and len(run.steps) >= 3
+        checkpoints.append([jax.tree.leaves(run.params(step)) for step in run.steps])
+    for few, many in zip(*checkpoints):
+        for a, b in zip(few, many):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(checkpoints[0][0][0]), np.asarray(checkpoints[0][-1][0]))

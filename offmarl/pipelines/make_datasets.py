@@ -120,6 +120,11 @@ DEFAULT_TRANSITIONS = 100_000
 DEFAULT_EPSILON = 0.05
 DEFAULT_CHECKPOINTS = 20
 DEFAULT_EVAL_EPISODES = 128
+RUN_EVAL_EPISODES = (16, 64)
+"""(periodic, final) evaluation episodes at most of the runs make-datasets trains: their
+checkpoints are scored again, on DEFAULT_EVAL_EPISODES, so the runs' own evaluations only
+draw the learning curve. On MABrax (1,000-step episodes) the defaults (64 and 256, greedy and
+sampled) took about as long as the training."""
 EPSILON_SEARCH_STEPS = 6
 MAX_TOP_UPS = 8
 # Seed offsets, so evaluation, the epsilon search and each dataset use their own streams.
@@ -149,9 +154,11 @@ def vault_path(out_dir: str | Path, env_name: str) -> Path:
 def dense_checkpoint_experiment(
     env_name: str, seed: int, env_steps: int | None, num_checkpoints: int
 ) -> Experiment:
-    """Default MA-Trace settings, with about `num_checkpoints` checkpoints all kept. The
-    interval is whole updates, so each training chunk (eval_interval) ends on a checkpoint;
-    an interval a few steps longer than the chunk would checkpoint every second chunk only."""
+    """Default MA-Trace settings, with about `num_checkpoints` checkpoints all kept and the
+    lighter evaluations of RUN_EVAL_EPISODES (evaluations have their own seeds, so the
+    trained parameters are the same with any). The interval is whole updates, so each
+    training chunk (eval_interval) ends on a checkpoint; an interval a few steps longer than
+    the chunk would checkpoint every second chunk only."""
     budget = {} if env_steps is None else {"env_steps": env_steps}
     base = resolve_experiment("matrace", env_name, seed, budget).run_config
     spu = base.steps_per_update
@@ -160,6 +167,8 @@ def dense_checkpoint_experiment(
         "checkpoint_interval": interval,
         "eval_interval": min(base.eval_interval, interval),
         "keep_checkpoints": 10 * num_checkpoints,
+        "eval_episodes": min(base.eval_episodes, RUN_EVAL_EPISODES[0]),
+        "final_eval_episodes": min(base.final_eval_episodes, RUN_EVAL_EPISODES[1]),
     }
     return resolve_experiment("matrace", env_name, seed, budget, dense)
 
