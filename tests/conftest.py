@@ -3,7 +3,12 @@ heavy, but SMAX construction and first resets take a few seconds)."""
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -17,6 +22,20 @@ def pytest_configure(config: pytest.Config) -> None:
     from offmarl.utils.compile_cache import enable_compile_cache
 
     enable_compile_cache()
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def import_script(folder: str, name: str) -> Iterator[ModuleType]:
+    """Yields the script `folder/name.py` of the repository (benchmarks/, experiments/: not
+    packages) imported as a module; a module fixture's body."""
+    path = str(ROOT / folder)
+    sys.path.insert(0, path)
+    try:
+        yield importlib.import_module(name)
+    finally:
+        sys.path.remove(path)
 
 
 @pytest.fixture(scope="session")

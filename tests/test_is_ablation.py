@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import import_script
 
 
 @pytest.fixture(scope="module")
 def is_ablation():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("is_ablation")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    yield from import_script("benchmarks", "is_ablation")
 
 
 def summary(win_rate: float, status: str = "completed", lag: float = 1.0) -> dict:

@@ -3,26 +3,21 @@ against BC, and the return columns of the MaMuJoCo-style table (issue 14)."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import import_script
 from scipy import stats
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 ANCHORS = [-100.0, 1100.0]
 
 
 @pytest.fixture(scope="module")
 def offline_vs_bc():
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        yield importlib.import_module("offline_vs_bc")
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
+    yield from import_script("experiments", "offline_vs_bc")
 
 
 def write_run(root: Path, algo: str, seed: int, greedy: float, sampled: float) -> None:
