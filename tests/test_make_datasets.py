@@ -6,6 +6,7 @@ so every score below can be worked out by hand.
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import jax
@@ -95,6 +96,48 @@ def test_an_interrupted_scoring_repeats_no_measurement(tmp_path) -> None:
     assert torn.checkpoints(lambda: None) == expected
     assert torn.collectors[0].calls == [(200, 7 + RANDOM_SEED, 1.0, True)]  # the torn one only
     assert len(read_jsonl(memo_file)) == 5  # the re-measured line was not glued to the torn one
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_scoring_threads_change_neither_the_scores_nor_their_order(monkeypatch, tmp_path, threads: int) -> None:
+    """Checkpoints are evaluated SCORING_THREADS at a time; the candidates come back in
+    (run, checkpoint, greedy-then-sampled) order, each measured once and memoised once."""
+    import offmarl.pipelines.make_datasets as make_datasets_module
+
+    monkeypatch.setattr(make_datasets_module, "SCORING_THREADS", threads)
+    returns = {(step, greedy): step / 1000 + 0.01 * greedy for step in range(100, 1100, 100) for greedy in (True, False)}
+    memo_file = tmp_path / "dataset_measurements.jsonl"
+    evaluator = make_evaluator(returns, dict.fromkeys(returns, 0.0), memos=[JsonlMemo(memo_file)])
+    done = []
+    candidates = evaluator.checkpoints(lambda: done.append(1))
+    assert [(b.env_steps, b.greedy) for b in candidates] == [
+        (step, greedy) for step in range(100, 1100, 100) for greedy in (True, False)]
+    assert [b.mean_return for b in candidates] == pytest.approx([returns[b.env_steps, b.greedy] for b in candidates])
+    assert len(done) == 21 and len(evaluator.collectors[0].calls) == 21  # 20 arms + the random policy
+    assert len(read_jsonl(memo_file)) == 21
+
+
+def test_a_failed_measurement_stops_the_scoring_without_running_the_queue(monkeypatch) -> None:
+    """An error (or a signal's exception) in one evaluation ends the scoring once the ones
+    already running finish; the rest of the queue is not measured."""
+    import offmarl.pipelines.make_datasets as make_datasets_module
+
+    monkeypatch.setattr(make_datasets_module, "SCORING_THREADS", 2)
+    returns = {(step, greedy): 0.5 for step in range(100, 2100, 100) for greedy in (True, False)}
+    evaluator = make_evaluator(returns, dict.fromkeys(returns, 0.0))
+    collector = evaluator.collectors[0]
+    healthy = collector.collect
+
+    def collect(params, *args):
+        time.sleep(0.05)  # an evaluation takes time: the queue is still long when one fails
+        if params == 300:
+            raise KeyboardInterrupt
+        return healthy(params, *args)
+
+    collector.collect = collect
+    with pytest.raises(KeyboardInterrupt):
+        evaluator.checkpoints(lambda: None)
+    assert len(collector.calls) <= 10  # of 40: the queue was cancelled
 
 
 def test_levels_by_return_good_is_best_checkpoint_medium_and_poor_epsilon_mixed() -> None:

@@ -48,7 +48,9 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,10 @@ EPSILON_SEARCH_STEPS = 6
 MAX_TOP_UPS = 8
 # Seed offsets, so evaluation, the epsilon search and each dataset use their own streams.
 EVAL_SEED, SEARCH_SEED, LEVEL_SEED, REPLAY_SEED, RANDOM_SEED = 1_000, 2_000, 3_000, 4_000, 5_000
+SCORING_THREADS = 2
+"""Checkpoint evaluations run at once. Each is one XLA program stepping its environments,
+which leaves part of a 2-core CPU idle; each keeps its own seed, so the scores are the same
+with any number."""
 RUN_SEED_STRIDE = 100_000  # run r's collection seeds are offset by r * this
 
 
@@ -208,6 +214,7 @@ class _Evaluator:
         self.random_return: float | None = None  # the "return" anchors: score 0 ...
         self.best_return: float | None = None  # ... and score 1
         self.random_win_rate: float | None = None
+        self._memo_lock = threading.Lock()
 
     def measure(self, run: int, env_steps: int, greedy: bool, epsilon: float,
                 seed: int) -> tuple[float | None, float, float]:
@@ -221,7 +228,8 @@ class _Evaluator:
         )
         measured = collected.win_rate, float(collected.returns.mean()), float(collected.mean_length)
         if self.memos is not None:
-            self.memos[run].put(key, list(measured))
+            with self._memo_lock:
+                self.memos[run].put(key, list(measured))
         return measured
 
     def score(self, win_rate: float | None, mean_return: float) -> float:
@@ -244,13 +252,17 @@ class _Evaluator:
         Then chooses the scoring (see the module docstring); "return" scoring also
         measures the uniform-random policy, calling `on_done` once more.
         """
-        raw = []
-        for run, saved in enumerate(self.runs):
-            for env_steps in saved.steps:
-                for greedy in (True, False):
-                    measured = self.measure(run, env_steps, greedy, self.epsilon, self.seed + EVAL_SEED)
-                    raw.append((run, env_steps, greedy, *measured))
-                    on_done()
+        todo = [(run, env_steps, greedy) for run, saved in enumerate(self.runs)
+                for env_steps in saved.steps for greedy in (True, False)]
+
+        def measure(task: tuple[int, int, bool]) -> tuple:
+            measured = self.measure(*task, self.epsilon, self.seed + EVAL_SEED)
+            on_done()
+            return (*task, *measured)
+
+        # On an error or a signal, map cancels the queue: only the running ones finish (and are memoised).
+        with ThreadPoolExecutor(SCORING_THREADS) as pool:
+            raw = list(pool.map(measure, todo))
         best_win = max((w for _, _, _, w, _, _ in raw if w is not None), default=None)
         # Below the medium band's lower edge the win rate cannot separate the levels.
         if best_win is None or best_win < self.levels.bands[self.levels.medium][0]:
