@@ -408,13 +408,18 @@ _QUICK = ("envs", "algos", "config", "report", "sweep")
 
 
 def main(argv: list[str] | None = None) -> int:
+    from offmarl.runners.common import StopSignals
+
     args = _build_parser().parse_args(argv)
     try:
         if args.command not in _QUICK:
             from offmarl.utils.compile_cache import enable_compile_cache
 
             enable_compile_cache()
-        code = _COMMANDS[args.command](args)
+        # SIGTERM, like SIGINT, raises wherever no run loop holds the signals (compiling,
+        # scoring, writing datasets), so the command ends through the handler below.
+        with StopSignals():
+            code = _COMMANDS[args.command](args)
         sys.stdout.flush()  # here, so that a closed pipe is handled below, not at exit
         return code
     except ConfigError as err:

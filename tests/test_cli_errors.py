@@ -134,3 +134,30 @@ def test_a_signal_outside_a_run_loop_is_one_line_with_the_signal_exit_code(monke
     err = capsys.readouterr().err.strip()
     assert err == ("offmarl: stopped by SIGTERM; finished runs and checkpoints are kept: run the same command "
                    "again to continue")
+
+
+def test_a_real_sigterm_outside_a_run_loop_ends_with_the_one_line(monkeypatch, capsys) -> None:
+    """SIGTERM's default action would end the process silently (as it did while make-datasets
+    scored checkpoints); the CLI turns it into its one line and 143 wherever it arrives."""
+    import os
+    import signal
+    import time
+
+    import offmarl.cli as cli
+
+    def signalled(_args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal interrupts this
+        return 0
+
+    monkeypatch.setitem(cli._COMMANDS, "envs", signalled)
+    def guard(*_):  # without the CLI's handler the signal is ignored and the command returns 0
+        pass
+
+    previous = signal.signal(signal.SIGTERM, guard)
+    try:
+        assert main(["envs"]) == 143
+        assert signal.getsignal(signal.SIGTERM) is guard  # the CLI restores the handler it found
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert capsys.readouterr().err.strip().startswith("offmarl: stopped by SIGTERM;")
