@@ -123,7 +123,7 @@ DEFAULT_EPSILON = 0.05
 DEFAULT_CHECKPOINTS = 20
 DEFAULT_EVAL_EPISODES = 128
 RUN_EVAL_EPISODES = (16, 64)
-"""(periodic, final) evaluation episodes at most of the runs make-datasets trains: their
+"""The most (periodic, final) evaluation episodes of a run that make-datasets trains: its
 checkpoints are scored again, on DEFAULT_EVAL_EPISODES, so the runs' own evaluations only
 draw the learning curve. On MABrax (1,000-step episodes) the defaults (64 and 256, greedy and
 sampled) took about as long as the training."""
