@@ -82,7 +82,8 @@ def row_name(config: dict, algo: str, label: str | None) -> str:
 
 def collect(folders: list[str], metric: str,
             label: str | None = None) -> dict[tuple[str, str, str], dict[str, list[float]]]:
-    """(env, dataset uid, algo) -> {mode: final scores over seeds, "data": the dataset's own}."""
+    """(env, dataset uid, algo) -> {mode: final scores over seeds, "data": the dataset's own};
+    with `normalised` also the unnormalised "greedy_return" and "data_return"."""
     quantity = "win_rate" if metric == "win_rate" else "return"
     found: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for folder in folders:
@@ -97,6 +98,9 @@ def collect(folders: list[str], metric: str,
                 found[key][mode].append(score(summary, f"final_eval_{mode}_{quantity}", metric, anchors))
             if metric != "win_rate":
                 found[key]["data"].append(score(summary, "dataset_return_mean", metric, anchors))
+            if metric == "normalised":
+                found[key]["greedy_return"].append(float(summary["final_eval_greedy_return"]))
+                found[key]["data_return"].append(float(summary["dataset_return_mean"]))
     return found
 
 
@@ -108,15 +112,15 @@ def main() -> None:
     parser.add_argument("--label", help="name each algorithm's rows by this config field's value")
     args = parser.parse_args()
     found = collect(args.folders, args.metric, args.label)
-    returns = collect(args.folders, "return", args.label) if args.metric == "normalised" else {}
+    with_returns = args.metric == "normalised"
     rows = []
     for (env, uid, algo), by_mode in sorted(found.items()):
         row = {"env": env, "dataset": uid, "algo": algo, "metric": args.metric, "seeds": len(by_mode["greedy"])}
         if by_mode.get("data"):
             row["dataset_score"] = float(np.mean(by_mode["data"]))
-        if returns:
-            row["dataset_return"] = float(np.mean(returns[(env, uid, algo)]["data"]))
-            row["greedy_return"] = mean_ci(returns[(env, uid, algo)]["greedy"])
+        if with_returns:
+            row["dataset_return"] = float(np.mean(by_mode["data_return"]))
+            row["greedy_return"] = mean_ci(by_mode["greedy_return"])
         bc = found.get((env, uid, "bc"))
         for mode in MODES:
             values = np.asarray(by_mode[mode])
@@ -125,9 +129,9 @@ def main() -> None:
                 row[f"{mode}_minus_bc"] = welch_difference(values, np.asarray(bc[mode]))
         rows.append(row)
     data_column = args.metric != "win_rate"
-    return_columns = ("data return", "greedy return") if returns else ()
-    header = ["env", "dataset", *return_columns[:1], *(["data"] if data_column else []), "algo", "seeds",
-              *return_columns[1:], "greedy", "greedy - BC", "sampled", "sampled - BC"]
+    header = ["env", "dataset", *(["data return"] if with_returns else []), *(["data"] if data_column else []),
+              "algo", "seeds", *(["greedy return"] if with_returns else []),
+              "greedy", "greedy - BC", "sampled", "sampled - BC"]
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
     large = args.metric == "return" and max((abs(r["greedy"][0]) for r in rows), default=0.0) > 100
@@ -144,7 +148,7 @@ def main() -> None:
             else:
                 cells.append("-")
         data = f" {r['dataset_score']:.{digits}f} |" if data_column else ""
-        if returns:
+        if with_returns:
             data = f" {r['dataset_return']:.1f} |{data}"
             cells.insert(0, "{:.1f} ± {:.1f}".format(*r["greedy_return"]))
         print(f"| {r['env']} | {r['dataset']} |{data} {r['algo']} | {r['seeds']} | " + " | ".join(cells) + " |")
