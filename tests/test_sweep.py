@@ -259,8 +259,13 @@ def test_cell_commands_and_states(tmp_path: Path) -> None:
     assert cell_command(plan, cell, "new") == ["train", "--algo", "matrace", "--env", "smax:3m", "--seed", "2",
                                                "--out", run, "--env-steps", "1000", "num_envs=16",
                                                "unroll_length=16"]
-    assert cell_command(plan, cell, "resume") == ["train", "--resume", run, "--env-steps", "1000"]
+    # A resume always names the cell's own budget, so it ends where the cell counts as done.
+    assert cell_command(plan, cell, "resume") == ["train", "--resume", run, "--env-steps", "768"]
     assert not (tmp_path / "s").exists()  # planning creates nothing
+    offline = plan_sweep(tmp_path / "o", ["bc"], ["matrix:xor"], [0], steps=100, dataset="02_20",
+                         overrides=["bc.steps=200"])
+    assert offline.cells[0].budget == 200
+    assert cell_command(offline, offline.cells[0], "resume")[-2:] == ["--steps", "200"]
 
 
 def test_a_diverged_cell_is_final_and_its_run_is_reused(tmp_path: Path) -> None:
@@ -279,6 +284,52 @@ def test_a_diverged_cell_is_final_and_its_run_is_reused(tmp_path: Path) -> None:
     (run / "summary.json").write_text(json.dumps(diverged))
     assert cell_state(plan, cell) == "diverged"
     assert train_or_resume(None, run) == (diverged, True)  # no experiment needed: nothing trains
+
+
+def test_a_scoped_override_beats_a_plain_one_in_any_order_and_reorderings_rerun(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    plan = plan_sweep(out, ["bc"], ["matrix:xor"], [0], steps=40, dataset="02_20", overrides=["lr=1e-3", "bc.lr=5e-4"])
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps(plan.to_json()))
+    reordered = plan_sweep(out, ["bc"], ["matrix:xor"], [0], steps=40, dataset="02_20",
+                           overrides=["bc.lr=5e-4", "lr=1e-3"])
+    assert overrides_for("bc", reordered.overrides) == overrides_for("bc", plan.overrides) == ["lr=1e-3", "lr=5e-4"]
+    with pytest.raises(ConfigError, match="different overrides"):
+        plan_sweep(out, ["bc"], ["matrix:xor"], [0], steps=40, dataset="02_20", overrides=["bc.lr=1e-3"])
+
+
+def test_a_cell_trained_on_other_data_is_refused_before_anything_runs(tiny_sweep, tmp_path: Path) -> None:
+    """A regenerated vault under the same name (here: the recorded SHA-256 of one cell's
+    data changed) must not let a rerun mix old and new data in one table."""
+    source, first = tiny_sweep
+    assert first.returncode == 0
+    out = tmp_path / "copy"
+    shutil.copytree(source, out)
+    grid = dict(algos=["bc"], envs=["matrix:xor"], seeds=[0, 1], steps=40, dataset="02_20", overrides=TINY)
+    plan = plan_sweep(out, **grid)
+    recorded = json.loads((out / "runs" / "bc_matrix_xor_s1" / "config.json").read_text())["dataset_info"]["sha256"]
+    assert dict(plan.dataset_sha256) == {"matrix:xor": recorded}
+    config = out / "runs" / "bc_matrix_xor_s1" / "config.json"
+    data = json.loads(config.read_text())
+    data["dataset_info"]["sha256"] = "0" * 64
+    config.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"bc_matrix_xor_s1 was trained on other data than '02_20' holds now"):
+        plan_sweep(out, **grid)
+
+
+def test_the_statistics_count_only_cells_completed_at_the_current_budget(tiny_sweep, tmp_path: Path) -> None:
+    source, first = tiny_sweep
+    assert first.returncode == 0
+    out = tmp_path / "copy"
+    shutil.copytree(source, out)
+    sweep_json = json.loads((out / "sweep.json").read_text())
+    sweep_json["cells"][1]["steps"] = 60  # seed 1 now below the budget, as after a rerun with --steps 60
+    (out / "sweep.json").write_text(json.dumps(sweep_json))
+    result = summarise_sweep(out, reps=50, partial=True)
+    assert result["per_env"]["matrix:xor"]["bc"]["done"] == 1
+    assert set(json.loads((out / "marl_eval.json").read_text())["matrix"]["xor/02_20"]["bc"]) == {"seed_0"}
+    seed0 = json.loads((out / "runs" / "bc_matrix_xor_s0" / "summary.json").read_text())["final_eval_greedy_return"]
+    assert result["statistics"]["algorithms"]["bc"]["mean"]["value"] == pytest.approx(seed0)
 
 
 def test_algorithm_scoped_overrides_reach_that_algorithms_cells_only(tmp_path: Path) -> None:

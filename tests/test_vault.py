@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -141,6 +142,27 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     with pytest.raises(OSError, match="disk full"):
         write_vault(make_dataset(), tmp_path / "x.vlt", "good")
     assert list((tmp_path / "x.vlt").iterdir()) == []
+
+
+def test_a_killed_writers_staging_folder_is_not_a_dataset_and_is_cleared(tmp_path: Path) -> None:
+    """A writer killed before its cleanup leaves a hidden staging folder that already holds
+    flashbax's metadata.json: it is not listed as a dataset, and the next write removes it
+    (its process is dead) while a live writer's folder stays."""
+    import subprocess
+    import sys
+
+    vault = tmp_path / "x.vlt"
+    write_vault(make_dataset(0), vault, "good")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    abandoned = vault / f".poor.partial-{int(dead.stdout)}-0123abcd"
+    alive = vault / f".medium.partial-{os.getpid()}-4567ef01"
+    for staging in (abandoned, alive):
+        staging.mkdir()
+        (staging / "metadata.json").write_text("{}")
+    assert list_uids(vault) == ["good"]
+    write_vault(make_dataset(1), vault, "poor")
+    assert not abandoned.exists() and alive.is_dir()
+    assert list_uids(vault) == ["good", "poor"]
 
 
 def test_loading_never_touches_the_files(tmp_path: Path) -> None:

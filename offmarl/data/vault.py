@@ -71,11 +71,31 @@ def parse_dataset_arg(text: str) -> tuple[Path, str | None]:
 
 
 def list_uids(path: str | Path) -> list[str]:
-    """The datasets (uids) in the vault at `path`, sorted; [] if it is not a vault."""
+    """The datasets (uids) in the vault at `path`, sorted; [] if it is not a vault. Hidden
+    folders are `write_vault`'s unfinished writes, not datasets."""
     path = Path(path)
     if not path.is_dir():
         return []
-    return sorted(d.name for d in path.iterdir() if (d / METADATA_FILE).is_file())
+    return sorted(d.name for d in path.iterdir() if not d.name.startswith(".") and (d / METADATA_FILE).is_file())
+
+
+def _remove_abandoned_writes(path: Path) -> None:
+    """Delete the staging folders of `write_vault` calls whose process has died (killed
+    before its `finally` ran); a live writer's folder is left alone."""
+    for staging in path.glob(".*.partial-*"):
+        pid = staging.name.rpartition(".partial-")[2].split("-")[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _vault_name(path: Path, uid: str) -> str:
@@ -331,6 +351,7 @@ def write_vault(
     check_uid_available(path, uid)
     _check_dataset(dataset, metadata)
     path.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_writes(path)
     staging = path / f".{uid}.partial-{os.getpid()}-{secrets.token_hex(4)}"
     experience = _experience(dataset)
     buffer = TrajectoryBufferState(

@@ -15,11 +15,15 @@ resume and signal handling. The sweep directory:
 
 A rerun of the same command skips completed cells (whose budget matches), resumes the
 started ones and creates the rest; a different grid, dataset or overrides for the same
-DIR is refused (exit 2). Everything is checked, and every cell's experiment resolved,
-before anything is created or started.
+DIR is refused (exit 2), and so is a dataset whose data has changed since a cell trained
+on it (its SHA-256 is in the cell's config.json). Everything is checked, every cell's
+experiment resolved and the dataset loaded and matched to each environment, before
+anything is created or started. Tables, statistics and curves count only the cells
+completed at the current budget.
 
-An override `key=value` applies to every cell; `ALGO.key=value` to ALGO's cells only, so one
-sweep can compare algorithms whose settings differ (`matrace.lr=5e-4 mappo.clip_eps=0.1`).
+An override `key=value` applies to every cell; `ALGO.key=value` to ALGO's cells only (and
+beats a plain `key=value`), so one sweep can compare algorithms whose settings differ
+(`matrace.lr=5e-4 mappo.clip_eps=0.1`).
 """
 
 from __future__ import annotations
@@ -93,13 +97,17 @@ class SweepPlan:
     steps: int | None
     cells: tuple[Cell, ...]
     budget_history: tuple[dict, ...] = ()
+    dataset_sha256: tuple[tuple[str, str], ...] = ()
+    """(env, the SHA-256 of the data `dataset` holds for it) for offline sweeps."""
 
     def grid(self) -> dict:
-        """What must match for a rerun into the same directory."""
+        """What must match for a rerun into the same directory: the overrides as each
+        algorithm's cells resolve them."""
         from offmarl.config import parse_overrides
 
         return {"algos": sorted(self.algos), "envs": sorted(self.envs), "seeds": sorted(self.seeds),
-                "dataset": self.dataset, "overrides": parse_overrides(list(self.overrides))}
+                "dataset": self.dataset,
+                "overrides": {algo: parse_overrides(overrides_for(algo, self.overrides)) for algo in sorted(self.algos)}}
 
     def to_json(self) -> dict:
         return {
@@ -108,6 +116,7 @@ class SweepPlan:
             "dataset": self.dataset, "overrides": list(self.overrides),
             "budget": {"env_steps": self.env_steps, "steps": self.steps},
             "budget_history": list(self.budget_history),
+            **({"dataset_sha256": dict(self.dataset_sha256)} if self.dataset_sha256 else {}),
             "cells": [{"name": c.name, "dir": f"{RUNS_DIR}/{c.name}", "algo": c.algo, "env": c.env,
                        "seed": c.seed, "kind": c.kind, c.step_key: c.budget} for c in self.cells],
         }
@@ -178,9 +187,11 @@ def _split_scope(word: str) -> tuple[str | None, str]:
 
 
 def overrides_for(algo: str, words: list[str] | tuple[str, ...]) -> list[str]:
-    """The override words that apply to `algo`'s cells: every plain `key=value`, and each
-    `algo.key=value` without its prefix."""
-    return [plain for scope, plain in map(_split_scope, words) if scope in (None, algo)]
+    """The override words that apply to `algo`'s cells: every plain `key=value`, then each
+    `algo.key=value` without its prefix, so a scoped value beats a plain one wherever
+    either stands on the command line."""
+    split = list(map(_split_scope, words))
+    return [plain for scope, plain in split if scope is None] + [plain for scope, plain in split if scope == algo]
 
 
 def _check_override_scopes(words: list[str] | tuple[str, ...], algos: list[str]) -> None:
@@ -280,9 +291,7 @@ def plan_sweep(out: str | Path, algos: list[str], envs: list[str], seeds: list[i
         raise ConfigError(f"--out {str(out)!r} exists and is not a sweep directory (no {SWEEP_FILE}); "
                           "choose a new or empty directory")
 
-    if dataset is not None:
-        for env in envs:
-            _check_dataset(env, dataset)
+    fingerprints = tuple((env, _dataset_fingerprint(env, dataset)) for env in envs) if dataset is not None else ()
     cells = []
     for seed in seeds:
         for env in envs:
@@ -295,13 +304,27 @@ def plan_sweep(out: str | Path, algos: list[str], envs: list[str], seeds: list[i
                               f"{cell.name!r}: give environments whose names differ")
         names[cell.name] = cell
     plan = SweepPlan(out, tuple(algos), tuple(envs), tuple(seeds), dataset, tuple(overrides),
-                     env_steps, steps, tuple(cells), tuple(history))
+                     env_steps, steps, tuple(cells), tuple(history), fingerprints)
     for cell in cells:
         cell_state(plan, cell)  # a budget below what a cell already trained is refused here
     return plan
 
 
+def _dataset_fingerprint(env: str, dataset: str) -> str:
+    """Check that `dataset` exists and fits `env` (ConfigError naming both otherwise) and
+    return the SHA-256 of its data, which every offline cell records."""
+    from offmarl.data.source import check_dataset_matches, load_dataset
+    from offmarl.envs import make_env
+
+    _check_dataset(env, dataset)
+    data, _ = load_dataset(env, dataset)
+    check_dataset_matches(data, make_env(env).spec, dataset)
+    return data.fingerprint()
+
+
 def _shown(value: Any) -> str:
+    if isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()):
+        return "; ".join(f"{k}: {_shown(v)}" for k, v in value.items())
     if isinstance(value, dict):
         return " ".join(f"{k}={v}" for k, v in value.items()) or "none"
     if isinstance(value, list):
@@ -333,10 +356,17 @@ def _read_json(path: Path) -> dict | None:
 def cell_state(plan: SweepPlan, cell: Cell) -> str:
     """"done" (completed at this budget), "diverged" (stopped on NaN or inf, which a
     resume would repeat), "resume" (started, or completed at a lower budget) or "new".
-    ConfigError if the cell has trained past the budget."""
+    ConfigError if the cell has trained past the budget, or on other data than the
+    sweep's dataset holds now."""
     from offmarl.utils.checkpoint import list_checkpoints
 
     run = plan.run_dir(cell)
+    expected = dict(plan.dataset_sha256).get(cell.env)
+    recorded = ((_read_json(run / "config.json") or {}).get("dataset_info") or {}).get("sha256")
+    if expected and recorded and recorded != expected:
+        raise ConfigError(f"{run} was trained on other data than {plan.dataset!r} holds now (sha256 "
+                          f"{recorded[:12]}..., now {expected[:12]}...): its results would mix with the new "
+                          "data's; restore that dataset or choose a new --out")
     summary = _read_json(run / "summary.json")
     trained = list_checkpoints(run / "checkpoints") if (run / "checkpoints").is_dir() else []
     if summary and isinstance(summary.get(cell.step_key), int):
@@ -357,10 +387,11 @@ def cell_command(plan: SweepPlan, cell: Cell, state: str) -> list[str]:
     """The `offmarl` arguments (after `python -m offmarl.cli`) that make or continue a cell."""
     run = str(plan.run_dir(cell).resolve())
     command = "train" if cell.kind == "online" else "offline"
-    budget = plan.env_steps if cell.kind == "online" else plan.steps
-    flag = ["--env-steps" if cell.kind == "online" else "--steps", str(budget)] if budget is not None else []
+    flag_name = "--env-steps" if cell.kind == "online" else "--steps"
     if state == "resume":
-        return [command, "--resume", run, *flag]
+        return [command, "--resume", run, flag_name, str(cell.budget)]
+    budget = plan.env_steps if cell.kind == "online" else plan.steps
+    flag = [flag_name, str(budget)] if budget is not None else []
     data = ["--dataset", plan.dataset] if cell.kind == "offline" else []
     return [command, "--algo", cell.algo, "--env", cell.env, *data, "--seed", str(cell.seed),
             "--out", run, *flag, *overrides_for(cell.algo, plan.overrides)]
@@ -616,22 +647,30 @@ def _first_reach(run: Path, step_key: str, threshold: float) -> dict | None:
     return None
 
 
+def _done_cells(plan_json: dict, out: Path) -> list[tuple[dict, dict, str]]:
+    """(cell, summary, step key) of every cell completed at its budget: the only runs a
+    sweep's tables, statistics and curves count."""
+    done = []
+    for c in plan_json["cells"]:
+        summary = _read_json(out / c["dir"] / "summary.json")
+        step_key = "env_steps" if c["kind"] == "online" else "steps"
+        if summary and summary.get("status") == "completed" and summary.get(step_key) == c.get(step_key):
+            done.append((c, summary, step_key))
+    return done
+
+
 def _env_table(plan_json: dict, out: Path) -> dict:
     """Per env, per algorithm: the seeds' final scores (mean, 95% t-interval), the first
     crossing of THRESHOLD, speed and how many seeds are done."""
     from offmarl.evaluation.aggregate import mean_ci
 
     table: dict[str, dict] = {}
+    all_done = _done_cells(plan_json, out)
     for env in plan_json["envs"]:
         rows = {}
         for algo in plan_json["algos"]:
             cells = [c for c in plan_json["cells"] if c["env"] == env and c["algo"] == algo]
-            done = []
-            for c in cells:
-                summary = _read_json(out / c["dir"] / "summary.json")
-                step_key = "env_steps" if c["kind"] == "online" else "steps"
-                if summary and summary.get("status") == "completed" and summary.get(step_key) == c.get(step_key):
-                    done.append((c, summary, step_key))
+            done = [d for d in all_done if d[0] in cells]
             row: dict[str, Any] = {"kind": cells[0]["kind"] if cells else None, "seeds": len(cells),
                                    "done": len(done), "seeds_done": [c["seed"] for c, _, _ in done]}
             wins = [s["final_eval_greedy_win_rate"] for _, s, _ in done
@@ -777,10 +816,10 @@ def summarise_sweep(out: str | Path, reps: int | None = None, seed: int = 0, par
     plan_json = read_sweep_json(out)
     if plan_json is None:
         raise ConfigError(f"{str(out)!r} is not a sweep directory (no {SWEEP_FILE})")
-    with_summary = [out / c["dir"] for c in plan_json["cells"] if (out / c["dir"] / "summary.json").is_file()]
-    write_marl_eval_json(with_summary, out / "marl_eval.json")
-    stats = rliable_report(with_summary, reps=reps, seed=seed, return_ranges=return_ranges,
-                           plot_dir=out) if with_summary else None
+    done = [out / c["dir"] for c, _, _ in _done_cells(plan_json, out)]
+    write_marl_eval_json(done, out / "marl_eval.json")
+    stats = rliable_report(done, reps=reps, seed=seed, return_ranges=return_ranges,
+                           plot_dir=out) if done else None
     if stats is None:
         from offmarl.evaluation.statistics import plot_probability_of_improvement
 
@@ -793,7 +832,7 @@ def summarise_sweep(out: str | Path, reps: int | None = None, seed: int = 0, par
         plot_probability_of_improvement([], out / "probability_of_improvement.png")
     from offmarl.evaluation.plots import plot_mean_curves
 
-    plot_mean_curves(with_summary, out / "curves.png")
+    plot_mean_curves(done, out / "curves.png")
     table = _env_table(plan_json, out)
     cells = {}
     for c in plan_json["cells"]:
