@@ -142,3 +142,23 @@ def box_transition_batch(spec, rng: np.random.Generator, size: int, actions):
         next_state=f32(rng.normal(size=(size, spec.state_dim))), next_avail=no_masks,
         next_actions=f32(actions()), valid=f32(np.arange(size) % 5 != 4),
     )
+
+
+def censored_gaussian_log_prob(
+    mean: np.ndarray, log_std: np.ndarray, actions: np.ndarray, low: np.ndarray, high: np.ndarray,
+    log_std_range: tuple[float, float] = (-5.0, 2.0),
+) -> np.ndarray:
+    """log-likelihood of box actions under x ~ N(mean, std^2) clipped into [low, high], summed
+    over the last axis: the density inside, P(x <= low) on the low face and P(x >= high) on
+    the high face; the mean held within three half-widths of the centre, the log-std clamped.
+    In float64, with scipy."""
+    from scipy import stats
+
+    low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    centre, half = (high + low) / 2.0, (high - low) / 2.0
+    mean = np.clip(np.asarray(mean, np.float64), centre - 3 * half, centre + 3 * half)
+    std = np.exp(np.clip(np.asarray(log_std, np.float64), *log_std_range))
+    a = np.asarray(actions, np.float64)
+    return np.sum(np.where(a <= low, stats.norm.logcdf(low, mean, std),
+                           np.where(a >= high, stats.norm.logsf(high, mean, std), stats.norm.logpdf(a, mean, std))),
+                  axis=-1)

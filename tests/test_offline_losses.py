@@ -13,7 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from oracles import box_transition_batch, dense, local_inputs, log_softmax, mlp, tanh_gaussian_log_prob
+from oracles import (
+    box_transition_batch,
+    censored_gaussian_log_prob,
+    dense,
+    local_inputs,
+    log_softmax,
+    mlp,
+    tanh_gaussian_log_prob,
+)
 
 from offmarl.algos import ALGORITHMS, check_action_support
 from offmarl.algos.bc import bc_loss
@@ -24,7 +32,7 @@ from offmarl.algos.offline_common import exponential_value_loss, weight_diagnost
 from offmarl.algos.omiga import local_advantage_exponent, omiga_q_loss, omiga_v_loss, weighted_bc_loss
 from offmarl.algos.offline_common import TanhGaussianHead
 from offmarl.envs.base import BoxActions, EnvSpec
-from offmarl.networks.distributions import TanhGaussian
+from offmarl.networks.distributions import CensoredGaussian, TanhGaussian
 from offmarl.errors import ConfigError
 from offmarl.types import TransitionBatch
 
@@ -615,6 +623,29 @@ def test_continuous_bc_loss_is_the_tanh_gaussian_negative_log_likelihood() -> No
     assert -np.mean(np_actor_log_prob(new_state.policy, batch)) < want
 
 
+def test_continuous_bc_with_box_policy_censored_is_the_censored_negative_log_likelihood() -> None:
+    """Actions on the box's faces (a third of them here) score the Gaussian's mass beyond the
+    face; the means are held within three half-widths of the centre (scipy oracle)."""
+    algo = ALGORITHMS["bc"].build(ALGORITHMS["bc"].config_class(hidden_sizes=(8, 8), box_policy="censored"), BOX_SPEC)
+    policy = jax.tree.map(lambda x: 3.0 * x, algo.init(jax.random.PRNGKey(3)).policy)
+    layers = policy["params"]
+    policy = {"params": {**layers, "Dense_0": jax.tree.map(lambda x: 8.0 * x, layers["Dense_0"])}}  # the output layer
+    batch = box_batch(32, size=12)
+    faces = np.random.default_rng(5).integers(0, 3, size=batch.actions.shape)  # 0 inside, 1 low, 2 high
+    actions = np.where(faces == 1, LOW, np.where(faces == 2, HIGH, np.asarray(batch.actions)))
+    batch = batch._replace(actions=f32(actions))
+    mean, log_std = np.split(mlp(policy["params"], local_inputs(batch.obs)), 2, axis=-1)
+    centre, half = (HIGH + LOW) / 2, (HIGH - LOW) / 2
+    assert (np.abs(mean - centre) > 3 * half).any() and (np.abs(mean - centre) < 3 * half).any()  # the bound binds
+    want = -np.mean(censored_gaussian_log_prob(mean, log_std, actions, LOW, HIGH))
+    np.testing.assert_allclose(float(algo._loss(policy, batch)[0]), want, rtol=1e-4)
+
+
+def test_an_unknown_box_policy_is_refused_naming_the_choices() -> None:
+    with pytest.raises(ConfigError, match="box_policy='beta' is invalid: valid choices are tanh, censored"):
+        ALGORITHMS["omiga"].config_class(box_policy="beta").validate()
+
+
 def np_mixer(params: dict, state: jax.Array) -> tuple[np.ndarray, np.ndarray]:
     """OMIGA's mixer by hand: w = |Dense_1(relu(Dense_0 s))|, b = Dense_2(relu(Dense_0 s))."""
     p = params["params"]
@@ -667,9 +698,10 @@ def test_continuous_omiga_losses_match_numpy() -> None:
 
 
 @functools.cache
-def trained_box(name: str) -> tuple[object, list, list[dict]]:
+def trained_box(name: str, box_policy: str = "tanh") -> tuple[object, list, list[dict]]:
     extra = {"behaviour_warmup": 0} if name == "inspo" else {}  # InSPO's policies wait out the warm-up
-    algo = ALGORITHMS[name].build(ALGORITHMS[name].config_class(hidden_sizes=(16, 16), **extra), BOX_SPEC)
+    algo = ALGORITHMS[name].build(ALGORITHMS[name].config_class(hidden_sizes=(16, 16), box_policy=box_policy,
+                                                                **extra), BOX_SPEC)
     update = jax.jit(algo.update)
     states, metrics = [jax.jit(algo.init)(jax.random.PRNGKey(0))], []
     for step in range(1, 4):
@@ -686,11 +718,12 @@ def test_every_offline_learner_but_iql_cql_learns_from_box_actions() -> None:
         check_action_support("iql_cql", "mpe:x", True)
 
 
+@pytest.mark.parametrize("box_policy", ["tanh", "censored"])
 @pytest.mark.parametrize("name", CONTINUOUS)
-def test_continuous_offline_algorithm_updates_and_acts_inside_the_box(name: str) -> None:
-    """Finite metrics, new acting parameters; the policy's distribution is a tanh-Gaussian
-    on the box whose samples and greedy actions lie inside it."""
-    algo, states, metrics = trained_box(name)
+def test_continuous_offline_algorithm_updates_and_acts_inside_the_box(name: str, box_policy: str) -> None:
+    """Finite metrics, new acting parameters; the policy's distribution is the one
+    `box_policy` names, on the box, and its samples and greedy actions lie inside it."""
+    algo, states, metrics = trained_box(name, box_policy)
     assert all(m and all(np.isfinite(v) for v in m.values()) for m in metrics), metrics
     assert all_leaves_differ(algo.acting_params(states[0]), algo.acting_params(states[-1]))
     batch = box_batch(12, size=16)
@@ -702,7 +735,7 @@ def test_continuous_offline_algorithm_updates_and_acts_inside_the_box(name: str)
         return dist, dist.mode(), dist.sample(jax.random.PRNGKey(1)), dist.log_prob(batch.actions)
 
     dist, mode, sample, log_probs = act(algo.acting_params(states[-1]))
-    assert isinstance(dist, TanhGaussian)
+    assert isinstance(dist, {"tanh": TanhGaussian, "censored": CensoredGaussian}[box_policy])
     for actions in (np.asarray(mode), np.asarray(sample)):
         assert actions.shape == (16, BOX_SPEC.num_agents, 2)
         assert (actions >= LOW).all() and (actions <= HIGH).all()

@@ -21,6 +21,10 @@ class BCConfig:
 
     hidden_sizes: tuple[int, ...] = (256, 256)
     """Widths of the actor's hidden layers."""
+    box_policy: str = "tanh"
+    """The policy's distribution on box actions: "tanh" (OMIGA's tanh-Gaussian) or "censored"
+    (a Gaussian clipped into the box, whose actions on a face score the probability beyond
+    it; docs/omiga.md, "Actions on the box's faces"). Discrete actions ignore it."""
     lr: float = 5e-4
     """Adam learning rate."""
     max_grad_norm: float = 1.0
@@ -42,7 +46,7 @@ def bc_loss(log_probs: jax.Array) -> jax.Array:
 
 class BC(SharedActor):
     def __init__(self, config: BCConfig, spec: EnvSpec) -> None:
-        super().__init__(config.hidden_sizes, spec)
+        super().__init__(config.hidden_sizes, spec, config.box_policy)
         self.config = config
         self.optimizer = make_optimizer(config.lr, config.max_grad_norm)
 

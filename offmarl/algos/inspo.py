@@ -79,6 +79,10 @@ class InSPOConfig:
     """Global gradient-norm clip; 0 disables it."""
     hidden_sizes: tuple[int, ...] = (256, 256)
     """Hidden widths of every network."""
+    box_policy: str = "tanh"
+    """The policy's distribution on box actions: "tanh" (OMIGA's tanh-Gaussian) or "censored"
+    (a Gaussian clipped into the box, whose actions on a face score the probability beyond
+    it; docs/omiga.md, "Actions on the box's faces"). Discrete actions ignore it."""
     max_importance_weight: float = 10.0
     """Upper clip of the teammates' importance weight w_{<m}."""
     behaviour_warmup: int = 500
@@ -202,9 +206,9 @@ class InSPO(StatelessPolicy):
         self.config = config
         self.spec = spec
         self.temperature = config.alpha + config.beta
-        self.head = actor_head(spec.action_space)
+        self.head = actor_head(spec.action_space, config.box_policy)
         self.actor = MLPPolicy(config.hidden_sizes, self.head.size)
-        self.behaviour = SharedActor(config.hidden_sizes, spec)
+        self.behaviour = SharedActor(config.hidden_sizes, spec, config.box_policy)
         self.q_joint = MLPValue(config.hidden_sizes)
         self.v_joint = MLPValue(config.hidden_sizes)
         self.local_regressions = local_regressions(spec.action_space, config.hidden_sizes)

@@ -44,7 +44,7 @@ from offmarl.algos.offline_common import (
 from offmarl.config import require
 from offmarl.envs.base import EnvSpec
 from offmarl.networks import MonotonicMixer, with_agent_id
-from offmarl.networks.distributions import MaskedCategorical, TanhGaussian
+from offmarl.networks.distributions import ActionDistribution, MaskedCategorical
 from offmarl.types import TransitionBatch
 
 
@@ -67,6 +67,10 @@ class MAICQConfig:
     """Global gradient-norm clip (PyMARL's default, which MAICQ's code builds on); 0 disables it."""
     hidden_sizes: tuple[int, ...] = (256, 256)
     """Hidden widths of the shared local Q and policy networks (the other learners' size)."""
+    box_policy: str = "tanh"
+    """The policy's distribution on box actions: "tanh" (OMIGA's tanh-Gaussian) or "censored"
+    (a Gaussian clipped into the box, whose actions on a face score the probability beyond
+    it; docs/omiga.md, "Actions on the box's faces"). Discrete actions ignore it."""
     mixer_hidden_size: int = 64
     """Hidden width of the state-conditioned mixer k(s), b(s)."""
     num_action_samples: int = 10
@@ -154,7 +158,7 @@ def expected_q(q_net: PerActionQ, q_params: Any, inputs: jax.Array, policy: Mask
     return jnp.sum(jax.nn.softmax(policy.logits) * q_net.network.apply(q_params, inputs), axis=-1)
 
 
-def sampled_q(q_net: ActionInputQ, q_params: Any, inputs: jax.Array, policy: TanhGaussian, rng: jax.Array,
+def sampled_q(q_net: ActionInputQ, q_params: Any, inputs: jax.Array, policy: ActionDistribution, rng: jax.Array,
               num_samples: int) -> jax.Array:
     """V_i = (1/K) sum_k Q_i(o_i, a^k), a^k ~ pi_i(.|o_i) drawn with `jax.random.split(rng, K)`
     (sample k from key k), no gradient through the samples."""
@@ -165,7 +169,7 @@ def sampled_q(q_net: ActionInputQ, q_params: Any, inputs: jax.Array, policy: Tan
 
 class MAICQ(SharedActor):
     def __init__(self, config: MAICQConfig, spec: EnvSpec) -> None:
-        super().__init__(config.hidden_sizes, spec)
+        super().__init__(config.hidden_sizes, spec, config.box_policy)
         self.config = config
         self.q_net = local_q(spec.action_space, config.hidden_sizes)  # Q_i read at the given actions
         self.baseline: Baseline = (functools.partial(sampled_q, num_samples=config.num_action_samples)

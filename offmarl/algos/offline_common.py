@@ -19,7 +19,7 @@ from offmarl.algos.base import CategoricalActing
 from offmarl.config import require
 from offmarl.envs.base import ActionSpace, BoxActions, EnvSpec
 from offmarl.networks import MLPActionInputValue, MLPActionValues, MLPPolicy, masked_logits, with_agent_id
-from offmarl.networks.distributions import ActionDistribution, MaskedCategorical, TanhGaussian
+from offmarl.networks.distributions import ActionDistribution, CensoredGaussian, MaskedCategorical, TanhGaussian
 
 # Exponents of the advantage weights are clipped here (OMIGA's released code uses +-10).
 EXP_CLIP = 10.0
@@ -88,6 +88,9 @@ def validate_common(config: Any) -> None:
         len(config.hidden_sizes) > 0 and all(h > 0 for h in config.hidden_sizes),
         f"hidden_sizes={config.hidden_sizes} is invalid: needs positive layer widths",
     )
+    box_policy = getattr(config, "box_policy", "tanh")
+    require(box_policy in BOX_POLICIES,
+            f"box_policy={box_policy!r} is invalid: valid choices are {', '.join(BOX_POLICIES)}")
 
 
 class StatelessPolicy(CategoricalActing):
@@ -184,13 +187,32 @@ class TanhGaussianHead:
         return actions
 
 
-ActorHead = CategoricalHead | TanhGaussianHead
+@dataclass(frozen=True)
+class CensoredGaussianHead(TanhGaussianHead):
+    """Box actions under a Gaussian clipped into the box (`box_policy="censored"`): the actor
+    outputs means (in action units, held within three half-widths of the box's centre) and
+    log-stds; a dataset action on a face of the box scores the Gaussian's probability beyond
+    that face (networks/distributions.CensoredGaussian); the evaluation action is the mean
+    clipped into the box."""
+
+    def distribution(self, outputs: jax.Array) -> CensoredGaussian:
+        mean, log_std = jnp.split(outputs, 2, axis=-1)
+        low, high = jnp.asarray(self.low), jnp.asarray(self.high)
+        centre, half = (high + low) / 2.0, (high - low) / 2.0
+        return CensoredGaussian(jnp.clip(mean, centre - 3.0 * half, centre + 3.0 * half), log_std, low, high)
 
 
-def actor_head(space: ActionSpace) -> ActorHead:
-    """The policy distribution of an action space: tanh-Gaussian on a box, else categorical."""
+ActorHead = CategoricalHead | TanhGaussianHead | CensoredGaussianHead
+BOX_POLICIES = {"tanh": TanhGaussianHead, "censored": CensoredGaussianHead}
+"""The offline policies' distributions on box actions, by `box_policy` name: OMIGA's
+tanh-Gaussian, or a Gaussian censored at the box's faces."""
+
+
+def actor_head(space: ActionSpace, box_policy: str = "tanh") -> ActorHead:
+    """The policy distribution of an action space: on a box the one `box_policy` names
+    (see BOX_POLICIES), else a masked categorical."""
     if isinstance(space, BoxActions):
-        return TanhGaussianHead(space.low, space.high)
+        return BOX_POLICIES[box_policy](space.low, space.high)
     return CategoricalHead(space.num_actions)
 
 
@@ -198,9 +220,9 @@ class SharedActor(StatelessPolicy):
     """One MLP actor shared by all agents (one-hot agent id appended). It owns its action
     distribution, `head` (see `actor_head`)."""
 
-    def __init__(self, hidden_sizes: Sequence[int], spec: EnvSpec) -> None:
+    def __init__(self, hidden_sizes: Sequence[int], spec: EnvSpec, box_policy: str = "tanh") -> None:
         self.spec = spec
-        self.head = actor_head(spec.action_space)
+        self.head = actor_head(spec.action_space, box_policy)
         self.network = MLPPolicy(tuple(hidden_sizes), self.head.size)
 
     def init_actor(self, rng: jax.Array) -> Any:

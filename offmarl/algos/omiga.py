@@ -59,6 +59,10 @@ class OMIGAConfig:
     """Global gradient-norm clip; 0 disables it."""
     hidden_sizes: tuple[int, ...] = (256, 256)
     """Hidden widths of the local Q, V and policy networks."""
+    box_policy: str = "tanh"
+    """The policy's distribution on box actions: "tanh" (OMIGA's tanh-Gaussian) or "censored"
+    (a Gaussian clipped into the box, whose actions on a face score the probability beyond
+    it; docs/omiga.md, "Actions on the box's faces"). Discrete actions ignore it."""
     mixer_hidden_size: int = 64
     """Hidden width of the state-conditioned mixer."""
     max_td_target: float = FLOAT32_MAX
@@ -119,7 +123,7 @@ def weighted_bc_loss(log_probs: jax.Array, z: jax.Array) -> jax.Array:
 
 class OMIGA(SharedActor):
     def __init__(self, config: OMIGAConfig, spec: EnvSpec) -> None:
-        super().__init__(config.hidden_sizes, spec)
+        super().__init__(config.hidden_sizes, spec, config.box_policy)
         self.config = config
         self.q_net = local_q(spec.action_space, config.hidden_sizes)  # Q_i read at the given actions
         self.v_net = MLPValue(config.hidden_sizes)

@@ -71,6 +71,48 @@ class DiagGaussian(NamedTuple):
         return self.mean
 
 
+class CensoredGaussian(NamedTuple):
+    """A diagonal Gaussian over box actions whose samples are clipped into [low, high], with
+    the likelihood of that clipping: an action on a face of the box has the probability
+    of the Gaussian beyond that face, an action inside has the Gaussian density. This is
+    how an unsquashed Gaussian policy's data, clipped by the environment (MA-Trace's, and
+    `make-datasets`'), came about, so its many actions on the faces are scored as what
+    they are instead of as a density at the face (docs/omiga.md, "Actions on the box's
+    faces"). mean, log_std [..., D] in action units; low, high [D]. The greedy action is
+    the mean clipped into the box."""
+
+    mean: jax.Array
+    log_std: jax.Array
+    low: jax.Array
+    high: jax.Array
+
+    def _std(self) -> jax.Array:
+        return jnp.exp(jnp.clip(self.log_std, LOG_STD_MIN, LOG_STD_MAX))
+
+    def sample(self, rng: jax.Array) -> jax.Array:
+        draw = self.mean + self._std() * jax.random.normal(rng, self.mean.shape)
+        return jnp.clip(draw, self.low, self.high)
+
+    def log_prob(self, actions: jax.Array) -> jax.Array:
+        """Log-likelihood of box actions, summed over the action dimensions: [..., D] -> [...]."""
+        std = self._std()
+        inside = distrax.Normal(self.mean, std).log_prob(actions)
+        below = jax.scipy.special.log_ndtr((self.low - self.mean) / std)   # log P(x <= low)
+        above = jax.scipy.special.log_ndtr((self.mean - self.high) / std)  # log P(x >= high)
+        return jnp.sum(jnp.where(actions <= self.low, below, jnp.where(actions >= self.high, above, inside)), axis=-1)
+
+    def entropy(self) -> jax.Array:
+        """The entropy of the Gaussian before clipping (the clipped one mixes masses and densities)."""
+        return jnp.sum(distrax.Normal(self.mean, self._std()).entropy(), axis=-1)
+
+    def mode(self) -> jax.Array:
+        return jnp.clip(self.mean, self.low, self.high)
+
+    def log_ratio(self, other: CensoredGaussian, actions: jax.Array) -> jax.Array:
+        """log self(a) - log other(a) for another censored Gaussian on the same box: [..., D] -> [...]."""
+        return self.log_prob(actions) - other.log_prob(actions)
+
+
 class TanhGaussian(NamedTuple):
     """A diagonal Gaussian squashed by tanh and scaled onto the box [low, high] (OMIGA's
     continuous policy). mean, log_std [..., D]; low, high [D]. Log-probabilities include
