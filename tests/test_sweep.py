@@ -248,6 +248,18 @@ def test_bad_input_exits_2_with_one_line_and_creates_nothing(tmp_path: Path, cap
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_sweep_directory_in_use_is_refused_naming_it(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sweep"
+    lock = RunLock.acquire(out)
+    try:
+        assert main(["sweep", *GRID, "--out", str(out), "--steps", "40", *TINY]) == 2
+    finally:
+        lock.release()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"sweep directory '{out}' is in use by another offmarl process" in err, err
+    assert [p.name for p in out.iterdir()] == [".lock"]
+
+
 def test_cell_commands_and_states(tmp_path: Path) -> None:
     plan = plan_sweep(tmp_path / "s", ["matrace"], ["smax:3m"], [0, 2], env_steps=1000,
                       overrides=["num_envs=16", "unroll_length=16"])

@@ -528,7 +528,7 @@ def run_sweep(plan: SweepPlan, parallel: int | None = None, ray_address: str | N
         raise ConfigError(f"--parallel={parallel} is invalid: must be a positive integer")
     limit = parallel if parallel is not None else (len(plan.cells) if ray_address is not None else 1)
     existed = plan.out.exists()
-    lock = RunLock.acquire(plan.out)
+    lock = RunLock.acquire(plan.out, "sweep directory")
     runner = None
     try:
         runner = RayCells(ray_address) if ray_address is not None else LocalCells()
@@ -547,9 +547,9 @@ def _run_locked(plan: SweepPlan, runner: Any, limit: int, reps: int, seed: int,
                 info: Callable[[str], None], say: Callable[[str], None]) -> int:
     from offmarl.utils.files import atomic_write_json
 
+    atomic_write_json(plan.out / SWEEP_FILE, plan.to_json())  # first: a folder with runs/ but no sweep.json is refused
     (plan.out / RUNS_DIR).mkdir(parents=True, exist_ok=True)
     (plan.out / LOGS_DIR).mkdir(exist_ok=True)
-    atomic_write_json(plan.out / SWEEP_FILE, plan.to_json())
     states = {cell: cell_state(plan, cell) for cell in plan.cells}
     total = len(plan.cells)
     index = {cell: i + 1 for i, cell in enumerate(plan.cells)}

@@ -59,13 +59,15 @@ class RunLock:
         self.run_dir, self._fd = run_dir, fd
 
     @classmethod
-    def acquire(cls, run_dir: str | Path) -> RunLock:
+    def acquire(cls, run_dir: str | Path, what: str = "run directory") -> RunLock:
+        """Lock `run_dir` (created if missing); ConfigError naming `what` if another process
+        holds it or it cannot be written."""
         run_dir = Path(run_dir)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as err:
-            raise ConfigError(f"cannot write the run directory {str(run_dir)!r}: "
+            raise ConfigError(f"cannot write the {what} {str(run_dir)!r}: "
                               f"{err.strerror or err}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -73,7 +75,7 @@ class RunLock:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             if err.errno in (errno.EAGAIN, errno.EACCES):
-                raise ConfigError(f"run directory {str(run_dir)!r} is in use by another offmarl "
+                raise ConfigError(f"{what} {str(run_dir)!r} is in use by another offmarl "
                                   f"process (pid {holder}); wait for it to finish or choose "
                                   "another --out") from None
             raise
