@@ -409,7 +409,9 @@ _QUICK = ("envs", "algos", "config", "report", "sweep")
 
 def main(argv: list[str] | None = None) -> int:
     from offmarl.runners.common import StopSignals
+    from offmarl.utils.process import stop_with_parent_from_env
 
+    stop_with_parent_from_env()
     args = _build_parser().parse_args(argv)
     try:
         if args.command not in _QUICK:

@@ -59,6 +59,7 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subproce
 def test_a_tiny_sweep_completes_and_writes_every_output(tiny_sweep) -> None:
     out, result = tiny_sweep
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "os.fork()" not in result.stderr  # cells start without forking a copy of the JAX process
     lines = result.stdout.splitlines()
     assert "sweep" in lines[0] and "2 cells (2 new, 0 to resume, 0 done), 2 at a time" in lines[0]
     for seed in (0, 1):

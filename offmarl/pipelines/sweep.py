@@ -44,6 +44,7 @@ from typing import Any, Callable
 from offmarl.errors import ConfigError
 from offmarl.runners.common import StopSignals
 from offmarl.utils.files import slug
+from offmarl.utils.process import child_environment
 
 SWEEP_FILE = "sweep.json"
 RUNS_DIR = "runs"
@@ -398,17 +399,6 @@ def cell_command(plan: SweepPlan, cell: Cell, state: str) -> list[str]:
 
 
 # -- running cells ------------------------------------------------------------------------
-def _die_with_parent() -> None:
-    """In a cell's process (Linux): SIGTERM when the sweep dies, so a killed sweep's cells
-    checkpoint and stop instead of running on unwatched."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 class LocalCells:
     """Cells as subprocesses of this process, each in its own session (a Ctrl-C in the
     terminal reaches only the sweep, which forwards it)."""
@@ -417,8 +407,7 @@ class LocalCells:
         with open(log, "ab") as out:
             return subprocess.Popen([sys.executable, "-m", "offmarl.cli", *args], stdout=out,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True,
-                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                    start_new_session=True, env=child_environment())
 
     def poll(self, handle: Any) -> tuple[int | None, str | None]:
         return handle.poll(), None
@@ -444,7 +433,7 @@ def run_cell_task(args: list[str], log: str, stop_file: str, cwd: str) -> int:
         proc = subprocess.Popen([sys.executable, "-m", "offmarl.cli", *args], stdout=out,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=cwd if os.path.isdir(cwd) else None, start_new_session=True,
-                                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                env=child_environment())
         sent = False
         while (code := proc.poll()) is None:
             if not sent and os.path.exists(stop_file):
