@@ -6,6 +6,8 @@ so every score below can be worked out by hand.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from types import SimpleNamespace
 
@@ -13,19 +15,28 @@ import jax
 import numpy as np
 import pytest
 
+from offmarl.errors import ConfigError
 from offmarl.pipelines.make_datasets import (
     EVAL_SEED,
+    EVALUATIONS_FILE,
     MAMUJOCO_LEVELS,
     OG_MARL_LEVELS,
     RANDOM_SEED,
     SEARCH_SEED,
     _Evaluator,
     _level_metadata,
+    check_run_matches,
+    check_same_settings,
     choose_behaviour,
     collect_transitions,
+    dataset_settings,
     dense_checkpoint_experiment,
     level_scheme,
+    make_datasets,
+    vault_path,
+    write_missing_cards,
 )
+from offmarl.runners.common import RunLock
 from offmarl.utils.files import JsonlMemo, read_jsonl
 
 class FakeCollector:
@@ -270,9 +281,10 @@ def test_collect_transitions_tops_up_when_episodes_are_shorter_than_estimated() 
     assert len(exact.calls) == 1
 
 
-def test_make_datasets_end_to_end_on_xor_writes_five_vaults_with_cards(tmp_path) -> None:
+def test_make_datasets_end_to_end_on_xor_writes_five_vaults_with_cards(tmp_path, capsys) -> None:
     """Two tiny MA-Trace runs on matrix:xor: every uid exists with its card, its sources
-    name both runs, every dataset reaches its transition target, mixed is the union."""
+    name both runs, every dataset reaches its transition target, mixed is the union. A
+    rerun writes a missing card and refuses other settings."""
     from offmarl.cli import main
     from offmarl.data.vault import list_uids, load_vault, vault_metadata
 
@@ -296,7 +308,18 @@ def test_make_datasets_end_to_end_on_xor_writes_five_vaults_with_cards(tmp_path)
     # The replay starts where training started: the untrained policy, then checkpoints.
     for source in vault_metadata(vault, "replay")["sources"]:
         assert source["checkpoints"][0] == 0 and len(source["checkpoints"]) >= 2
+    recorded = json.loads((vault / "checkpoint_evaluations.json").read_text())
+    assert (recorded["rollout_epsilon"], recorded["transitions_per_dataset"], recorded["run_env_steps"]) == (
+        0.05, 120, [8192, 8192])
+    # A kill between a dataset and its card: the rerun writes the card.
+    (vault / "medium.md").unlink()
     assert main(argv) == 0  # a rerun keeps every dataset and retrains nothing
+    assert (vault / "medium.md").exists()
+    # A rerun with another rollout epsilon would describe the datasets wrongly: refused.
+    capsys.readouterr()
+    assert main([*argv, "--epsilon", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rollout_epsilon (--epsilon) 0.05, now 0.1" in err, err
 
 
 @pytest.mark.slow
@@ -359,3 +382,91 @@ def test_the_runs_evaluations_do_not_change_what_they_train(tmp_path) -> None:
         for a, b in zip(few, many):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert not np.array_equal(np.asarray(checkpoints[0][0][0]), np.asarray(checkpoints[0][-1][0]))
+
+
+def test_recorded_settings_that_differ_are_refused_naming_both_values(tmp_path) -> None:
+    """A rerun with another epsilon, size, budget or set of runs would add datasets unlike
+    the recorded ones; settings an older record lacks are accepted."""
+    vault = tmp_path / "matrix_xor.vlt"
+    vault.mkdir()
+    runs = [tmp_path / "runs" / "a", tmp_path / "runs" / "b"]
+    settings = dataset_settings("matrix:xor", runs, [8192, 8192], 0.05, 120, 128)
+    check_same_settings(vault, settings)  # nothing recorded yet
+    (vault / EVALUATIONS_FILE).write_text(json.dumps({**settings, "seed": 1000, "evaluations": []}))
+    check_same_settings(vault, settings)
+    for key, value, message in [
+        ("rollout_epsilon", 0.1, "rollout_epsilon (--epsilon) 0.05, now 0.1"),
+        ("transitions_per_dataset", 240, "transitions_per_dataset (--transitions) 120, now 240"),
+        ("run_env_steps", [16384, 16384], "run_env_steps (--env-steps) 8192,8192, now 16384,16384"),
+        ("source_runs", settings["source_runs"][:1], f"(--seeds or --runs) {runs[0]},{runs[1]}, now {runs[0]}"),
+    ]:
+        with pytest.raises(ConfigError) as raised:
+            check_same_settings(vault, {**settings, key: value})
+        text = str(raised.value)
+        assert message in text and "choose a new --out" in text and "\n" not in text, text
+
+    older = {key: settings[key] for key in ("source_runs", "episodes_each", "rollout_epsilon")}
+    (vault / EVALUATIONS_FILE).write_text(json.dumps(older))
+    check_same_settings(vault, {**settings, "transitions_per_dataset": 240, "run_env_steps": [1, 1]})
+    with pytest.raises(ConfigError, match="episodes_each"):
+        check_same_settings(vault, {**settings, "episodes_each": 64})
+
+
+def test_a_run_folder_trained_with_another_config_is_refused(tmp_path) -> None:
+    """A run folder is reused (or resumed) only with the config planned for it; its own
+    evaluation settings and settings its config.json lacks (added since) do not count."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    planned = dense_checkpoint_experiment("matrix:xor", 0, 8192, 20)
+    check_run_matches(planned, run_dir)  # no run there yet
+    saved = planned.to_dict()
+    saved["run_config"].update(eval_episodes=64, final_eval_episodes=256)
+    del saved["run_config"]["actor_threads"]  # older runs lack it (they resume with 1)
+    (run_dir / "config.json").write_text(json.dumps(saved))
+    check_run_matches(planned, run_dir)
+    with pytest.raises(ConfigError, match=re.escape(f"run '{run_dir}' was trained with run_config.env_steps=8192, "
+                                                    "not 16384 as planned now")):
+        check_run_matches(dense_checkpoint_experiment("matrix:xor", 0, 16384, 20), run_dir)
+    with pytest.raises(ConfigError, match="trained with seed=0, not 1 "):
+        check_run_matches(dense_checkpoint_experiment("matrix:xor", 1, 8192, 20), run_dir)
+
+
+def test_make_datasets_refuses_a_mismatched_run_before_training(tmp_path) -> None:
+    """--env-steps other than the existing run's: refused before anything trains, and the
+    vault folder made for the lock is removed again."""
+    out = tmp_path / "ds"
+    run_dir = out / "runs" / "matrace_matrix_xor_s0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(dense_checkpoint_experiment("matrix:xor", 0, 8192, 20).to_dict()))
+    with pytest.raises(ConfigError, match="run_config.env_steps=8192, not 16384"):
+        make_datasets("matrix:xor", out, seeds=[0], env_steps=16384, transitions=120, quiet=True)
+    assert [p.name for p in run_dir.iterdir()] == ["config.json"]
+    assert not vault_path(out, "matrix:xor").exists()
+
+
+def test_a_vault_in_use_exits_2_before_any_work(tmp_path, capsys) -> None:
+    """Two make-datasets on one vault would both score for hours: the second stops at once."""
+    from offmarl.cli import main
+
+    out = tmp_path / "ds"
+    vault = vault_path(out, "matrix:xor")
+    lock = RunLock.acquire(vault)
+    try:
+        argv = ["make-datasets", "--env", "matrix:xor", "--out", str(out), "--seeds", "0", "--env-steps", "8192",
+                "--transitions", "120", "--quiet"]
+        assert main(argv) == 2
+    finally:
+        lock.release()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"vault '{vault}' is in use by another offmarl process" in err, err
+    assert not (out / "runs").exists()
+
+
+def test_write_missing_cards_writes_only_the_cards_that_are_missing(tmp_path) -> None:
+    from offmarl.data.vault import write_vault
+
+    vault = tmp_path / "matrix_xor.vlt"
+    write_vault(LengthCollector(length=4).collect(None, 3, 0, 0.0, True).dataset, vault, "good", {})
+    assert write_missing_cards(vault, ["good", "medium"]) == ["good"]  # medium is not in the vault
+    assert (vault / "good.md").exists() and (vault / "good_returns.png").exists()
+    assert write_missing_cards(vault, ["good", "medium"]) == []

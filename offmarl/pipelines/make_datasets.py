@@ -40,13 +40,21 @@ is mixed with a larger epsilon, found by bisection on fresh evaluations. A band 
 still cannot be hit gets the closest policy found, and the metadata says so. Each
 dataset's metadata lists its sources (run, seed, checkpoint, acting, epsilon, episodes,
 transitions, how the policy was chosen); the vault's checkpoint_evaluations.json records
-every evaluation and the scoring. Each run's folder keeps its evaluations as they finish
-(dataset_measurements.jsonl), so a pipeline killed while scoring resumes where it stopped.
+the settings, every evaluation and the scoring. Each run's folder keeps its evaluations as
+they finish (dataset_measurements.jsonl), so a pipeline killed while scoring resumes where
+it stopped.
+
+One process at a time writes a vault (a lock on its folder). A rerun adds the missing
+datasets (and missing cards) under the same settings only: settings that differ from the
+recorded ones, or a run folder trained with another config than planned, are refused
+before anything is trained or scored.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -66,6 +74,7 @@ from offmarl.data.vault import list_uids, load_vault, vault_metadata, write_vaul
 from offmarl.envs import check_env_name, has_continuous_actions
 from offmarl.errors import ConfigError
 from offmarl.pipelines.collect import outcome_metadata, provenance
+from offmarl.runners.common import RunLock, holds_only_lock
 from offmarl.runners.experiment import Experiment, resolve_experiment
 from offmarl.runners.saved import SavedRun
 from offmarl.utils.files import JsonlMemo, atomic_write_json
@@ -116,6 +125,19 @@ def level_scheme(env_name: str) -> LevelScheme:
 
 
 EVALUATIONS_FILE = "checkpoint_evaluations.json"
+SETTING_FLAGS = {
+    "env": "--env",
+    "source_runs": "--seeds or --runs",
+    "run_env_steps": "--env-steps",
+    "episodes_each": "eval_episodes",
+    "rollout_epsilon": "--epsilon",
+    "transitions_per_dataset": "--transitions",
+}
+"""The settings that define a vault's datasets, as EVALUATIONS_FILE records them, and the
+option that sets each. Older files lack some; those are not compared."""
+EVALUATION_ONLY_SETTINGS = ("eval_episodes", "final_eval_episodes", "eval_mode")
+"""Run settings that change only a run's own evaluations, not its checkpoints (which are
+scored again): a run saved with other values (older runs had 64 and 256 episodes) is reused."""
 MEASUREMENTS_FILE = "dataset_measurements.jsonl"  # in each run's folder: every evaluation, kept for reruns
 DEFAULT_SEEDS = (0, 1, 2, 3)
 DEFAULT_TRANSITIONS = 100_000
@@ -193,6 +215,74 @@ def train_run(experiment: Experiment, run_dir: Path, console: Console, quiet: bo
         raise SystemExit(summary.get("stop_exit_code", 130))
     if status == "diverged":
         console.print("[yellow]training diverged; the datasets use the checkpoints saved before")
+
+
+def check_run_matches(experiment: Experiment, run_dir: Path) -> None:
+    """ConfigError naming the first setting in which the run saved in `run_dir` differs
+    from `experiment`, which is planned there; nothing if `run_dir` holds no run yet. A
+    setting its config.json lacks (added to the code since) is not compared, nor are
+    EVALUATION_ONLY_SETTINGS."""
+    from offmarl.runners.online import load_run
+
+    if not (run_dir / "config.json").is_file():
+        return
+    saved_experiment, raw = load_run(run_dir)
+    saved, planned = saved_experiment.to_dict(), experiment.to_dict()
+    compared = [(key, saved[key], planned[key]) for key in ("algo", "env", "seed")]
+    if all(old == new for _, old, new in compared):  # the same algorithm: the same config fields
+        compared = [(f"{section}.{key}", saved[section][key], planned[section][key])
+                    for section in ("algo_config", "run_config") for key in raw[section]
+                    if key not in EVALUATION_ONLY_SETTINGS]
+    for key, old, new in compared:
+        if old != new:
+            raise ConfigError(f"run {str(run_dir)!r} was trained with {key}={old}, not {new} as planned now: "
+                              "rerun with the settings it was made with, or choose a new --out")
+
+
+def dataset_settings(env_name: str, run_dirs: Sequence[Path], run_env_steps: Sequence[int], epsilon: float,
+                     transitions: int, eval_episodes: int) -> dict[str, Any]:
+    """The settings that define the datasets (keys of SETTING_FLAGS), as recorded."""
+    return {
+        "env": env_name,
+        "source_runs": [str(run_dir.resolve()) for run_dir in run_dirs],
+        "run_env_steps": list(run_env_steps),
+        "episodes_each": eval_episodes,
+        "rollout_epsilon": epsilon,
+        "transitions_per_dataset": transitions,
+    }
+
+
+def check_same_settings(vault: Path, settings: dict[str, Any]) -> None:
+    """ConfigError naming the first of `settings` whose value differs from the one the
+    vault's EVALUATIONS_FILE records; settings it does not record (older files, or no file
+    yet) are accepted."""
+    path = vault / EVALUATIONS_FILE
+    if not path.is_file():
+        return
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{str(path)!r} is unreadable: {err}") from None
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"{str(path)!r} is not a record of make-datasets' evaluations")
+    for key, value in settings.items():
+        if key in recorded and recorded[key] != value:
+            raise ConfigError(f"{str(vault)!r} was made with {key} ({SETTING_FLAGS[key]}) {_shown(recorded[key])}, "
+                              f"now {_shown(value)}: rerun with the recorded settings, or choose a new --out")
+
+
+def _shown(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def write_missing_cards(vault: Path, uids: Sequence[str]) -> list[str]:
+    """Write the card of each of `uids` that the vault holds without one (a kill between a
+    dataset and its card); returns those uids."""
+    held = list_uids(vault)
+    missing = [uid for uid in uids if uid in held and not (vault / f"{uid}.md").is_file()]
+    for uid in missing:
+        write_dataset_card(vault, uid)
+    return missing
 
 
 class _Evaluator:
@@ -466,7 +556,8 @@ def make_datasets(
 
     Trains one MA-Trace run per seed into `<out_dir>/runs/` (resuming interrupted ones)
     unless `run_dirs` are given. Datasets that already exist are kept (and not
-    recollected). Returns the vault path.
+    recollected), which needs the settings they were made with (ConfigError otherwise,
+    before any work); a missing card is written. Returns the vault path.
     """
     from offmarl.runners.online import load_run
 
@@ -479,26 +570,42 @@ def make_datasets(
     if run_dirs is None:
         planned = [(dense_checkpoint_experiment(env_name, seed, env_steps, num_checkpoints),
                     Path(out_dir) / "runs" / f"matrace_{env_name.replace(':', '_')}_s{seed}") for seed in seeds]
+        budgets = [experiment.run_config.env_steps for experiment, _ in planned]
     else:
         if env_steps is not None:
             raise ConfigError("--env-steps sets the budget of new runs; it cannot change --runs")
-        planned = []
+        planned, budgets = [], []
         for run_dir in map(Path, run_dirs):
             experiment, _ = load_run(run_dir)
             if experiment.env != env_name:
                 raise ConfigError(f"run {str(run_dir)!r} trained on {experiment.env}, not {env_name}")
             planned.append((None, run_dir))
+            budgets.append(experiment.run_config.env_steps)
+    settings = dataset_settings(env_name, [run_dir for _, run_dir in planned], budgets, epsilon, transitions,
+                                eval_episodes)
     vault = vault_path(out_dir, env_name)
     console = Console(stderr=True, quiet=quiet)
-    todo = [uid for uid in levels.uids if uid not in list_uids(vault)]
-    if todo:
-        for experiment, run_dir in planned:
-            if experiment is not None:
-                train_run(experiment, run_dir, console, quiet)
-        runs = [SavedRun.open(run_dir) for _, run_dir in planned]
-        _build_datasets(todo, vault, runs, levels, transitions, epsilon, eval_episodes, console)
-    else:
-        console.print(f"every dataset of {vault} exists already")
+    created = not vault.exists()
+    lock = RunLock.acquire(vault, "vault")
+    try:
+        check_same_settings(vault, settings)
+        todo = [uid for uid in levels.uids if uid not in list_uids(vault)]
+        to_train = [(experiment, run_dir) for experiment, run_dir in planned if experiment is not None and todo]
+        for experiment, run_dir in to_train:
+            check_run_matches(experiment, run_dir)  # every run before any trains
+        for uid in write_missing_cards(vault, levels.uids):
+            console.print(f"wrote the missing card of {uid}")
+        for experiment, run_dir in to_train:
+            train_run(experiment, run_dir, console, quiet)
+        if todo:
+            runs = [SavedRun.open(run_dir) for _, run_dir in planned]
+            _build_datasets(todo, vault, runs, levels, settings, console)
+        else:
+            console.print(f"every dataset of {vault} exists already")
+    finally:
+        if created and holds_only_lock(vault):  # removed while locked: no other process is using it
+            shutil.rmtree(vault, ignore_errors=True)
+        lock.release()
     _print_results(vault, levels)
     return vault
 
@@ -516,10 +623,13 @@ def _collectors(runs: Sequence[SavedRun]) -> list[EpisodeCollector]:
 
 
 def _build_datasets(
-    todo: list[str], vault: Path, runs: list[SavedRun], levels: LevelScheme, transitions: int,
-    epsilon: float, eval_episodes: int, console: Console,
+    todo: list[str], vault: Path, runs: list[SavedRun], levels: LevelScheme, settings: dict[str, Any],
+    console: Console,
 ) -> None:
-    """Evaluate every run's checkpoints, then collect and write each uid in `todo` with its card."""
+    """Evaluate every run's checkpoints, then collect and write each uid in `todo` with its
+    card. `settings` (from dataset_settings) are recorded with the evaluations."""
+    transitions, epsilon = settings["transitions_per_dataset"], settings["rollout_epsilon"]
+    eval_episodes = settings["episodes_each"]
     collectors = _collectors(runs)
     base_seed = runs[0].experiment.seed
     memos = [JsonlMemo(run.run_dir / MEASUREMENTS_FILE) for run in runs]
@@ -535,10 +645,8 @@ def _build_datasets(
                 console.print("[yellow]no checkpoint beats the uniform-random policy's mean return: "
                               "the quality levels cannot be told apart")
         atomic_write_json(vault / EVALUATIONS_FILE, {
-            "source_runs": [str(run.run_dir.resolve()) for run in runs],
-            "episodes_each": eval_episodes,
+            **settings,
             "seed": base_seed + EVAL_SEED,
-            "rollout_epsilon": epsilon,
             **evaluator.scoring_metadata(),
             "evaluations": [asdict(b) for b in candidates],
         })
