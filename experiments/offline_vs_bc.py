@@ -18,6 +18,9 @@ recorded them, else from the vault. With `return` and
 
 `--label FIELD` names each non-BC algorithm with its config value of FIELD (e.g. `--label
 alpha` gives rows "omiga alpha=1.0" and "omiga alpha=10.0"), to compare settings in one table.
+The runs of one row must share the algorithm's config, the iteration budget and the data's
+SHA-256; otherwise the script stops naming the first difference (an interval over seeds of
+different settings would mislead).
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
+from offmarl.algos import ALGORITHMS
 from offmarl.data.source import return_anchors
 from offmarl.data.vault import parse_dataset_arg
 from offmarl.evaluation.aggregate import mean_ci
@@ -61,6 +66,9 @@ def vault_anchors(vault: str, uid: str) -> tuple[float, float]:
 
 def score(summary: dict, key: str, metric: str, recorded_anchors: list[float] | None = None) -> float:
     """One run's `key` (a return or a win rate) in `metric` units."""
+    if summary.get(key) is None:
+        raise SystemExit(f"offline_vs_bc.py: error: {summary['env']} runs have no {key} "
+                         f"(an environment without wins?): choose --metric return or normalised")
     value = float(summary[key])
     if metric != "normalised":
         return value
@@ -80,12 +88,37 @@ def row_name(config: dict, algo: str, label: str | None) -> str:
     return f"{algo} {label}={algo_config[label]}" if label in algo_config else algo
 
 
+def defining_settings(config: dict, algo: str) -> dict:
+    """What must be equal for runs to be seeds of one row: the algorithm's config (a field
+    added to the code after the run was made counts at its default, as it then behaved),
+    the iteration budget and the data (its SHA-256 where the run recorded it)."""
+    defaults = json.loads(json.dumps(asdict(ALGORITHMS[algo].config_class()))) if algo in ALGORITHMS else {}
+    algo_config = {**defaults, **config.get("algo_config", {})}
+    return {**{f"algo_config.{k}": v for k, v in algo_config.items()},
+            "run_config.steps": config.get("run_config", {}).get("steps"),
+            "dataset sha256": config.get("dataset_info", {}).get("sha256")}
+
+
+def check_same_setting(key: tuple[str, str, str], run: Path, config: dict,
+                       first_of: dict[tuple[str, str, str], tuple[Path, dict]]) -> None:
+    """SystemExit naming the first setting in which `run` differs from the first run of its
+    row: a row's seeds must be one configuration on one dataset, or its interval misleads."""
+    settings = defining_settings(config, key[2].split()[0])
+    first_run, first = first_of.setdefault(key, (run, settings))
+    for name, value in settings.items():
+        if name in first and first[name] != value:
+            raise SystemExit(f"offline_vs_bc.py: error: the runs of row {' / '.join(key)} differ in {name} "
+                             f"({first[name]} in {first_run}, {value} in {run}): report them from separate "
+                             "folders, or name the setting with --label")
+
+
 def collect(folders: list[str], metric: str,
             label: str | None = None) -> dict[tuple[str, str, str], dict[str, list[float]]]:
     """(env, dataset uid, algo) -> {mode: final scores over seeds, "data": the dataset's own};
     with `normalised` also the unnormalised "greedy_return" and "data_return"."""
     quantity = "win_rate" if metric == "win_rate" else "return"
     found: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    first_of: dict[tuple[str, str, str], tuple[Path, dict]] = {}
     for folder in folders:
         for path in sorted(Path(folder).rglob("summary.json")):
             summary = json.loads(path.read_text())
@@ -93,6 +126,7 @@ def collect(folders: list[str], metric: str,
                 continue
             config = json.loads((path.parent / "config.json").read_text())
             key = (summary["env"], summary["dataset"].rpartition(":")[2], row_name(config, summary["algo"], label))
+            check_same_setting(key, path.parent, config, first_of)
             anchors = config.get("dataset_info", {}).get("return_anchors")
             for mode in MODES:
                 found[key][mode].append(score(summary, f"final_eval_{mode}_{quantity}", metric, anchors))

@@ -20,7 +20,7 @@ def offline_vs_bc():
     yield from import_script("experiments", "offline_vs_bc")
 
 
-def write_run(root: Path, algo: str, seed: int, greedy: float, sampled: float) -> None:
+def write_run(root: Path, algo: str, seed: int, greedy: float, sampled: float, **algo_config: object) -> None:
     run = root / f"{algo}_s{seed}"
     run.mkdir(parents=True)
     dataset = "/gone/task.vlt:medium"
@@ -29,7 +29,7 @@ def write_run(root: Path, algo: str, seed: int, greedy: float, sampled: float) -
         "final_eval_greedy_return": greedy, "final_eval_sampled_return": sampled, "dataset_return_mean": 500.0,
     }))
     (run / "config.json").write_text(json.dumps({
-        "algo_config": {"alpha": 10.0},
+        "algo_config": {"alpha": 10.0, **algo_config},
         "dataset_info": {"source": "vault", "path": "/gone/task.vlt", "uid": "medium", "return_anchors": ANCHORS},
     }))
 
@@ -64,3 +64,16 @@ def test_normalised_table_has_returns_and_welch_differences(offline_vs_bc, tmp_p
     assert [r["seeds"] for r in rows] == [3, 3]
     assert rows[1]["greedy"][0] == pytest.approx(a.mean())
     assert rows[1]["greedy_minus_bc"][1] == pytest.approx(half)
+
+
+def test_runs_of_one_row_must_share_their_settings(offline_vs_bc, tmp_path, monkeypatch):
+    """Seeds of one row with different settings would give a misleading interval: refused,
+    naming the setting and both runs. A field a run predates counts at its default."""
+    write_run(tmp_path / "a", "bc", 0, 200.0, 100.0)  # made before box_policy existed: tanh
+    write_run(tmp_path / "a", "bc", 1, 210.0, 100.0, box_policy="tanh")
+    monkeypatch.setattr(sys, "argv", ["offline_vs_bc", str(tmp_path / "a"), "--metric", "normalised"])
+    offline_vs_bc.main()
+    write_run(tmp_path / "a", "bc", 2, 900.0, 400.0, box_policy="censored")
+    with pytest.raises(SystemExit, match=r"row mabrax:hopper_3x1 / medium / bc differ in algo_config.box_policy "
+                                         r"\(tanh in .*bc_s0, censored in .*bc_s2\)"):
+        offline_vs_bc.main()
