@@ -234,6 +234,35 @@ def test_truncated_newest_checkpoint_falls_back_with_a_warning(xor_run: Path, tm
     assert steps_of(run) == [100, 200, 300, 400]
 
 
+def test_resume_sets_an_unreadable_newest_checkpoint_aside(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    """Checkpoints at 100, 200 and 250 (keep 3), the newest truncated. The resume falls
+    back to 200 and renames 250 to *.corrupt (kept), so pruning keeps three readable
+    checkpoints and a second resume does not warn again."""
+    from offmarl.utils.checkpoint import list_checkpoints
+
+    run = tmp_path / "set_aside"
+    assert main(["offline", *XOR, "eval_interval=50", "checkpoint_interval=100", "keep_checkpoints=3",
+                 "--steps", "250", "--quiet", "--out", str(run)]) == 0
+    ckpts = run / "checkpoints"
+    assert list_checkpoints(ckpts) == [100, 200, 250]
+    newest = ckpts / "step_000000000250.msgpack"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main(["offline", "--resume", str(run), "--steps", "400", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "is unreadable" in err and "using the checkpoint at step 200 instead" in err
+    assert "renamed it to step_000000000250.msgpack.corrupt" in err
+    assert (ckpts / "step_000000000250.msgpack.corrupt").is_file()  # kept for inspection
+    assert (ckpts / "step_000000000250.json.corrupt").is_file()
+    assert not (ckpts / "step_000000000250.msgpack").exists()
+    assert list_checkpoints(ckpts) == [200, 300, 400]  # keep=3 readable, the corrupt one unlisted
+    assert steps_of(run) == [50, 100, 150, 200, 250, 300, 350, 400]
+    assert main(["offline", "--resume", str(run), "--quiet"]) == 0
+    assert "unreadable" not in capsys.readouterr().err
+    assert list_checkpoints(ckpts) == [200, 300, 400]
+
+
 def test_explicitly_chosen_corrupt_checkpoint_is_one_line_exit_2(xor_run: Path, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture) -> None:
     run = copy_run(xor_run, tmp_path / "corrupt")

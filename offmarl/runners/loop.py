@@ -9,7 +9,7 @@ non-finite one.
 
 The loop owns what every run needs: a lock on the run directory (one writer at a time),
 resume from the newest readable checkpoint (an unreadable newer one is skipped with a
-warning), a clean restart when a run died before its first checkpoint, stale temporary
+warning and renamed to `<name>.corrupt`, so it is no longer counted), a clean restart when a run died before its first checkpoint, stale temporary
 files removed, SIGINT and SIGTERM handled alike (checkpoint, summary, exit 130 or 143),
 the progress log, the final evaluation, summary.json and the learning curve.
 Subclasses (runners/online.py, runners/offline.py) supply the training chunk, the
@@ -237,7 +237,10 @@ class RunLoop(ABC):
         self.prepare()
         state = self.init_state()
         done, wall_offset, records = 0, 0.0, []
-        loaded = load_newest_valid(ckpt_dir, state, progress.warn) if ckpt_dir.is_dir() else None
+        # The lock is held: an unreadable newer checkpoint is renamed out of the way (kept as
+        # *.corrupt), so pruning, check_budget and later resumes no longer count it.
+        loaded = (load_newest_valid(ckpt_dir, state, progress.warn, set_aside_unreadable=True)
+                  if ckpt_dir.is_dir() else None)
         if loaded is not None:
             done, state, meta = loaded
             wall_offset = float(meta.get("wall_seconds", 0.0))

@@ -2,11 +2,13 @@
 run's metadata, written atomically, with a JSON copy of the metadata beside it for
 people (`step_<n>.json`). A checkpoint counts once its payload exists: a missing or
 broken sidecar never hides it, and a payload that cannot be read is reported as
-corrupt, so the caller can fall back to an older one."""
+corrupt, so the caller can fall back to an older one. A resuming run renames such a
+corrupt checkpoint to `step_<n>.msgpack.corrupt` (kept for inspection, no longer listed)."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,15 @@ from offmarl.utils.files import atomic_write_bytes, atomic_write_json
 
 _PREFIX = "step_"
 _PAYLOAD = ".msgpack"
+CORRUPT_SUFFIX = ".corrupt"
 
 
 class CheckpointError(ConfigError):
     """A checkpoint that cannot be read or does not fit the configuration."""
+
+
+class UnreadableCheckpoint(CheckpointError):
+    """A checkpoint payload that cannot be read at all (truncated, garbage, I/O error)."""
 
 
 def _paths(directory: Path, step: int) -> tuple[Path, Path]:
@@ -32,7 +39,8 @@ def _paths(directory: Path, step: int) -> tuple[Path, Path]:
 
 
 def list_checkpoints(directory: str | Path) -> list[int]:
-    """Step counts of the checkpoint payloads in `directory`, oldest first."""
+    """Step counts of the checkpoint payloads in `directory`, oldest first (a payload
+    renamed to `*.msgpack.corrupt` is not one)."""
     steps = []
     for payload in Path(directory).glob(f"{_PREFIX}*{_PAYLOAD}"):
         digits = payload.name[len(_PREFIX):-len(_PAYLOAD)]
@@ -80,8 +88,8 @@ def _read(payload: Path, meta_path: Path) -> tuple[dict, dict]:
         # Written before the metadata moved into the payload: it is in the sidecar.
         return raw, json.loads(meta_path.read_text())
     except Exception as err:  # msgpack, JSON and I/O errors all mean: unreadable
-        raise CheckpointError(f"checkpoint {str(payload)!r} is unreadable "
-                              f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'truncated'})") from None
+        raise UnreadableCheckpoint(f"checkpoint {str(payload)!r} is unreadable "
+                                   f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'truncated'})") from None
 
 
 def load_checkpoint(directory: str | Path, step: int, template: Any) -> tuple[Any, dict]:
@@ -112,23 +120,41 @@ def load_checkpoint(directory: str | Path, step: int, template: Any) -> tuple[An
     return jax.tree.unflatten(treedef, leaves), meta
 
 
+def set_aside(directory: str | Path, step: int) -> str:
+    """Rename the checkpoint at `step` (payload, then sidecar if any) to `<name>.corrupt`,
+    so it is kept for inspection but no longer listed; returns the payload's new name.
+    Call it only while holding the run directory's lock (no writer is active)."""
+    payload, meta_path = _paths(Path(directory), step)
+    os.replace(payload, payload.with_name(payload.name + CORRUPT_SUFFIX))  # atomic: unlisted at once
+    if meta_path.exists():
+        os.replace(meta_path, meta_path.with_name(meta_path.name + CORRUPT_SUFFIX))
+    return payload.name + CORRUPT_SUFFIX
+
+
 def load_newest_valid(
-    directory: str | Path, template: Any, warn: Callable[[str], None]
+    directory: str | Path, template: Any, warn: Callable[[str], None], set_aside_unreadable: bool = False
 ) -> tuple[int, Any, dict] | None:
     """The newest checkpoint that can be read: (step, tree, meta), or None if there is
     no checkpoint. Each unreadable newer one is skipped with `warn`; if every one is
-    unreadable, CheckpointError names them."""
+    unreadable, CheckpointError names them. With `set_aside_unreadable` (a resuming run,
+    which holds the directory's lock), each unreadable newer one is also renamed to
+    `<name>.corrupt` once a readable one is found, so pruning, budget checks and later
+    resumes no longer count it."""
     steps = list_checkpoints(directory)
-    problems = []
+    problems: list[tuple[int, CheckpointError]] = []
     for step in reversed(steps):
         try:
             tree, meta = load_checkpoint(directory, step, template)
         except CheckpointError as err:
-            problems.append(str(err))
+            problems.append((step, err))
             continue
-        for problem in problems:
-            warn(f"{problem}; using the checkpoint at step {step:,} instead")
+        for bad, problem in problems:
+            note = ""
+            if set_aside_unreadable and isinstance(problem, UnreadableCheckpoint):
+                note = f" (renamed it to {set_aside(directory, bad)})"
+            warn(f"{problem}; using the checkpoint at step {step:,} instead{note}")
         return step, tree, meta
     if problems:
-        raise CheckpointError(f"no readable checkpoint in {str(directory)!r}: " + "; ".join(problems))
+        raise CheckpointError(f"no readable checkpoint in {str(directory)!r}: "
+                              + "; ".join(str(problem) for _, problem in problems))
     return None
