@@ -330,6 +330,19 @@ def test_a_cell_trained_on_other_data_is_refused_before_anything_runs(tiny_sweep
         plan_sweep(out, **grid)
 
 
+def test_a_vault_that_does_not_fit_the_environment_is_refused_at_planning(tmp_path: Path) -> None:
+    """A vault without a recorded env (as OG-MARL's) whose shapes do not fit: refused before
+    sweep.json or any cell exists, not by every cell in turn."""
+    from test_vault import make_dataset
+
+    from offmarl.data.vault import write_vault
+
+    write_vault(make_dataset(0), tmp_path / "og.vlt", "good")  # 3 agents; matrix:xor has 2
+    with pytest.raises(ConfigError, match="og.vlt:good. does not fit matrix:xor: it has agents=3, the environment has 2"):
+        plan_sweep(tmp_path / "s", ["bc"], ["matrix:xor"], [0], steps=40, dataset=f"{tmp_path / 'og.vlt'}:good")
+    assert not (tmp_path / "s").exists()
+
+
 def test_the_statistics_count_only_cells_completed_at_the_current_budget(tiny_sweep, tmp_path: Path) -> None:
     source, first = tiny_sweep
     assert first.returncode == 0
