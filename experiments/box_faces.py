@@ -78,12 +78,12 @@ def main() -> None:
     args = parser.parse_args()
     edges = [float(e) for e in args.edges.split(",")]
     rows = [row for dataset in args.datasets for row in describe(dataset, edges)]
-    print("| dataset | agent | on faces | mean | median | " + " | ".join(f"tanh greedy, pull-in {e:g}" for e in edges)
-          + " | censored greedy |")
-    print("|" + " --- |" * (6 + len(edges)))
+    print("| dataset | agent | dim | on faces | mean | median | "
+          + " | ".join(f"tanh greedy, pull-in {e:g}" for e in edges) + " | censored greedy |")
+    print("|" + " --- |" * (7 + len(edges)))
     for r in rows:
         tanh = " | ".join(f"{r['tanh_greedy'][str(e)]:+.2f}" for e in edges)
-        print(f"| {r['dataset'].rsplit('/', 1)[-1]} | {r['agent']} | {r['on_faces']:.2f} | {r['mean']:+.2f} | "
+        print(f"| {r['dataset'].rsplit('/', 1)[-1]} | {r['agent']} | {r['dim']} | {r['on_faces']:.2f} | {r['mean']:+.2f} | "
               f"{r['median']:+.2f} | {tanh} | {r['censored_greedy']:+.2f} |")
     if args.out:
         atomic_write_json(args.out, {"rows": rows})

@@ -106,7 +106,7 @@ def check_same_setting(key: tuple[str, str, str], run: Path, config: dict,
     settings = defining_settings(config, key[2].split()[0])
     first_run, first = first_of.setdefault(key, (run, settings))
     for name, value in settings.items():
-        if name in first and first[name] != value:
+        if name in first and None not in (first[name], value) and first[name] != value:  # None: not recorded
             raise SystemExit(f"offline_vs_bc.py: error: the runs of row {' / '.join(key)} differ in {name} "
                              f"({first[name]} in {first_run}, {value} in {run}): report them from separate "
                              "folders, or name the setting with --label")

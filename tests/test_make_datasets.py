@@ -390,7 +390,9 @@ def test_recorded_settings_that_differ_are_refused_naming_both_values(tmp_path) 
     vault = tmp_path / "matrix_xor.vlt"
     vault.mkdir()
     runs = [tmp_path / "runs" / "a", tmp_path / "runs" / "b"]
-    settings = dataset_settings("matrix:xor", runs, [8192, 8192], 0.05, 120, 128)
+    sources = [dense_checkpoint_experiment("matrix:xor", seed, 8192, 4) for seed in (0, 1)]
+    settings = dataset_settings("matrix:xor", runs, sources, 0.05, 120, 128)
+    assert settings["run_env_steps"] == [8192, 8192] and settings["run_checkpoint_intervals"] == [4096, 4096]
     check_same_settings(vault, settings)  # nothing recorded yet
     (vault / EVALUATIONS_FILE).write_text(json.dumps({**settings, "seed": 1000, "evaluations": []}))
     check_same_settings(vault, settings)
@@ -398,6 +400,8 @@ def test_recorded_settings_that_differ_are_refused_naming_both_values(tmp_path) 
         ("rollout_epsilon", 0.1, "rollout_epsilon (--epsilon) 0.05, now 0.1"),
         ("transitions_per_dataset", 240, "transitions_per_dataset (--transitions) 120, now 240"),
         ("run_env_steps", [16384, 16384], "run_env_steps (--env-steps) 8192,8192, now 16384,16384"),
+        ("run_checkpoint_intervals", [1024, 1024], "run_checkpoint_intervals (the runs' checkpoint spacing, "
+                                                   "num_checkpoints) 4096,4096, now 1024,1024"),
         ("source_runs", settings["source_runs"][:1], f"(--seeds or --runs) {runs[0]},{runs[1]}, now {runs[0]}"),
     ]:
         with pytest.raises(ConfigError) as raised:

@@ -272,8 +272,9 @@ def test_cell_commands_and_states(tmp_path: Path) -> None:
     assert cell_command(plan, cell, "new") == ["train", "--algo", "matrace", "--env", "smax:3m", "--seed", "2",
                                                "--out", run, "--env-steps", "1000", "num_envs=16",
                                                "unroll_length=16"]
-    # A resume always names the cell's own budget, so it ends where the cell counts as done.
-    assert cell_command(plan, cell, "resume") == ["train", "--resume", run, "--env-steps", "768"]
+    # A resume names the cell's configured budget (1000, which rounds to the cell's 768 as the
+    # run did), so it ends where the cell counts as done and records no change of budget.
+    assert cell_command(plan, cell, "resume") == ["train", "--resume", run, "--env-steps", "1000"]
     assert not (tmp_path / "s").exists()  # planning creates nothing
     offline = plan_sweep(tmp_path / "o", ["bc"], ["matrix:xor"], [0], steps=100, dataset="02_20",
                          overrides=["bc.steps=200"])
@@ -309,6 +310,15 @@ def test_a_scoped_override_beats_a_plain_one_in_any_order_and_reorderings_rerun(
     assert overrides_for("bc", reordered.overrides) == overrides_for("bc", plan.overrides) == ["lr=1e-3", "lr=5e-4"]
     with pytest.raises(ConfigError, match="different overrides"):
         plan_sweep(out, ["bc"], ["matrix:xor"], [0], steps=40, dataset="02_20", overrides=["bc.lr=1e-3"])
+    # A sweep recorded by older offmarl, where a later plain word beat an earlier scoped one:
+    # its started cells have lr=1e-3, new ones would get 5e-4. Refused.
+    old = out.parent / "old"
+    old.mkdir()
+    recorded = plan_sweep(old, ["bc"], ["matrix:xor"], [0], steps=40, dataset="02_20",
+                          overrides=["bc.lr=5e-4", "lr=1e-3"]).to_json()
+    (old / "sweep.json").write_text(json.dumps(recorded))
+    with pytest.raises(ConfigError, match="older offmarl let it win, today the scoped one does"):
+        plan_sweep(old, ["bc"], ["matrix:xor"], [0], steps=40, dataset="02_20", overrides=["bc.lr=5e-4", "lr=1e-3"])
 
 
 def test_a_cell_trained_on_other_data_is_refused_before_anything_runs(tiny_sweep, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import io
 import os
+import socket
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -154,14 +155,16 @@ def test_a_killed_writers_staging_folder_is_not_a_dataset_and_is_cleared(tmp_pat
     vault = tmp_path / "x.vlt"
     write_vault(make_dataset(0), vault, "good")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    abandoned = vault / f".poor.partial-{int(dead.stdout)}-0123abcd"
-    alive = vault / f".medium.partial-{os.getpid()}-4567ef01"
-    for staging in (abandoned, alive):
+    host = socket.gethostname()
+    abandoned = vault / f".poor.partial-{int(dead.stdout)}-0123abcd-{host}"
+    alive = vault / f".medium.partial-{os.getpid()}-4567ef01-{host}"
+    elsewhere = vault / f".expert.partial-{int(dead.stdout)}-89ab0123-another-host"  # a shared file system
+    for staging in (abandoned, alive, elsewhere):
         staging.mkdir()
         (staging / "metadata.json").write_text("{}")
     assert list_uids(vault) == ["good"]
     write_vault(make_dataset(1), vault, "poor")
-    assert not abandoned.exists() and alive.is_dir()
+    assert not abandoned.exists() and alive.is_dir() and elsewhere.is_dir()
     assert list_uids(vault) == ["good", "poor"]
 
 

@@ -26,6 +26,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import warnings
 from pathlib import Path
 from typing import Any
@@ -79,12 +80,19 @@ def list_uids(path: str | Path) -> list[str]:
     return sorted(d.name for d in path.iterdir() if not d.name.startswith(".") and (d / METADATA_FILE).is_file())
 
 
+def _staging_name(uid: str) -> str:
+    """`.<uid>.partial-<pid>-<random>-<host>`: whose write it is, for `_remove_abandoned_writes`."""
+    return f".{uid}.partial-{os.getpid()}-{secrets.token_hex(4)}-{socket.gethostname()}"
+
+
 def _remove_abandoned_writes(path: Path) -> None:
-    """Delete the staging folders of `write_vault` calls whose process has died (killed
-    before its `finally` ran); a live writer's folder is left alone."""
+    """Delete the staging folders of `write_vault` calls on this machine whose process has
+    died (killed before its `finally` ran); a live writer's folder, or another machine's on
+    a shared file system, is left alone."""
     for staging in path.glob(".*.partial-*"):
-        pid = staging.name.rpartition(".partial-")[2].split("-")[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        pid, _, rest = staging.name.rpartition(".partial-")[2].partition("-")
+        host = rest.partition("-")[2]
+        if pid.isdigit() and host == socket.gethostname() and not _process_alive(int(pid)):
             shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -352,7 +360,7 @@ def write_vault(
     _check_dataset(dataset, metadata)
     path.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_writes(path)
-    staging = path / f".{uid}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    staging = path / _staging_name(uid)
     experience = _experience(dataset)
     buffer = TrajectoryBufferState(
         experience=experience,

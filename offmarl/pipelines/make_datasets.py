@@ -129,6 +129,7 @@ SETTING_FLAGS = {
     "env": "--env",
     "source_runs": "--seeds or --runs",
     "run_env_steps": "--env-steps",
+    "run_checkpoint_intervals": "the runs' checkpoint spacing, num_checkpoints",
     "episodes_each": "eval_episodes",
     "rollout_epsilon": "--epsilon",
     "transitions_per_dataset": "--transitions",
@@ -239,13 +240,15 @@ def check_run_matches(experiment: Experiment, run_dir: Path) -> None:
                               "rerun with the settings it was made with, or choose a new --out")
 
 
-def dataset_settings(env_name: str, run_dirs: Sequence[Path], run_env_steps: Sequence[int], epsilon: float,
+def dataset_settings(env_name: str, run_dirs: Sequence[Path], runs: Sequence[Experiment], epsilon: float,
                      transitions: int, eval_episodes: int) -> dict[str, Any]:
-    """The settings that define the datasets (keys of SETTING_FLAGS), as recorded."""
+    """The settings that define the datasets (keys of SETTING_FLAGS), as recorded; `runs`
+    are the source runs' experiments (their budgets and checkpoint spacing)."""
     return {
         "env": env_name,
         "source_runs": [str(run_dir.resolve()) for run_dir in run_dirs],
-        "run_env_steps": list(run_env_steps),
+        "run_env_steps": [run.run_config.env_steps for run in runs],
+        "run_checkpoint_intervals": [run.run_config.checkpoint_interval for run in runs],
         "episodes_each": eval_episodes,
         "rollout_epsilon": epsilon,
         "transitions_per_dataset": transitions,
@@ -570,18 +573,18 @@ def make_datasets(
     if run_dirs is None:
         planned = [(dense_checkpoint_experiment(env_name, seed, env_steps, num_checkpoints),
                     Path(out_dir) / "runs" / f"matrace_{env_name.replace(':', '_')}_s{seed}") for seed in seeds]
-        budgets = [experiment.run_config.env_steps for experiment, _ in planned]
+        sources = [experiment for experiment, _ in planned]
     else:
         if env_steps is not None:
             raise ConfigError("--env-steps sets the budget of new runs; it cannot change --runs")
-        planned, budgets = [], []
+        planned, sources = [], []
         for run_dir in map(Path, run_dirs):
             experiment, _ = load_run(run_dir)
             if experiment.env != env_name:
                 raise ConfigError(f"run {str(run_dir)!r} trained on {experiment.env}, not {env_name}")
             planned.append((None, run_dir))
-            budgets.append(experiment.run_config.env_steps)
-    settings = dataset_settings(env_name, [run_dir for _, run_dir in planned], budgets, epsilon, transitions,
+            sources.append(experiment)
+    settings = dataset_settings(env_name, [run_dir for _, run_dir in planned], sources, epsilon, transitions,
                                 eval_episodes)
     vault = vault_path(out_dir, env_name)
     console = Console(stderr=True, quiet=quiet)

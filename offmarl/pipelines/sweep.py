@@ -71,6 +71,9 @@ class Cell:
     budget: int
     """Training steps the cell ends at: env steps (online, rounded down to whole
     updates) or iterations (offline)."""
+    requested: int
+    """The budget as configured (online: before rounding), which a resume asks for, so the
+    run records no change of budget."""
 
     @property
     def name(self) -> str:
@@ -195,6 +198,20 @@ def overrides_for(algo: str, words: list[str] | tuple[str, ...]) -> list[str]:
     return [plain for scope, plain in split if scope is None] + [plain for scope, plain in split if scope == algo]
 
 
+def _check_scope_order(words: list[str] | tuple[str, ...], algos: list[str]) -> None:
+    """ConfigError if a sweep's recorded overrides resolve differently under the old rule
+    (the later word wins) and today's (a scoped word wins): its started cells and new ones
+    would then differ."""
+    from offmarl.config import parse_overrides
+
+    for algo in algos:
+        in_order = [plain for scope, plain in map(_split_scope, words) if scope in (None, algo)]
+        if parse_overrides(in_order) != parse_overrides(overrides_for(algo, words)):
+            raise ConfigError(f"this sweep's overrides ({' '.join(words)}) set a key for {algo} both plainly and "
+                              "scoped, with the plain word later: older offmarl let it win, today the scoped one "
+                              "does, so new cells would differ from started ones; choose a new --out")
+
+
 def _check_override_scopes(words: list[str] | tuple[str, ...], algos: list[str]) -> None:
     for word in words:
         scope, _ = _split_scope(word)
@@ -212,10 +229,10 @@ def _resolve_cell(algo: str, kind: str, env: str, seed: int, dataset: str | None
         if kind == "online":
             flags = {"env_steps": env_steps} if env_steps is not None else {}
             cfg = resolve_experiment(algo, env, seed, flags, overrides).run_config
-            return Cell(algo, env, seed, kind, cfg.num_updates * cfg.steps_per_update)
+            return Cell(algo, env, seed, kind, cfg.num_updates * cfg.steps_per_update, cfg.env_steps)
         flags = {"steps": steps} if steps is not None else {}
         cfg = resolve_offline_experiment(algo, env, dataset, seed, flags, overrides).run_config
-        return Cell(algo, env, seed, kind, cfg.steps)
+        return Cell(algo, env, seed, kind, cfg.steps, cfg.steps)
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None
 
@@ -270,6 +287,7 @@ def plan_sweep(out: str | Path, algos: list[str], envs: list[str], seeds: list[i
         old = SweepPlan(out, tuple(recorded["algos"]), tuple(recorded["envs"]), tuple(recorded["seeds"]),
                         recorded.get("dataset"), tuple(recorded.get("overrides", [])), None, None, ())
         new = SweepPlan(out, tuple(algos), tuple(envs), tuple(seeds), dataset, tuple(overrides), None, None, ())
+        _check_scope_order(recorded.get("overrides", []), algos)
         diff = [k for k in ("algos", "envs", "seeds", "dataset", "overrides") if old.grid()[k] != new.grid()[k]]
         if diff:
             key = diff[0]
@@ -390,7 +408,7 @@ def cell_command(plan: SweepPlan, cell: Cell, state: str) -> list[str]:
     command = "train" if cell.kind == "online" else "offline"
     flag_name = "--env-steps" if cell.kind == "online" else "--steps"
     if state == "resume":
-        return [command, "--resume", run, flag_name, str(cell.budget)]
+        return [command, "--resume", run, flag_name, str(cell.requested)]
     budget = plan.env_steps if cell.kind == "online" else plan.steps
     flag = [flag_name, str(budget)] if budget is not None else []
     data = ["--dataset", plan.dataset] if cell.kind == "offline" else []
@@ -837,6 +855,18 @@ def summarise_sweep(out: str | Path, reps: int | None = None, seed: int = 0, par
 
 
 # -- the command --------------------------------------------------------------------------
+def _keep_jax_on_the_cpu() -> None:
+    """The sweep process loads datasets with JAX only to check them; on a GPU machine it
+    would otherwise start the GPU backend and reserve most of the memory its cells need.
+    (Set in this process's JAX config, not its environment, which the cells inherit.)"""
+    import jax
+
+    try:
+        jax.config.update("jax_platforms", "cpu")
+    except RuntimeError:  # a backend already started (e.g. in-process use): leave it
+        pass
+
+
 def sweep_command(args: argparse.Namespace) -> int:
     """`offmarl sweep`: check everything (exit 2 with one line on bad input, creating
     nothing), then run the grid and aggregate."""
@@ -844,6 +874,7 @@ def sweep_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--parallel={args.parallel} is invalid: must be a positive integer")
     if args.reps is not None and args.reps < 1:
         raise ConfigError(f"--reps={args.reps} is invalid: must be a positive integer")
+    _keep_jax_on_the_cpu()
     if args.ray_address is not None:
         from offmarl.runners.distributed import check_ray_address
 
