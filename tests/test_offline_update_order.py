@@ -1,5 +1,5 @@
-"""The order and inputs of OMIGA's `update` (REFERENCE.md section 2, the released code:
-policy, then Q + mixer, then V, then the soft targets), and the soft target update of
+"""The order and inputs of OMIGA's `update` (docs/omiga.md, as in the authors' released
+code: policy, then Q + mixer, then V, then the soft targets), and the soft target update of
 OMIGA and InSPO, checked against float64 NumPy forward passes.
 
 Each expected parameter set is one step of the algorithm's own optimiser on the library's
