@@ -88,22 +88,27 @@ def row_name(config: dict, algo: str, label: str | None) -> str:
     return f"{algo} {label}={algo_config[label]}" if label in algo_config else algo
 
 
+@lru_cache(maxsize=None)
+def config_defaults(algo: str) -> dict:
+    """`algo`'s config defaults as config.json writes them ({} for an unknown name)."""
+    return json.loads(json.dumps(asdict(ALGORITHMS[algo].config_class()))) if algo in ALGORITHMS else {}
+
+
 def defining_settings(config: dict, algo: str) -> dict:
     """What must be equal for runs to be seeds of one row: the algorithm's config (a field
     added to the code after the run was made counts at its default, as it then behaved),
     the iteration budget and the data (its SHA-256 where the run recorded it)."""
-    defaults = json.loads(json.dumps(asdict(ALGORITHMS[algo].config_class()))) if algo in ALGORITHMS else {}
-    algo_config = {**defaults, **config.get("algo_config", {})}
+    algo_config = {**config_defaults(algo), **config.get("algo_config", {})}
     return {**{f"algo_config.{k}": v for k, v in algo_config.items()},
             "run_config.steps": config.get("run_config", {}).get("steps"),
             "dataset sha256": config.get("dataset_info", {}).get("sha256")}
 
 
-def check_same_setting(key: tuple[str, str, str], run: Path, config: dict,
+def check_same_setting(key: tuple[str, str, str], algo: str, run: Path, config: dict,
                        first_of: dict[tuple[str, str, str], tuple[Path, dict]]) -> None:
     """SystemExit naming the first setting in which `run` differs from the first run of its
     row: a row's seeds must be one configuration on one dataset, or its interval misleads."""
-    settings = defining_settings(config, key[2].split()[0])
+    settings = defining_settings(config, algo)
     first_run, first = first_of.setdefault(key, (run, settings))
     for name, value in settings.items():
         if name in first and None not in (first[name], value) and first[name] != value:  # None: not recorded
@@ -126,7 +131,7 @@ def collect(folders: list[str], metric: str,
                 continue
             config = json.loads((path.parent / "config.json").read_text())
             key = (summary["env"], summary["dataset"].rpartition(":")[2], row_name(config, summary["algo"], label))
-            check_same_setting(key, path.parent, config, first_of)
+            check_same_setting(key, summary["algo"], path.parent, config, first_of)
             anchors = config.get("dataset_info", {}).get("return_anchors")
             for mode in MODES:
                 found[key][mode].append(score(summary, f"final_eval_{mode}_{quantity}", metric, anchors))
