@@ -14,13 +14,14 @@ recorded them, else from the vault. With `return` and
 `normalised` the greedy policy's return and the dataset's as returns too (issue 14's table).
 
     python experiments/offline_vs_bc.py docs/results/offline_smax_og [--out FILE.json]
-    python experiments/offline_vs_bc.py docs/results/offline_mabrax --metric normalised
+    python experiments/offline_vs_bc.py docs/results/offline_mabrax --metric normalised [--plot FILE.png]
 
 `--label FIELD` names each non-BC algorithm with its config value of FIELD (e.g. `--label
 alpha` gives rows "omiga alpha=1.0" and "omiga alpha=10.0"), to compare settings in one table.
 The runs of one row must share the algorithm's config, the iteration budget and the data's
 SHA-256; otherwise the script stops naming the first difference (an interval over seeds of
-different settings would mislead).
+different settings would mislead). `--plot` draws the greedy column as bars per dataset, with
+each seed and the dataset's own score.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from offmarl.algos import ALGORITHMS
 from offmarl.data.source import return_anchors
 from offmarl.data.vault import parse_dataset_arg
 from offmarl.evaluation.aggregate import mean_ci
+from offmarl.evaluation.plots import plot_dataset_scores
 from offmarl.utils.files import atomic_write_json
 
 MODES = ("greedy", "sampled")
@@ -149,6 +151,7 @@ def main() -> None:
     parser.add_argument("--metric", choices=METRICS, default="win_rate")
     parser.add_argument("--out", help="also write the rows as JSON here")
     parser.add_argument("--label", help="name each algorithm's rows by this config field's value")
+    parser.add_argument("--plot", help="also draw the greedy scores per dataset as a PNG here")
     args = parser.parse_args()
     found = collect(args.folders, args.metric, args.label)
     with_returns = args.metric == "normalised"
@@ -164,6 +167,7 @@ def main() -> None:
         for mode in MODES:
             values = np.asarray(by_mode[mode])
             row[mode] = mean_ci(list(values))
+            row[f"{mode}_values"] = [float(v) for v in values]
             if bc is not None and algo != "bc" and len(values) > 1 and len(bc[mode]) > 1:
                 row[f"{mode}_minus_bc"] = welch_difference(values, np.asarray(bc[mode]))
         rows.append(row)
@@ -193,6 +197,10 @@ def main() -> None:
         print(f"| {r['env']} | {r['dataset']} |{data} {r['algo']} | {r['seeds']} | " + " | ".join(cells) + " |")
     if args.out:
         atomic_write_json(args.out, rows)
+    if args.plot:
+        y_label = {"win_rate": "greedy win rate", "return": "greedy return",
+                   "normalised": "greedy return, normalised\n(random 0, expert data 1)"}[args.metric]
+        plot_dataset_scores(rows, args.plot, y_label)
 
 
 if __name__ == "__main__":

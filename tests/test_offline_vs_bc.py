@@ -43,7 +43,7 @@ def test_normalised_table_has_returns_and_welch_differences(offline_vs_bc, tmp_p
     (tmp_path / "omiga_s9" / "summary.json").write_text(json.dumps({"status": "running"}))
 
     monkeypatch.setattr(sys, "argv", ["offline_vs_bc", str(tmp_path), "--metric", "normalised",
-                                      "--out", str(tmp_path / "rows.json")])
+                                      "--out", str(tmp_path / "rows.json"), "--plot", str(tmp_path / "bars.png")])
     offline_vs_bc.main()
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == ("| env | dataset | data return | data | algo | seeds | greedy return | greedy | greedy - BC "
@@ -64,6 +64,22 @@ def test_normalised_table_has_returns_and_welch_differences(offline_vs_bc, tmp_p
     assert [r["seeds"] for r in rows] == [3, 3]
     assert rows[1]["greedy"][0] == pytest.approx(a.mean())
     assert rows[1]["greedy_minus_bc"][1] == pytest.approx(half)
+    assert rows[1]["greedy_values"] == pytest.approx(list(a))
+    assert (tmp_path / "bars.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bars_are_the_rows_means_grouped_by_dataset(tmp_path):
+    from offmarl.evaluation.plots import plot_dataset_scores
+
+    rows = [{"env": env, "dataset": dataset, "algo": algo, "greedy": (mean, 0.1), "greedy_values": [mean - 0.1, mean + 0.1],
+             **({"dataset_score": score} if score is not None else {})}
+            for env, dataset, algo, mean, score in [
+                ("task_a", "medium", "bc", 0.5, 0.4), ("task_a", "medium", "omiga", 0.7, 0.4),
+                ("task_a", "expert", "bc", 0.9, 1.0), ("task_b", "mixed", "omiga", -0.2, None)]]
+    heights = plot_dataset_scores(rows, tmp_path / "bars.png", "score")
+    assert heights == {("task_a", "medium", "bc"): 0.5, ("task_a", "medium", "omiga"): 0.7,
+                       ("task_a", "expert", "bc"): 0.9, ("task_b", "mixed", "omiga"): -0.2}
+    assert (tmp_path / "bars.png").stat().st_size > 1000
 
 
 def test_runs_of_one_row_must_share_their_settings(offline_vs_bc, tmp_path, monkeypatch):
