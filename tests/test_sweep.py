@@ -20,12 +20,14 @@ import pytest
 from offmarl.cli import main
 from offmarl.errors import ConfigError
 from offmarl.pipelines.sweep import (
+    Cell,
     cell_command,
     cell_state,
     overrides_for,
     plan_sweep,
     suite_table_lines,
     summarise_sweep,
+    time_left,
 )
 from offmarl.runners.common import RunLock
 from offmarl.utils.files import read_jsonl
@@ -259,6 +261,18 @@ def test_a_sweep_directory_in_use_is_refused_naming_it(tmp_path: Path, capsys) -
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"sweep directory '{out}' is in use by another offmarl process" in err, err
     assert [p.name for p in out.iterdir()] == [".lock"]
+
+
+def test_time_left_takes_each_pairs_mean_time_and_the_cells_run_at_once() -> None:
+    def cell(algo: str, seed: int) -> Cell:
+        return Cell(algo, "matrix:xor", seed, "offline", 40, 40)
+
+    assert time_left({}, [cell("bc", 0)], [], 1) is None
+    seconds = {("bc", "matrix:xor"): [10.0, 20.0], ("omiga", "matrix:xor"): [60.0]}
+    waiting = [cell("bc", 2), cell("omiga", 2)]  # 15 + 60
+    running = [(cell("omiga", 1), 45.0), (cell("bc", 1), 30.0)]  # 60 - 45, and bc past its mean: 0
+    assert time_left(seconds, waiting, running, 2) == pytest.approx((15 + 60 + 15 + 0) / 2)
+    assert time_left(seconds, [cell("maicq", 0)], [], 1) == pytest.approx(30.0)  # no maicq yet: every cell's mean
 
 
 def test_cell_commands_and_states(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -45,6 +46,7 @@ from offmarl.errors import ConfigError
 from offmarl.runners.common import StopSignals
 from offmarl.utils.files import slug
 from offmarl.utils.process import child_environment
+from offmarl.utils.progress import format_elapsed
 
 SWEEP_FILE = "sweep.json"
 RUNS_DIR = "runs"
@@ -509,6 +511,21 @@ def _fmt_score(summary: dict | None) -> str:
     return f", final greedy return {ret:.3g}" if isinstance(ret, (int, float)) else ""
 
 
+def time_left(cell_seconds: dict[tuple[str, str], list[float]], waiting: list[Cell],
+              running: list[tuple[Cell, float]], limit: int) -> float | None:
+    """Seconds until the sweep's cells are done, estimated from the cells that finished in
+    this sweep process: each cell still to run takes its (algorithm, environment)'s mean time
+    (every finished cell's mean where that pair has none), a running cell that mean less its
+    elapsed time (at least 0), `limit` cells at a time. None before any cell finished."""
+    every = [t for times in cell_seconds.values() for t in times]
+    if not every:
+        return None
+    expected = lambda cell: statistics.fmean(cell_seconds.get((cell.algo, cell.env)) or every)  # noqa: E731
+    work = sum(expected(cell) for cell in waiting) + sum(max(expected(cell) - elapsed, 0.0)
+                                                        for cell, elapsed in running)
+    return work / limit
+
+
 def _last_line(log: Path) -> str:
     try:
         lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
@@ -576,6 +593,7 @@ def _run_locked(plan: SweepPlan, runner: Any, limit: int, reps: int, seed: int,
     pending = deque(c for c in plan.cells if states[c] not in ("done", "diverged"))
     running: dict[Cell, tuple[Any, float]] = {}
     signalled: set[Cell] = set()
+    cell_seconds: dict[tuple[str, str], list[float]] = {}
     ran = False
     with StopSignals(raise_on_signal=False) as signals:
         while pending or running:
@@ -606,7 +624,13 @@ def _run_locked(plan: SweepPlan, runner: Any, limit: int, reps: int, seed: int,
                 status = CELL_EXIT.get(code, f"failed (exit {code})")
                 text = f"[{index[cell]}/{total}] {'done ' if code == 0 else 'stop '} {cell.label()}: {status}"
                 if code == 0:
-                    info(f"{text}{_fmt_score(summary)}, {seconds:.1f} s")
+                    cell_seconds.setdefault((cell.algo, cell.env), []).append(seconds)
+                    now = time.perf_counter()
+                    left = time_left(cell_seconds, list(pending),
+                                     [(c, now - began) for c, (_, began) in running.items()], limit)
+                    to_go = len(pending) + len(running)
+                    info(f"{text}{_fmt_score(summary)}, {seconds:.1f} s"
+                         + (f"; {to_go} to go, about {format_elapsed(left)} left" if to_go and left else ""))
                 else:
                     why = problem or (_last_line(_log_path(plan, cell)) if code not in (130, 143) else "")
                     say(f"{text}, {seconds:.1f} s{': ' + why if why else ''} (log: {_log_path(plan, cell)})")
