@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from offmarl.utils.plotting import plt, save_figure
 
@@ -105,11 +106,7 @@ def plot_mean_curves(run_dirs: list[str | Path], path: str | Path) -> dict[str, 
         ax.set_ylabel(f"greedy eval {quantity.replace('_', ' ')}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if not curves:
-        axes[0][0].axis("off")
-        axes[0][0].text(0.5, 0.5, "no finished runs yet", ha="center", va="center")
-    fig.tight_layout()
-    save_figure(fig, path)
+    _save_panels(fig, axes, bool(curves), path)
     return curves
 
 
@@ -155,9 +152,14 @@ def plot_dataset_scores(rows: list[dict], path: str | Path, y_label: str) -> dic
         ax.axhline(0.0, color="grey", linewidth=0.6)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    if not envs:
+    _save_panels(fig, axes, bool(envs), path)
+    return heights
+
+
+def _save_panels(fig: plt.Figure, axes: Any, drawn: bool, path: str | Path) -> None:
+    """Write a figure of panels, saying so in its first panel when there was nothing to draw."""
+    if not drawn:
         axes[0][0].axis("off")
-        axes[0][0].text(0.5, 0.5, "no finished runs", ha="center", va="center")
+        axes[0][0].text(0.5, 0.5, "no finished runs yet", ha="center", va="center")
     fig.tight_layout()
     save_figure(fig, path)
-    return heights
