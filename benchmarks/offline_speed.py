@@ -47,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="smax:5m_vs_6m")
     parser.add_argument("--dataset", help="VAULT[:uid] to train on instead of random data")
-    parser.add_argument("--algos", default="omiga,bc,inspo,iql_cql")
+    parser.add_argument("--algos", default="omiga,bc,inspo,iql_cql,maicq")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--updates", type=int, default=500, help="updates per timed call")
     parser.add_argument("--repeats", type=int, default=3)
