@@ -16,8 +16,10 @@ recorded them, else from the vault. With `return` and
     python experiments/offline_vs_bc.py docs/results/offline_smax_og [--out FILE.json]
     python experiments/offline_vs_bc.py docs/results/offline_mabrax --metric normalised [--plot FILE.png]
 
-`--label FIELD` names each non-BC algorithm with its config value of FIELD (e.g. `--label
-alpha` gives rows "omiga alpha=1.0" and "omiga alpha=10.0"), to compare settings in one table.
+`--label FIELD` names each algorithm that has the config field FIELD with its value (e.g.
+`--label alpha` gives rows "omiga alpha=1.0" and "omiga alpha=10.0"), to compare settings in one
+table; a row is compared with BC of the same value where BC has the field (`--label
+box_policy`: each family's learners against that family's BC), else with plain BC.
 The runs of one row must share the algorithm's config, the iteration budget and the data's
 SHA-256; otherwise the script stops naming the first difference (an interval over seeds of
 different settings would mislead). `--plot` draws the greedy column as bars per dataset, with
@@ -83,10 +85,11 @@ def score(summary: dict, key: str, metric: str, recorded_anchors: list[float] | 
 
 def row_name(config: dict, algo: str, label: str | None) -> str:
     """`algo`, or "algo FIELD=value" with the run's (config.json's) algo_config value of
-    `label` (not for BC, nor for an algorithm without that field)."""
-    if label is None or algo == "bc":
+    `label` (a run made before the field existed: its default; not for an algorithm without
+    that field)."""
+    if label is None:
         return algo
-    algo_config = config["algo_config"]
+    algo_config = {**config_defaults(algo), **config["algo_config"]}
     return f"{algo} {label}={algo_config[label]}" if label in algo_config else algo
 
 
@@ -163,12 +166,13 @@ def main() -> None:
         if with_returns:
             row["dataset_return"] = float(np.mean(by_mode["data_return"]))
             row["greedy_return"] = mean_ci(by_mode["greedy_return"])
-        bc = found.get((env, uid, "bc"))
+        name, _, setting = algo.partition(" ")
+        bc = found.get((env, uid, f"bc {setting}")) or found.get((env, uid, "bc"))
         for mode in MODES:
             values = np.asarray(by_mode[mode])
             row[mode] = mean_ci(list(values))
             row[f"{mode}_values"] = [float(v) for v in values]
-            if bc is not None and algo != "bc" and len(values) > 1 and len(bc[mode]) > 1:
+            if bc is not None and name != "bc" and len(values) > 1 and len(bc[mode]) > 1:
                 row[f"{mode}_minus_bc"] = welch_difference(values, np.asarray(bc[mode]))
         rows.append(row)
     data_column = args.metric != "win_rate"

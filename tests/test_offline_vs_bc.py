@@ -93,3 +93,19 @@ def test_runs_of_one_row_must_share_their_settings(offline_vs_bc, tmp_path, monk
     with pytest.raises(SystemExit, match=r"row mabrax:hopper_3x1 / medium / bc differ in algo_config.box_policy "
                                          r"\(tanh in .*bc_s0, censored in .*bc_s2\)"):
         offline_vs_bc.main()
+
+
+def test_a_labelled_setting_compares_each_value_with_bc_of_the_same_value(offline_vs_bc, tmp_path, capsys, monkeypatch):
+    for seed in range(2):
+        write_run(tmp_path, "bc", seed, 200.0 + 10 * seed, 100.0)  # recorded before box_policy: tanh
+        write_run(tmp_path / "c", "bc", seed, 900.0 + 10 * seed, 100.0, box_policy="censored")
+        write_run(tmp_path, "omiga", seed, 300.0 + 10 * seed, 100.0, box_policy="tanh")
+        write_run(tmp_path / "c", "omiga", seed, 880.0 + 10 * seed, 100.0, box_policy="censored")
+    monkeypatch.setattr(sys, "argv", ["offline_vs_bc", str(tmp_path), "--metric", "return", "--label", "box_policy"])
+    offline_vs_bc.main()
+    rows = {line.split(" | ")[3]: line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]}
+    assert sorted(rows) == ["bc box_policy=censored", "bc box_policy=tanh", "omiga box_policy=censored",
+                            "omiga box_policy=tanh"]
+    assert rows["omiga box_policy=tanh"][6].startswith("+100.0 ± ")  # against tanh BC
+    assert rows["omiga box_policy=censored"][6].startswith("-20.0 ± ")  # against censored BC
+    assert rows["bc box_policy=censored"][6] == "-"
