@@ -18,8 +18,8 @@ recorded them, else from the vault. With `return` and
 
 `--label FIELD` names each algorithm that has the config field FIELD with its value (e.g.
 `--label alpha` gives rows "omiga alpha=1.0" and "omiga alpha=10.0"), to compare settings in one
-table; a row is compared with BC of the same value where BC has the field (`--label
-box_policy`: each family's learners against that family's BC), else with plain BC.
+table; a row is compared with BC of the same value (`--label box_policy`: each family's
+learners against that family's BC), else with BC's only row on that dataset, else with none.
 The runs of one row must share the algorithm's config, the iteration budget and the data's
 SHA-256; otherwise the script stops naming the first difference (an interval over seeds of
 different settings would mislead). `--plot` draws the greedy column as bars per dataset, with
@@ -148,6 +148,16 @@ def collect(folders: list[str], metric: str,
     return found
 
 
+def bc_reference(found: dict[tuple[str, str, str], dict[str, list[float]]], env: str, uid: str,
+                 setting: str) -> dict[str, list[float]] | None:
+    """The BC row a row of `env`/`uid` labelled `setting` ("FIELD=value", or "") is compared
+    with: BC with the same setting, else BC's only row on that dataset, else none."""
+    if (env, uid, f"bc {setting}".strip()) in found:
+        return found[(env, uid, f"bc {setting}".strip())]
+    rows = [by_mode for (e, u, algo), by_mode in found.items() if (e, u) == (env, uid) and algo.split(" ")[0] == "bc"]
+    return rows[0] if len(rows) == 1 else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="+")
@@ -167,7 +177,7 @@ def main() -> None:
             row["dataset_return"] = float(np.mean(by_mode["data_return"]))
             row["greedy_return"] = mean_ci(by_mode["greedy_return"])
         name, _, setting = algo.partition(" ")
-        bc = found.get((env, uid, f"bc {setting}")) or found.get((env, uid, "bc"))
+        bc = bc_reference(found, env, uid, setting)
         for mode in MODES:
             values = np.asarray(by_mode[mode])
             row[mode] = mean_ci(list(values))

@@ -76,9 +76,13 @@ def test_bars_are_the_rows_means_grouped_by_dataset(tmp_path):
             for env, dataset, algo, mean, score in [
                 ("task_a", "medium", "bc", 0.5, 0.4), ("task_a", "medium", "omiga", 0.7, 0.4),
                 ("task_a", "expert", "bc", 0.9, 1.0), ("task_b", "mixed", "omiga", -0.2, None)]]
-    heights = plot_dataset_scores(rows, tmp_path / "bars.png", "score")
-    assert heights == {("task_a", "medium", "bc"): 0.5, ("task_a", "medium", "omiga"): 0.7,
-                       ("task_a", "expert", "bc"): 0.9, ("task_b", "mixed", "omiga"): -0.2}
+    bars = plot_dataset_scores(rows, tmp_path / "bars.png", "score")
+    assert {key: height for key, (_, height) in bars.items()} == {
+        ("task_a", "medium", "bc"): 0.5, ("task_a", "medium", "omiga"): 0.7,
+        ("task_a", "expert", "bc"): 0.9, ("task_b", "mixed", "omiga"): -0.2}
+    x = {key: position for key, (position, _) in bars.items()}
+    # groups ordered by the data's score (medium 0.4 before expert 1.0), BC left of OMIGA within a group
+    assert -0.5 < x[("task_a", "medium", "bc")] < x[("task_a", "medium", "omiga")] < 0.5 < x[("task_a", "expert", "bc")]
     assert (tmp_path / "bars.png").stat().st_size > 1000
 
 
@@ -109,3 +113,13 @@ def test_a_labelled_setting_compares_each_value_with_bc_of_the_same_value(offlin
     assert rows["omiga box_policy=tanh"][6].startswith("+100.0 ± ")  # against tanh BC
     assert rows["omiga box_policy=censored"][6].startswith("-20.0 ± ")  # against censored BC
     assert rows["bc box_policy=censored"][6] == "-"
+
+
+def test_a_setting_bc_was_not_run_with_is_compared_with_bcs_only_row(offline_vs_bc, tmp_path, capsys, monkeypatch):
+    for seed in range(2):
+        write_run(tmp_path, "bc", seed, 200.0 + 10 * seed, 100.0, lr=3e-4)
+        write_run(tmp_path, "omiga", seed, 300.0 + 10 * seed, 100.0, lr=1e-3)
+    monkeypatch.setattr(sys, "argv", ["offline_vs_bc", str(tmp_path), "--metric", "return", "--label", "lr"])
+    offline_vs_bc.main()
+    rows = {line.split(" | ")[3]: line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["omiga lr=0.001"][6].startswith("+100.0 ± ")

@@ -67,12 +67,14 @@ def test_a_tiny_sweep_completes_and_writes_every_output(tiny_sweep) -> None:
     for seed in (0, 1):
         assert any(line.endswith(f"start bc matrix:xor s{seed} (new)") for line in lines)
         done = [line for line in lines if f"done  bc matrix:xor s{seed}: completed, final greedy return" in line]
-        assert len(done) == 1 and done[0].endswith(" s")
+        assert len(done) == 1
         run = out / "runs" / f"bc_matrix_xor_s{seed}"
         summary = json.loads((run / "summary.json").read_text())
         assert (summary["status"], summary["steps"], summary["seed"]) == ("completed", 40, seed)
         assert [r["steps"] for r in read_jsonl(run / "metrics.jsonl")] == [20, 40]
         assert (out / "logs" / f"bc_matrix_xor_s{seed}.log").stat().st_size > 0
+    finished = [line for line in lines if " done  " in line]
+    assert "; 1 to go, " in finished[0] and finished[1].endswith(" s")  # the first to finish estimates the other
     for name in OUTPUTS:
         assert (out / name).is_file(), name
     for name in OUTPUTS[-3:]:
@@ -271,8 +273,13 @@ def test_time_left_takes_each_pairs_mean_time_and_the_cells_run_at_once() -> Non
     seconds = {("bc", "matrix:xor"): [10.0, 20.0], ("omiga", "matrix:xor"): [60.0]}
     waiting = [cell("bc", 2), cell("omiga", 2)]  # 15 + 60
     running = [(cell("omiga", 1), 45.0), (cell("bc", 1), 30.0)]  # 60 - 45, and bc past its mean: 0
-    assert time_left(seconds, waiting, running, 2) == pytest.approx((15 + 60 + 15 + 0) / 2)
+    assert time_left(seconds, waiting, running, 1) == pytest.approx(15 + 60 + 15 + 0)
+    assert time_left(seconds, waiting + [cell("bc", 3)], running, 2) == pytest.approx((15 + 60 + 15 + 0 + 15) / 2)
+    assert time_left(seconds, waiting, running, 2) == pytest.approx(60.0)  # not before the longest cell ends
     assert time_left(seconds, [cell("maicq", 0)], [], 1) == pytest.approx(30.0)  # no maicq yet: every cell's mean
+    assert time_left(seconds, [], [(cell("omiga", 1), 10.0)], 4) == pytest.approx(50.0)  # one cell: its own time
+    assert time_left(seconds, [cell("omiga", 2), cell("bc", 2)], [], 4) == pytest.approx(60.0)  # the longest
+    assert time_left(seconds, [], [], 2) is None
 
 
 def test_cell_commands_and_states(tmp_path: Path) -> None:

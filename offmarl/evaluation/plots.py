@@ -110,20 +110,22 @@ def plot_mean_curves(run_dirs: list[str | Path], path: str | Path) -> dict[str, 
     return curves
 
 
-def plot_dataset_scores(rows: list[dict], path: str | Path, y_label: str) -> dict[tuple[str, str, str], float]:
-    """One panel per environment (stacked), one group of bars per dataset (ordered by the data's own
-    score), one bar per algorithm: the mean final greedy score over seeds with its 95%
-    interval, each seed as a dot, and the dataset's own score as a black line across its
-    group. `rows` hold "env", "dataset", "algo", "greedy" (mean, half-width), "greedy_values"
-    and optionally "dataset_score". Returns the bar heights by (env, dataset, algo)."""
+def plot_dataset_scores(rows: list[dict], path: str | Path,
+                        y_label: str) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """One panel per environment (stacked), one group of bars per dataset (ordered by the
+    data's own score; group k centred at x = k), one bar per algorithm (BC first): the mean
+    final greedy score over seeds with its 95% interval, each seed as a dot, and the
+    dataset's own score as a black line across its group. `rows` hold "env", "dataset",
+    "algo", "greedy" (mean, half-width), and optionally "greedy_values" (the seeds) and
+    "dataset_score". Returns each bar's (x, height) by (env, dataset, algo)."""
     envs = sorted({r["env"] for r in rows})
-    algos = sorted({r["algo"] for r in rows}, key=lambda a: (a != "bc", a))
+    algos = sorted({r["algo"] for r in rows}, key=lambda a: (a.partition(" ")[0] != "bc", a))
     colours = {algo: plt.get_cmap("tab10")(i % 10) for i, algo in enumerate(algos)}
     width = 0.8 / max(len(algos), 1)
     panels = max(len(envs), 1)
     fig, axes = plt.subplots(panels, 1, figsize=(1.5 + 2.2 * max(len({r["dataset"] for r in rows}), 1), 3.4 * panels),
                              squeeze=False)
-    heights: dict[tuple[str, str, str], float] = {}
+    bars: dict[tuple[str, str, str], tuple[float, float]] = {}
     for ax, env in zip(axes[:, 0], envs):
         mine = [r for r in rows if r["env"] == env]
         data_score = {r["dataset"]: r.get("dataset_score") for r in mine}
@@ -139,9 +141,9 @@ def plot_dataset_scores(rows: list[dict], path: str | Path, y_label: str) -> dic
                 ax.bar(x, mean, width * 0.9, yerr=half, capsize=2, color=colours[algo], alpha=0.75,
                        label=None if algo in labelled else algo)
                 labelled.add(algo)
-                ax.plot([x] * len(row["greedy_values"]), row["greedy_values"], "o", ms=2.5, color="black",
-                        alpha=0.6)
-                heights[(env, dataset, algo)] = mean
+                seeds = row.get("greedy_values", [])
+                ax.plot([x] * len(seeds), seeds, "o", ms=2.5, color="black", alpha=0.6)
+                bars[(env, dataset, algo)] = (x, mean)
             if data_score[dataset] is not None:
                 ax.hlines(data_score[dataset], group - 0.45, group + 0.45, colors="black", linewidth=2,
                           label=None if "data" in labelled else "data")
@@ -153,7 +155,7 @@ def plot_dataset_scores(rows: list[dict], path: str | Path, y_label: str) -> dic
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     _save_panels(fig, axes, bool(envs), path)
-    return heights
+    return bars
 
 
 def _save_panels(fig: plt.Figure, axes: Any, drawn: bool, path: str | Path) -> None:

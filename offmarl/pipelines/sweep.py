@@ -516,14 +516,27 @@ def time_left(cell_seconds: dict[tuple[str, str], list[float]], waiting: list[Ce
     """Seconds until the sweep's cells are done, estimated from the cells that finished in
     this sweep process: each cell still to run takes its (algorithm, environment)'s mean time
     (every finished cell's mean where that pair has none), a running cell that mean less its
-    elapsed time (at least 0), `limit` cells at a time. None before any cell finished."""
+    elapsed time (at least 0); the work is shared by `limit` cells at a time, but never ends
+    before the longest cell does. None before any cell finished or with no cell left."""
     every = [t for times in cell_seconds.values() for t in times]
-    if not every:
+    if not every or not (waiting or running):
         return None
-    expected = lambda cell: statistics.fmean(cell_seconds.get((cell.algo, cell.env)) or every)  # noqa: E731
-    work = sum(expected(cell) for cell in waiting) + sum(max(expected(cell) - elapsed, 0.0)
-                                                        for cell, elapsed in running)
-    return work / limit
+
+    def expected(cell: Cell) -> float:
+        return statistics.fmean(cell_seconds.get((cell.algo, cell.env)) or every)
+
+    remaining = [expected(cell) for cell in waiting] + [max(expected(cell) - elapsed, 0.0)
+                                                        for cell, elapsed in running]
+    return max(sum(remaining) / min(limit, len(remaining)), max(remaining))
+
+
+def _progress_suffix(to_go: int, left: float | None) -> str:
+    """The per-cell line's "N to go" estimate (nothing once no cell is left)."""
+    if not to_go or left is None:
+        return ""
+    if left < 1.0:
+        return f"; {to_go} to go, past their usual time"
+    return f"; {to_go} to go, about {format_elapsed(left)} left"
 
 
 def _last_line(log: Path) -> str:
@@ -628,9 +641,8 @@ def _run_locked(plan: SweepPlan, runner: Any, limit: int, reps: int, seed: int,
                     now = time.perf_counter()
                     left = time_left(cell_seconds, list(pending),
                                      [(c, now - began) for c, (_, began) in running.items()], limit)
-                    to_go = len(pending) + len(running)
-                    info(f"{text}{_fmt_score(summary)}, {seconds:.1f} s"
-                         + (f"; {to_go} to go, about {format_elapsed(left)} left" if to_go and left else ""))
+                    to_go = 0 if signals.received is not None else len(pending) + len(running)
+                    info(f"{text}{_fmt_score(summary)}, {seconds:.1f} s{_progress_suffix(to_go, left)}")
                 else:
                     why = problem or (_last_line(_log_path(plan, cell)) if code not in (130, 143) else "")
                     say(f"{text}, {seconds:.1f} s{': ' + why if why else ''} (log: {_log_path(plan, cell)})")
