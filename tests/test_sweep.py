@@ -274,7 +274,8 @@ def test_time_left_takes_each_pairs_mean_time_and_the_cells_run_at_once() -> Non
     waiting = [cell("bc", 2), cell("omiga", 2)]  # 15 + 60
     running = [(cell("omiga", 1), 45.0), (cell("bc", 1), 30.0)]  # 60 - 45, and bc past its mean: 0
     assert time_left(seconds, waiting, running, 1) == pytest.approx(15 + 60 + 15 + 0)
-    assert time_left(seconds, waiting + [cell("bc", 3)], running, 2) == pytest.approx((15 + 60 + 15 + 0 + 15) / 2)
+    more = waiting + [cell("bc", 3), cell("bc", 4), cell("bc", 5)]
+    assert time_left(seconds, more, running, 2) == pytest.approx((15 + 60 + 15 + 0 + 3 * 15) / 2)
     assert time_left(seconds, waiting, running, 2) == pytest.approx(60.0)  # not before the longest cell ends
     assert time_left(seconds, [cell("maicq", 0)], [], 1) == pytest.approx(30.0)  # no maicq yet: every cell's mean
     assert time_left(seconds, [], [(cell("omiga", 1), 10.0)], 4) == pytest.approx(50.0)  # one cell: its own time
