@@ -534,7 +534,7 @@ def _progress_suffix(to_go: int, left: float | None) -> str:
     """The per-cell line's "N to go" estimate (nothing once no cell is left)."""
     if not to_go or left is None:
         return ""
-    if left < 1.0:
+    if left == 0.0:  # only running cells are left, each past its usual time
         return f"; {to_go} to go, past their usual time"
     return f"; {to_go} to go, about {format_elapsed(left)} left"
 
