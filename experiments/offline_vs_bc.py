@@ -89,7 +89,7 @@ def row_name(config: dict, algo: str, label: str | None) -> str:
     that field)."""
     if label is None:
         return algo
-    algo_config = {**config_defaults(algo), **config["algo_config"]}
+    algo_config = algo_config_with_defaults(config, algo)
     return f"{algo} {label}={algo_config[label]}" if label in algo_config else algo
 
 
@@ -99,12 +99,17 @@ def config_defaults(algo: str) -> dict:
     return json.loads(json.dumps(asdict(ALGORITHMS[algo].config_class()))) if algo in ALGORITHMS else {}
 
 
+def algo_config_with_defaults(config: dict, algo: str) -> dict:
+    """The run's algo_config, a field added to the code after the run was made at its default
+    (as the run then behaved)."""
+    return {**config_defaults(algo), **config.get("algo_config", {})}
+
+
 def defining_settings(config: dict, algo: str) -> dict:
     """What must be equal for runs to be seeds of one row: the algorithm's config (a field
     added to the code after the run was made counts at its default, as it then behaved),
     the iteration budget and the data (its SHA-256 where the run recorded it)."""
-    algo_config = {**config_defaults(algo), **config.get("algo_config", {})}
-    return {**{f"algo_config.{k}": v for k, v in algo_config.items()},
+    return {**{f"algo_config.{k}": v for k, v in algo_config_with_defaults(config, algo).items()},
             "run_config.steps": config.get("run_config", {}).get("steps"),
             "dataset sha256": config.get("dataset_info", {}).get("sha256")}
 
@@ -152,8 +157,9 @@ def bc_reference(found: dict[tuple[str, str, str], dict[str, list[float]]], env:
                  setting: str) -> dict[str, list[float]] | None:
     """The BC row a row of `env`/`uid` labelled `setting` ("FIELD=value", or "") is compared
     with: BC with the same setting, else BC's only row on that dataset, else none."""
-    if (env, uid, f"bc {setting}".strip()) in found:
-        return found[(env, uid, f"bc {setting}".strip())]
+    same = (env, uid, f"bc {setting}".strip())
+    if same in found:
+        return found[same]
     rows = [by_mode for (e, u, algo), by_mode in found.items() if (e, u) == (env, uid) and algo.split(" ")[0] == "bc"]
     return rows[0] if len(rows) == 1 else None
 
