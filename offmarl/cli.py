@@ -67,7 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                "default and docstring")
     config.add_argument("--algo", required=True, help="algorithm name (see `offmarl algos`)")
 
-    train = command("train", "train online (MA-Trace) into a run directory")
+    train = command("train", "train an online algorithm (see `offmarl algos`) into a run directory")
     train.add_argument("--algo", help="algorithm name (see `offmarl algos`); default matrace")
     train.add_argument("--env", help="environment, e.g. smax:3m (see `offmarl envs`)")
     train.add_argument("--env-steps", type=_count("--env-steps"),
