@@ -201,8 +201,9 @@ def test_one_compiled_evaluation_serves_both_modes_and_any_episode_count() -> No
 
 
 def test_continuous_defaults_apply_on_box_tasks_only_and_yield_to_the_user() -> None:
-    continuous = {"behaviour_kl_cost": 1.0, "behaviour_kl_target": 0.0}
+    continuous = {"behaviour_kl_cost": 1.0, "behaviour_kl_target": 0.0, "normalize_observations": True}
     assert ALGORITHMS["matrace"].action_space_defaults(continuous=True) == continuous
+    assert ALGORITHMS["mappo"].action_space_defaults(continuous=True) == {"normalize_observations": True}
     assert ALGORITHMS["matrace"].action_space_defaults(continuous=False) == {}
     discrete = resolve_experiment("matrace", "smax:3m", 0).algo_config
     assert (discrete.behaviour_kl_cost, discrete.behaviour_kl_target) == (0.1, 0.02)
@@ -211,6 +212,7 @@ def test_continuous_defaults_apply_on_box_tasks_only_and_yield_to_the_user() -> 
     assert (boxed.behaviour_kl_cost, boxed.behaviour_kl_target) == (1.0, 0.0)
     assert resolve_experiment("matrace", box, 0, {"behaviour_kl_cost": 0.0}).algo_config.behaviour_kl_cost == 0.0
     assert resolve_experiment("mappo", box, 0).run_config == resolve_experiment("mappo", "smax:3m", 0).run_config
+    assert resolve_experiment("ippo", box, 0, {"normalize_observations": False}).algo_config.normalize_observations is False
     # InSPO's temperature on box tasks (their values are in the hundreds; docs/inspo.md).
     assert resolve_offline_experiment("inspo", "matrix:xor", "d", 0).algo_config.alpha == 0.1
     assert resolve_offline_experiment("inspo", "mabrax:hopper_3x1", "d", 0).algo_config.alpha == 10.0

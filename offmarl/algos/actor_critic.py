@@ -5,7 +5,7 @@ unroll of the current policy along a rollout. MA-Trace and PPO build on it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,7 @@ from offmarl.config import require
 from offmarl.envs.base import BoxActions, EnvSpec
 from offmarl.networks import GRUPolicy, MLPGaussianPolicy, MLPPolicy, MLPValue, masked_logits, with_agent_id
 from offmarl.networks.distributions import DiagGaussian, MaskedCategorical
+from offmarl.networks.normalisation import init_moments, standardise, update_moments
 from offmarl.types import Rollout
 
 Critic = Literal["obs", "state", "decentralised"]
@@ -22,6 +23,11 @@ Critic = Literal["obs", "state", "decentralised"]
 @dataclass(frozen=True)
 class ActorCriticConfig:
     """Network settings every online actor-critic has."""
+
+    CONTINUOUS_DEFAULTS: ClassVar[dict[str, Any]] = {"normalize_observations": True}
+    """On box-action tasks (MuJoCo), inputs are standardised: MA-Trace on
+    mabrax:walker2d_2x3, seed 0, 2M env steps, ends at a greedy return of 523 with it and
+    about 220 without (docs/mabrax.md)."""
 
     gamma: float = 0.99
     """Discount factor."""
@@ -34,6 +40,13 @@ class ActorCriticConfig:
     its embedding width and the last as its memory width."""
     agent_id: bool = False
     """Append a one-hot agent id to each agent's observation."""
+    normalize_observations: bool = False
+    """Standardise each observation feature (and the global state, for a state critic) by
+    the running mean and variance of everything trained on so far, clipped to +-10. The
+    moments are part of the parameters (`params["obs_moments"]`, `params["state_moments"]`),
+    updated after each batch is learned from, so workers, evaluation and saved policies
+    standardise alike. Off on SMAX, whose features are already scaled; on for box actions
+    (MuJoCo's velocities are not; docs/mabrax.md)."""
 
     def validate(self) -> None:
         require(0.0 <= self.gamma <= 1.0, f"gamma={self.gamma} is invalid: must be in [0, 1]")
@@ -72,6 +85,15 @@ class ActorCritic:
     def _actor_input(self, obs: jax.Array) -> jax.Array:
         return with_agent_id(obs) if self.config.agent_id else obs
 
+    def _standardised(self, params: dict, obs: jax.Array, state: jax.Array | None = None):
+        """Observations (and state) as the networks see them: standardised by the running
+        moments when `normalize_observations` is on, unchanged otherwise."""
+        if "obs_moments" in params:
+            obs = standardise(params["obs_moments"], obs)
+        if state is not None and "state_moments" in params:
+            state = standardise(params["state_moments"], state)
+        return obs, state
+
     def _critic_input(self, obs: jax.Array, state: jax.Array) -> jax.Array:
         if self.config.critic == "state":
             return state
@@ -89,10 +111,27 @@ class ActorCritic:
             actor_args = (self.initial_policy_state(()), self._actor_input(obs), jnp.zeros((n,), bool))
         else:
             actor_args = (self._actor_input(obs),)
-        return {
+        params = {
             "actor": self._actor.init(actor_rng, *actor_args),
             "critic": self._critic.init(critic_rng, self._critic_input(obs, jnp.zeros((s,)))),
         }
+        if self.config.normalize_observations:
+            params["obs_moments"] = init_moments(o)
+            if self.config.critic == "state":
+                params["state_moments"] = init_moments(s)
+        return params
+
+    def observe(self, params: dict, rollout: Rollout) -> dict:
+        """Merge the observations (and states) a batch acted on into the running moments
+        (the bootstrap row is the next batch's first), after the batch has been learned
+        from, so that a batch is learned with the moments it was acted with. Without
+        `normalize_observations`, `params` unchanged."""
+        params = dict(params)
+        if "obs_moments" in params:
+            params["obs_moments"] = update_moments(params["obs_moments"], rollout.obs[:-1])
+        if "state_moments" in params:
+            params["state_moments"] = update_moments(params["state_moments"], rollout.state[:-1])
+        return params
 
     def init(self, rng: jax.Array) -> dict:
         return self.init_networks(rng)
@@ -106,7 +145,7 @@ class ActorCritic:
         self, params: dict, policy_state: jax.Array, obs: jax.Array, avail: jax.Array,
         starts: jax.Array,
     ) -> tuple[jax.Array, jax.Array]:
-        inputs = self._actor_input(obs)
+        inputs = self._actor_input(self._standardised(params, obs)[0])
         if self.config.actor == "gru":
             agent_starts = jnp.broadcast_to(starts[..., None], obs.shape[:-1])
             policy_state, logits = self._actor.apply(params["actor"], policy_state, inputs, agent_starts)
@@ -155,7 +194,7 @@ class ActorCritic:
 
     def values(self, params: dict, obs: jax.Array, state: jax.Array) -> jax.Array:
         """Team value [...] (obs/state critic) or per-agent values [..., N] (decentralised)."""
-        return self._critic.apply(params["critic"], self._critic_input(obs, state))
+        return self._critic.apply(params["critic"], self._critic_input(*self._standardised(params, obs, state)))
 
     def team_signals(self, rollout: Rollout, values: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Rewards and discounts shaped like `values[:-1]`: [T, B], or [T, B, N] with a

@@ -67,6 +67,12 @@ class OnlineAlgorithm(Policy, Protocol):
         advantages) go into `rollout.extras`. Algorithms that need none return `rollout`."""
         ...
 
+    def observe(self, params: Params, rollout: Rollout) -> Params:
+        """Called once per batch, after the passes over it: update what the parameters hold
+        besides trained weights (running input statistics). Algorithms with none return
+        `params`."""
+        ...
+
     def loss(
         self, params: Params, rollout: Rollout, progress: jax.Array | float = 0.0
     ) -> tuple[jax.Array, dict[str, jax.Array]]:

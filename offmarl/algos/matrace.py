@@ -95,7 +95,8 @@ class MATraceConfig(ActorCriticConfig):
     """MA-Trace's own runner settings (docs/tuning.md): lr 1e-3 annealed, two passes per
     batch (V-trace corrects the second pass's staleness), 16M env steps."""
 
-    CONTINUOUS_DEFAULTS: ClassVar[dict[str, Any]] = {"behaviour_kl_cost": 1.0, "behaviour_kl_target": 0.0}
+    CONTINUOUS_DEFAULTS: ClassVar[dict[str, Any]] = {
+        **ActorCriticConfig.CONTINUOUS_DEFAULTS, "behaviour_kl_cost": 1.0, "behaviour_kl_target": 0.0}
     """On box-action tasks (Gaussian policies) the paper's unpenalised update moves the
     policy so far per batch that it collapses: mabrax:hopper_3x1, seed 0, 2M env steps,
     ends at a greedy return of 5.6 (the hopper falls at once; behaviour KL 10-20 nats)

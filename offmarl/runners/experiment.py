@@ -85,13 +85,15 @@ def resolve_experiment(algo: str, env: str, seed: int, *layers: dict[str, Any]) 
 # Settings added after runs were saved, with the value that reproduces a run saved without
 # them (not today's default, which may differ and would change how the run resumes).
 RUN_CONFIG_SAVED_BEFORE_ADDED = {"actor_threads": 1}
+ONLINE_ALGO_CONFIG_SAVED_BEFORE_ADDED = {"normalize_observations": False}
 
 
 def experiment_from_dict(data: dict) -> Experiment:
     """Rebuild the experiment saved in a run directory's config.json."""
     try:
         run_config = {**RUN_CONFIG_SAVED_BEFORE_ADDED, **data["run_config"]}
-        return resolve_experiment(data["algo"], data["env"], int(data["seed"]), data["algo_config"], run_config)
+        algo_config = {**ONLINE_ALGO_CONFIG_SAVED_BEFORE_ADDED, **data["algo_config"]}
+        return resolve_experiment(data["algo"], data["env"], int(data["seed"]), algo_config, run_config)
     except KeyError as err:
         raise ConfigError(f"config.json lacks the key {err.args[0]!r}") from err
 

@@ -200,7 +200,7 @@ class FusedTrainer:
         (params, opt_state), metrics = jax.lax.scan(
             epoch, (params, opt_state), jax.random.split(rng, cfg.num_epochs)
         )
-        return params, opt_state, jax.tree.map(jnp.mean, metrics)
+        return self.algo.observe(params, rollout), opt_state, jax.tree.map(jnp.mean, metrics)
 
     def _behaviour_slot(self, state: TrainState) -> jax.Array:
         return jnp.maximum(state.update - self.lag, 0) % (self.lag + 1)
