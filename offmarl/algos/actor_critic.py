@@ -85,7 +85,9 @@ class ActorCritic:
     def _actor_input(self, obs: jax.Array) -> jax.Array:
         return with_agent_id(obs) if self.config.agent_id else obs
 
-    def _standardised(self, params: dict, obs: jax.Array, state: jax.Array | None = None):
+    def _standardised(
+        self, params: dict, obs: jax.Array, state: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array | None]:
         """Observations (and state) as the networks see them: standardised by the running
         moments when `normalize_observations` is on, unchanged otherwise."""
         if "obs_moments" in params:
