@@ -17,6 +17,7 @@ from offmarl.data.collect import EpisodeCollector, collect_episodes
 from offmarl.data.vault import load_vault, vault_metadata
 from offmarl.errors import ConfigError
 from offmarl.pipelines.collect import resolve_run_checkpoint
+from offmarl.runners.experiment import resolve_experiment
 
 ATTACK_ACTIONS = slice(5, None)  # SMAX: 5 + enemy index; none is available at reset
 
@@ -77,7 +78,6 @@ def test_bad_epsilon_and_episode_count(smax_3m, policy) -> None:
 def write_saved_run(run: Path, algo_name: str, env, algo, params, metrics: list[dict], env_steps: int = 512) -> Path:
     """A run directory with checkpoints (only the parameters set: the rest of the training
     state can stay zero) at the env steps of `metrics`, which go to metrics.jsonl."""
-    from offmarl.runners.experiment import resolve_experiment
     from offmarl.runners.fused import FusedTrainer
     from offmarl.utils.checkpoint import save_checkpoint
     from offmarl.utils.files import atomic_write_json, atomic_write_jsonl
@@ -128,8 +128,8 @@ def test_cli_collect_from_a_continuous_run_writes_a_box_vault(tmp_path: Path) ->
     from offmarl.envs import make_env
 
     env = make_env("mpe:simple_spread_continuous")
-    entry = get_algorithm("ippo")
-    algo = entry.build(entry.config_class(), env.spec)
+    config = resolve_experiment("ippo", "mpe:simple_spread_continuous", 0).algo_config  # box-action defaults
+    algo = get_algorithm("ippo").build(config, env.spec)
     run = write_saved_run(tmp_path / "run", "ippo", env, algo, algo.init(jax.random.PRNGKey(0)),
                           [{"env_steps": 1024, "eval_return": -30.0}], env_steps=1024)
     out = tmp_path / "spread.vlt"
