@@ -46,7 +46,7 @@ class ActorCriticConfig:
     moments are part of the parameters (`params["obs_moments"]`, `params["state_moments"]`),
     updated after each batch is learned from, so workers, evaluation and saved policies
     standardise alike. Off on SMAX, whose features are already scaled; on for box actions
-    (MuJoCo's velocities are not; docs/mabrax.md)."""
+    (MuJoCo's are not; docs/mabrax.md)."""
 
     def validate(self) -> None:
         require(0.0 <= self.gamma <= 1.0, f"gamma={self.gamma} is invalid: must be in [0, 1]")
