@@ -31,6 +31,7 @@ def test_paper_preset_is_valid_and_matches_released_code() -> None:
     assert exp.algo_config.entropy_mode == "adaptive" and exp.algo_config.target_entropy == 1e-5
     assert (exp.run_config.num_envs, exp.run_config.unroll_length, exp.run_config.lr) == (32, 100, 1e-3)
     assert exp.run_config.num_minibatches == 1 and exp.run_config.max_grad_norm == 0.0
+    assert not exp.algo_config.normalize_observations and exp.algo_config.behaviour_kl_cost == 0.0
 
 
 @pytest.mark.parametrize("text,message", [

@@ -59,6 +59,7 @@ def make_config(critic: str = "obs", **overrides: object) -> MATraceConfig:
         hidden_sizes=(16, 16),
         behaviour_kl_cost=0.0,
         behaviour_kl_target=0.0,
+        normalize_observations=False,  # make_params fills every leaf at random: no valid moments
     )
     fields.update(overrides)
     return MATraceConfig(**fields)  # type: ignore[arg-type]

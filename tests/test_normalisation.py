@@ -76,9 +76,10 @@ def test_box_tasks_normalise_by_default_and_the_moments_count_what_was_acted_on(
                            policy(moved, memory, obs, no_avail, starts)[0])
 
 
-def test_smax_does_not_normalise_and_old_runs_resume_without_it() -> None:
-    smax = resolve_experiment("matrace", "smax:3m", 0).algo_config
-    assert not smax.normalize_observations
+def test_on_smax_only_matrace_normalises_and_old_runs_resume_without_it() -> None:
+    assert resolve_experiment("matrace", "smax:3m", 0).algo_config.normalize_observations
+    assert not resolve_experiment("mappo", "smax:3m", 0).algo_config.normalize_observations
+    assert not resolve_experiment("ippo", "smax:3m", 0).algo_config.normalize_observations
     saved = resolve_experiment("matrace", BOX, 0)
     data = saved.to_dict()
     assert data["algo_config"]["normalize_observations"] is True

@@ -45,8 +45,9 @@ class ActorCriticConfig:
     the running mean and variance of everything trained on so far, clipped to +-10. The
     moments are part of the parameters (`params["obs_moments"]`, `params["state_moments"]`),
     updated after each batch is learned from, so workers, evaluation and saved policies
-    standardise alike. Off on SMAX, whose features are already scaled; on for box actions
-    (MuJoCo's are not; docs/mabrax.md)."""
+    standardise alike. On for box actions (MuJoCo's features are not scaled;
+    docs/mabrax.md); on SMAX, on for MA-Trace (docs/tuning.md) and off for MAPPO and IPPO,
+    whose suite results were measured without it."""
 
     def validate(self) -> None:
         require(0.0 <= self.gamma <= 1.0, f"gamma={self.gamma} is invalid: must be in [0, 1]")
