@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Sequence
 from types import SimpleNamespace
 
 import jax
@@ -250,19 +251,21 @@ def test_runs_share_one_scale_and_each_level_is_chosen_within_each_run() -> None
 
 
 class LengthCollector:
-    """Episodes of a fixed length, as real CollectedEpisodes."""
+    """Episodes of a fixed length, as real CollectedEpisodes; `lengths` gives one length
+    per call instead (the last one repeats)."""
 
-    def __init__(self, length: int) -> None:
-        self.length, self.calls = length, []
+    def __init__(self, length: int, lengths: Sequence[int] = ()) -> None:
+        self.lengths, self.calls = list(lengths) or [length], []
 
     def collect(self, params, episodes: int, seed: int, epsilon: float, greedy: bool):
         from offmarl.data.collect import CollectedEpisodes
         from offmarl.data.dataset import OfflineDataset
 
+        length = self.lengths[min(len(self.calls), len(self.lengths) - 1)]
         self.calls.append((episodes, seed))
-        steps, n = episodes * self.length, 2
+        steps, n = episodes * length, 2
         ends = np.zeros((steps, n), np.float32)
-        ends[self.length - 1 :: self.length] = 1
+        ends[length - 1 :: length] = 1
         dataset = OfflineDataset(
             observations=np.zeros((steps, n, 3), np.float32), actions=np.zeros((steps, n), np.int32),
             rewards=np.zeros((steps, n), np.float32), terminals=ends, truncations=np.zeros_like(ends),
@@ -279,6 +282,16 @@ def test_collect_transitions_tops_up_when_episodes_are_shorter_than_estimated() 
     exact = LengthCollector(length=10)
     assert collect_transitions(exact, None, 100, 10.0, 0, 0.0, True).dataset.num_transitions == 110
     assert len(exact.calls) == 1
+
+
+def test_collect_transitions_top_up_is_not_sized_by_a_batch_of_short_episodes() -> None:
+    """A first batch that happens to fall at once (length 1) must not size a top-up of a
+    thousand 50-step episodes (52k transitions for a target of 1,000): top-ups grow at most
+    TOP_UP_GROWTH-fold, so the result stays within a few times the target."""
+    collector = LengthCollector(length=0, lengths=[1, 50])
+    got = collect_transitions(collector, None, transitions=1000, mean_length=100.0, seed=0, epsilon=0.0, greedy=False)
+    assert [episodes for episodes, _ in collector.calls] == [11, 22]  # ceil(1.05 * 1000 / 100), then 2 x 11
+    assert got.dataset.num_transitions == 11 * 1 + 22 * 50
 
 
 def test_make_datasets_end_to_end_on_xor_writes_five_vaults_with_cards(tmp_path, capsys) -> None:

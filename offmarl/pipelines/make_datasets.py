@@ -152,6 +152,8 @@ draw the learning curve. On MABrax (1,000-step episodes) the defaults (64 and 25
 sampled) took about as long as the training."""
 EPSILON_SEARCH_STEPS = 6
 MAX_TOP_UPS = 8
+TOP_UP_GROWTH = 2
+"""A top-up collects at most this many times the episodes collected so far (collect_transitions)."""
 # Seed offsets, so evaluation, the epsilon search and each dataset use their own streams.
 EVAL_SEED, SEARCH_SEED, LEVEL_SEED, REPLAY_SEED, RANDOM_SEED = 1_000, 2_000, 3_000, 4_000, 5_000
 SCORING_THREADS = 2
@@ -479,19 +481,26 @@ def collect_transitions(
     """Whole episodes until at least `transitions` steps are recorded.
 
     The first batch is sized from `mean_length` (from the evaluation); top-ups on new
-    seeds follow if the episodes turned out shorter. `on_progress` gets transitions so far.
+    seeds follow if the episodes turned out shorter, sized from the mean length of every
+    episode so far and at most TOP_UP_GROWTH times as many episodes as collected so far:
+    where episode lengths are bimodal (a robot that falls at once or runs the full 1,000
+    steps), a first batch of short episodes must not size a top-up of thousands of
+    episodes. `on_progress` gets transitions so far.
     """
-    parts, have = [], 0
+    parts, have, episodes_so_far = [], 0, 0
     for top_up in range(MAX_TOP_UPS + 1):
         missing = transitions - have
         episodes = max(1, math.ceil(1.05 * missing / max(mean_length, 1.0)))
+        if episodes_so_far:
+            episodes = min(episodes, TOP_UP_GROWTH * episodes_so_far)
         part = collector.collect(params, episodes, seed + 7_919 * top_up, epsilon, greedy)
         parts.append(part)
         have += part.dataset.num_transitions
+        episodes_so_far += part.dataset.num_episodes
         on_progress(have)
         if have >= transitions:
             break
-        mean_length = part.dataset.num_transitions / part.dataset.num_episodes
+        mean_length = have / episodes_so_far
     return merge_collected(parts)
 
 
