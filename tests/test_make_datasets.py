@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Sequence
 from types import SimpleNamespace
 
 import jax
@@ -251,11 +250,11 @@ def test_runs_share_one_scale_and_each_level_is_chosen_within_each_run() -> None
 
 
 class LengthCollector:
-    """Episodes of a fixed length, as real CollectedEpisodes; `lengths` gives one length
-    per call instead (the last one repeats)."""
+    """Episodes of a fixed length, as real CollectedEpisodes: the n-th call's episodes have
+    the n-th of `lengths` (the last one repeats)."""
 
-    def __init__(self, length: int, lengths: Sequence[int] = ()) -> None:
-        self.lengths, self.calls = list(lengths) or [length], []
+    def __init__(self, *lengths: int) -> None:
+        self.lengths, self.calls = lengths, []
 
     def collect(self, params, episodes: int, seed: int, epsilon: float, greedy: bool):
         from offmarl.data.collect import CollectedEpisodes
@@ -274,12 +273,12 @@ class LengthCollector:
 
 
 def test_collect_transitions_tops_up_when_episodes_are_shorter_than_estimated() -> None:
-    collector = LengthCollector(length=4)
+    collector = LengthCollector(4)
     got = collect_transitions(collector, None, transitions=100, mean_length=10.0, seed=3, epsilon=0.05, greedy=False)
     assert got.dataset.num_transitions >= 100 and got.dataset.num_episodes == got.returns.shape[0]
     assert len(collector.calls) >= 2 and len({seed for _, seed in collector.calls}) == len(collector.calls)
     assert collector.calls[0][0] == 11  # ceil(1.05 * 100 / 10)
-    exact = LengthCollector(length=10)
+    exact = LengthCollector(10)
     assert collect_transitions(exact, None, 100, 10.0, 0, 0.0, True).dataset.num_transitions == 110
     assert len(exact.calls) == 1
 
@@ -288,7 +287,7 @@ def test_collect_transitions_top_up_is_not_sized_by_a_batch_of_short_episodes() 
     """A first batch that happens to fall at once (length 1) must not size a top-up of a
     thousand 50-step episodes (52k transitions for a target of 1,000): top-ups grow at most
     TOP_UP_GROWTH-fold, so the result stays within a few times the target."""
-    collector = LengthCollector(length=0, lengths=[1, 50])
+    collector = LengthCollector(1, 50)
     got = collect_transitions(collector, None, transitions=1000, mean_length=100.0, seed=0, epsilon=0.0, greedy=False)
     assert [episodes for episodes, _ in collector.calls] == [11, 22]  # ceil(1.05 * 1000 / 100), then 2 x 11
     assert got.dataset.num_transitions == 11 * 1 + 22 * 50
@@ -483,7 +482,7 @@ def test_write_missing_cards_writes_only_the_cards_that_are_missing(tmp_path) ->
     from offmarl.data.vault import write_vault
 
     vault = tmp_path / "matrix_xor.vlt"
-    write_vault(LengthCollector(length=4).collect(None, 3, 0, 0.0, True).dataset, vault, "good", {})
+    write_vault(LengthCollector(4).collect(None, 3, 0, 0.0, True).dataset, vault, "good", {})
     assert write_missing_cards(vault, ["good", "medium"]) == ["good"]  # medium is not in the vault
     assert (vault / "good.md").exists() and (vault / "good_returns.png").exists()
     assert write_missing_cards(vault, ["good", "medium"]) == []
