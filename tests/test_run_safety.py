@@ -193,6 +193,43 @@ def test_diverged_run_keeps_a_finite_checkpoint_and_says_why_when_quiet(
     assert main(["eval", "--run", str(out), "--episodes", "4"]) == 0
 
 
+def test_a_critic_beyond_every_return_the_data_allows_stops_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A finite but runaway critic (OMIGA's Q_tot at 1e6 on XOR, whose rewards are at most
+    1 in 02_20: bound 1 / (1 - 0.99) = 100, limit 10 x 100) stops like a NaN does."""
+    import jax.numpy as jnp
+
+    original = offline_runner.OfflineRun.compile
+
+    def second_chunk_diverges(self, state):
+        seconds, train, calls = original(self, state), self.train, []
+
+        def train_chunk(*args):
+            learner_state, rng, metrics = train(*args)
+            calls.append(None)
+            return learner_state, rng, {**metrics, "q_tot": jnp.float32(1e6 if len(calls) >= 2 else metrics["q_tot"])}
+
+        self.train = train_chunk
+        return seconds
+
+    monkeypatch.setattr(offline_runner.OfflineRun, "compile", second_chunk_diverges)
+    out = tmp_path / "runaway"
+    omiga = ["offline", *XOR, "--algo", "omiga", "--steps", "300", "--quiet", "--out", str(out)]
+    assert main(omiga) == 3
+    assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
+    assert steps_of(out) == [100]
+    assert ("training stopped (exit 3): the critic diverged: q_tot = 1e+06 between iterations 100 and 200, "
+            "beyond +-1,000") in capsys.readouterr().err
+
+
+def test_the_discounted_return_bound_is_the_largest_reward_over_one_minus_gamma() -> None:
+    data = load_builtin_dataset("matrix:xor", "random", seed=0)
+    assert set(np.unique(data.rewards)) == {-2.0, 0.0, 1.0}
+    assert data.discounted_return_bound(0.9) == pytest.approx(2.0 / 0.1)
+    assert data.discounted_return_bound(1.0) == float("inf")
+
+
 # -- finding 4: preemption and early death -------------------------------------------------
 def test_death_before_the_first_checkpoint_restarts_cleanly(xor_run: Path, tmp_path: Path,
                                                             capsys: pytest.CaptureFixture) -> None:

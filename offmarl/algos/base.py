@@ -87,6 +87,7 @@ class OfflineAlgorithm(Policy, Protocol):
     """A learner trained from a fixed dataset of transitions. Pure, jittable."""
 
     config: Any
+    team_value_metric: str | None  # the diagnostic estimating the team's discounted return, if any
 
     def init(self, rng: jax.Array) -> Any:
         """The learner state: parameters, target networks and optimiser states."""

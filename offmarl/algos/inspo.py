@@ -202,6 +202,8 @@ def local_regressions(space: ActionSpace, hidden_sizes: Sequence[int]
 
 
 class InSPO(StatelessPolicy):
+    team_value_metric = "q_mean"
+
     def __init__(self, config: InSPOConfig, spec: EnvSpec) -> None:
         self.config = config
         self.spec = spec

@@ -168,6 +168,8 @@ def sampled_q(q_net: ActionInputQ, q_params: Any, inputs: jax.Array, policy: Act
 
 
 class MAICQ(SharedActor):
+    team_value_metric = "q_tot"
+
     def __init__(self, config: MAICQConfig, spec: EnvSpec) -> None:
         super().__init__(config.hidden_sizes, spec, config.box_policy)
         self.config = config

@@ -97,6 +97,10 @@ class StatelessPolicy(CategoricalActing):
     """Decentralised acting without memory: subclasses give `logits(params, obs, avail)`."""
 
     spec: EnvSpec
+    team_value_metric: str | None = None
+    """The update diagnostic that estimates the team's discounted return at the batch's
+    states and actions, if the learner has one; the offline runner stops a run whose
+    estimate leaves every return the dataset's rewards allow (a diverged critic)."""
 
     def logits(self, params: Any, obs: jax.Array, avail: jax.Array) -> jax.Array:
         raise NotImplementedError

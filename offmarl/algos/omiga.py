@@ -122,6 +122,8 @@ def weighted_bc_loss(log_probs: jax.Array, z: jax.Array) -> jax.Array:
 
 
 class OMIGA(SharedActor):
+    team_value_metric = "q_tot"
+
     def __init__(self, config: OMIGAConfig, spec: EnvSpec) -> None:
         super().__init__(config.hidden_sizes, spec, config.box_policy)
         self.config = config

@@ -13,6 +13,7 @@ in-memory form of OG-MARL's continuous vaults, which have no infos.legals.
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -50,6 +51,13 @@ class OfflineDataset(NamedTuple):
         cumulative = np.concatenate([[0.0], np.cumsum(team)])
         starts = np.concatenate([[0], ends[:-1] + 1])
         return (cumulative[ends + 1] - cumulative[starts]).astype(np.float32)
+
+    def discounted_return_bound(self, gamma: float) -> float:
+        """The largest |discounted return| a sequence of this dataset's team rewards can sum
+        to, max |r| / (1 - gamma): no value learned in-sample from these rows can exceed it.
+        Infinite when gamma >= 1."""
+        largest = float(np.abs(self.rewards[:, 0]).max()) if len(self.rewards) else 0.0
+        return math.inf if gamma >= 1.0 else largest / (1.0 - gamma)
 
     def episode_lengths(self) -> np.ndarray:
         ends = np.flatnonzero(self.episode_ends)

@@ -4,6 +4,7 @@ registered offline algorithm."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,7 +21,7 @@ from offmarl.evaluation.evaluate import evaluate_both, make_evaluator
 from offmarl.evaluation.matrix_games import matrix_game_report
 from offmarl.evaluation.plots import plot_learning_curve
 from offmarl.runners.experiment import OfflineExperiment, offline_experiment_from_dict
-from offmarl.runners.common import RunLock, read_run_config
+from offmarl.runners.common import RunLock, TrainingDiverged, read_run_config
 from offmarl.runners.loop import RunLoop, set_headline, with_budget
 from offmarl.types import TransitionBatch
 
@@ -91,6 +92,22 @@ def make_train_chunk(algo: OfflineAlgorithm, batch_size: int):
     return jax.jit(train)
 
 
+VALUE_LIMIT_FACTOR = 10.0
+"""How far a critic's team value may overshoot the dataset's discounted-return bound
+(approximation error, and networks that start with outputs of order 1) before the run
+counts as diverged."""
+
+
+def team_value_limit(algo: OfflineAlgorithm, data: OfflineDataset) -> float | None:
+    """The largest |team value| an algorithm's critic may report on `data`:
+    VALUE_LIMIT_FACTOR x max(max |r| / (1 - gamma), 1). None without a critic or a discount."""
+    gamma = getattr(algo.config, "gamma", None)
+    if algo.team_value_metric is None or gamma is None:
+        return None
+    bound = data.discounted_return_bound(gamma)
+    return None if math.isinf(bound) else VALUE_LIMIT_FACTOR * max(bound, 1.0)
+
+
 def dataset_summary(data: OfflineDataset) -> dict[str, float]:
     returns = data.episode_returns()
     return {"dataset_episodes": data.num_episodes, "dataset_transitions": data.num_transitions,
@@ -126,6 +143,7 @@ class OfflineRun(RunLoop):
                 "train a new run on the new data"
             )
         self.is_matrix_game = hasattr(self.env, "game")
+        self.value_limit = team_value_limit(self.algo, self.data)
         self.train_seconds: list[tuple[int, float]] = []
 
     @classmethod
@@ -183,7 +201,18 @@ class OfflineRun(RunLoop):
         learner_state, rng, learner = self.train(state[0], state[1], n, self.device_data)
         learner = {k: float(v) for k, v in learner.items()}
         self.train_seconds.append((n, time.perf_counter() - start))
+        self.check_team_value(learner, f"between iterations {done:,} and {done + n:,}")
         return (learner_state, rng), done + n, learner
+
+    def check_team_value(self, learner: dict[str, float], where: str) -> None:
+        """Stop a run whose critic left every return the dataset's rewards allow: its
+        targets feed on themselves and its policy weights mean nothing any more."""
+        metric = self.algo.team_value_metric
+        if self.value_limit is None or not abs(learner[metric]) > self.value_limit:
+            return
+        raise TrainingDiverged(
+            f"the critic diverged: {metric} = {learner[metric]:,.4g} {where}, beyond +-{self.value_limit:,.4g} "
+            f"({VALUE_LIMIT_FACTOR:g} x the largest discounted return the dataset's rewards allow)")
 
     def learned(self, state: Any) -> Any:
         return state[0]
