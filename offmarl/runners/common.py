@@ -26,7 +26,7 @@ LOCK_FILE = ".lock"
 
 
 class TrainingDiverged(RuntimeError):
-    """A loss or parameter became NaN or inf."""
+    """A loss or parameter became NaN or inf, or an offline critic ran away."""
 
 
 def check_finite(metrics: dict[str, float], where: str) -> None:
