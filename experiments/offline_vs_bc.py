@@ -24,6 +24,10 @@ The runs of one row must share the algorithm's config, the iteration budget and 
 SHA-256; otherwise the script stops naming the first difference (an interval over seeds of
 different settings would mislead). `--plot` draws the greedy column as bars per dataset, with
 each seed and the dataset's own score.
+
+A run that stopped as `diverged` (NaN or inf, or an offline critic that ran away) has no final
+evaluation: it is not scored, and its row's "seeds" column counts it apart ("2 (+1 diverged)";
+a row whose every run diverged shows only that).
 """
 
 from __future__ import annotations
@@ -129,20 +133,25 @@ def check_same_setting(key: tuple[str, str, str], algo: str, run: Path, config: 
 
 def collect(folders: list[str], metric: str,
             label: str | None = None) -> dict[tuple[str, str, str], dict[str, list[float]]]:
-    """(env, dataset uid, algo) -> {mode: final scores over seeds, "data": the dataset's own};
-    with `normalised` also the unnormalised "greedy_return" and "data_return"."""
+    """(env, dataset uid, algo) -> {mode: final scores over seeds, "data": the dataset's own,
+    "diverged": one entry per diverged run}; with `normalised` also the unnormalised
+    "greedy_return" and "data_return"."""
     quantity = "win_rate" if metric == "win_rate" else "return"
     found: dict[tuple[str, str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     first_of: dict[tuple[str, str, str], tuple[Path, dict]] = {}
     for folder in folders:
         for path in sorted(Path(folder).rglob("summary.json")):
             summary = json.loads(path.read_text())
-            if not isinstance(summary, dict) or summary.get("status") != "completed" or "dataset" not in summary:
+            status = summary.get("status") if isinstance(summary, dict) else None
+            if status not in ("completed", "diverged") or "dataset" not in summary:
                 continue
             config = json.loads((path.parent / "config.json").read_text())
             key = (summary["env"], summary["dataset"].rpartition(":")[2], row_name(config, summary["algo"], label))
             check_same_setting(key, summary["algo"], path.parent, config, first_of)
             anchors = config.get("dataset_info", {}).get("return_anchors")
+            if status == "diverged":
+                found[key]["diverged"].append(float(summary["steps"]))
+                continue
             for mode in MODES:
                 found[key][mode].append(score(summary, f"final_eval_{mode}_{quantity}", metric, anchors))
             if metric != "win_rate":
@@ -176,7 +185,11 @@ def main() -> None:
     with_returns = args.metric == "normalised"
     rows = []
     for (env, uid, algo), by_mode in sorted(found.items()):
-        row = {"env": env, "dataset": uid, "algo": algo, "metric": args.metric, "seeds": len(by_mode["greedy"])}
+        row = {"env": env, "dataset": uid, "algo": algo, "metric": args.metric, "seeds": len(by_mode["greedy"]),
+               "diverged": len(by_mode["diverged"])}
+        rows.append(row)
+        if not by_mode["greedy"]:
+            continue
         if by_mode.get("data"):
             row["dataset_score"] = float(np.mean(by_mode["data"]))
         if with_returns:
@@ -190,16 +203,22 @@ def main() -> None:
             row[f"{mode}_values"] = [float(v) for v in values]
             if bc is not None and name != "bc" and len(values) > 1 and len(bc[mode]) > 1:
                 row[f"{mode}_minus_bc"] = welch_difference(values, np.asarray(bc[mode]))
-        rows.append(row)
     data_column = args.metric != "win_rate"
     header = ["env", "dataset", *(["data return"] if with_returns else []), *(["data"] if data_column else []),
               "algo", "seeds", *(["greedy return"] if with_returns else []),
               "greedy", "greedy - BC", "sampled", "sampled - BC"]
     print("| " + " | ".join(header) + " |")
     print("|" + " --- |" * len(header))
-    large = args.metric == "return" and max((abs(r["greedy"][0]) for r in rows), default=0.0) > 100
+    scored = [r for r in rows if r["seeds"]]
+    large = args.metric == "return" and max((abs(r["greedy"][0]) for r in scored), default=0.0) > 100
     digits = 1 if large else 3
     for r in rows:
+        seeds = f"{r['seeds']} (+{r['diverged']} diverged)" if r["diverged"] else str(r["seeds"])
+        if not r["seeds"]:
+            before = int(with_returns) + int(data_column)  # the data columns, then algo and seeds
+            print(f"| {r['env']} | {r['dataset']} |{' - |' * before} {r['algo']} | {seeds} |"
+                  + " - |" * (len(header) - 4 - before))
+            continue
         cells = []
         for mode in MODES:
             mean, half = r[mode]
@@ -214,13 +233,13 @@ def main() -> None:
         if with_returns:
             data = f" {r['dataset_return']:.1f} |{data}"
             cells.insert(0, "{:.1f} ± {:.1f}".format(*r["greedy_return"]))
-        print(f"| {r['env']} | {r['dataset']} |{data} {r['algo']} | {r['seeds']} | " + " | ".join(cells) + " |")
+        print(f"| {r['env']} | {r['dataset']} |{data} {r['algo']} | {seeds} | " + " | ".join(cells) + " |")
     if args.out:
         atomic_write_json(args.out, rows)
     if args.plot:
         y_label = {"win_rate": "greedy win rate", "return": "greedy return",
                    "normalised": "greedy return, normalised\n(random 0, expert data 1)"}[args.metric]
-        plot_dataset_scores(rows, args.plot, y_label)
+        plot_dataset_scores(scored, args.plot, y_label)
 
 
 if __name__ == "__main__":

@@ -123,3 +123,32 @@ def test_a_setting_bc_was_not_run_with_is_compared_with_bcs_only_row(offline_vs_
     offline_vs_bc.main()
     rows = {line.split(" | ")[3]: line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]}
     assert rows["omiga lr=0.001"][6].startswith("+100.0 ± ")
+
+
+def test_diverged_runs_are_counted_apart_and_not_scored(offline_vs_bc, tmp_path, capsys, monkeypatch):
+    """A diverged run has no final evaluation: its row says how many diverged, scores only the
+    completed seeds, and a row with none completed is shown with no scores (and no bar)."""
+    for seed in range(3):
+        write_run(tmp_path, "bc", seed, 200.0 + 10 * seed, 100.0)
+        write_run(tmp_path, "maicq", seed, 0.0, 0.0)
+        diverged = {"algo": "maicq", "env": "mabrax:hopper_3x1", "dataset": "/gone/task.vlt:medium", "seed": seed,
+                    "status": "diverged", "steps": 90000, "eval_return": -127.0, "dataset_return_mean": 500.0}
+        (tmp_path / f"maicq_s{seed}" / "summary.json").write_text(json.dumps(diverged))
+    for seed, greedy in enumerate([300.0, 330.0, 0.0]):
+        write_run(tmp_path, "omiga", seed, greedy, 100.0)
+    (tmp_path / "omiga_s2" / "summary.json").write_text(json.dumps({**diverged, "algo": "omiga"}))
+
+    monkeypatch.setattr(sys, "argv", ["offline_vs_bc", str(tmp_path), "--metric", "normalised",
+                                      "--out", str(tmp_path / "rows.json"), "--plot", str(tmp_path / "bars.png")])
+    offline_vs_bc.main()
+    lines = capsys.readouterr().out.splitlines()
+    header = lines[0].split(" | ")
+    rows = {line.split(" | ")[4]: line.split(" | ") for line in lines[2:]}
+    assert rows["maicq"] == ["| mabrax:hopper_3x1", "medium", "-", "-", "maicq", "0 (+3 diverged)", "-", "-", "-", "-",
+                             "- |"]
+    assert len(rows["maicq"]) == len(header)
+    assert rows["omiga"][5] == "2 (+1 diverged)"
+    standard_error = np.std([300.0, 330.0], ddof=1) / np.sqrt(2)  # 15: seeds 0 and 1 only
+    assert rows["omiga"][7] == f"{(315.0 + 100.0) / 1200.0:.3f} ± {stats.t.ppf(0.975, 1) * standard_error / 1200.0:.3f}"
+    saved = json.loads((tmp_path / "rows.json").read_text())
+    assert [(r["algo"], r["seeds"], r["diverged"]) for r in saved] == [("bc", 3, 0), ("maicq", 0, 3), ("omiga", 2, 1)]
