@@ -148,10 +148,10 @@ def collect(folders: list[str], metric: str,
             config = json.loads((path.parent / "config.json").read_text())
             key = (summary["env"], summary["dataset"].rpartition(":")[2], row_name(config, summary["algo"], label))
             check_same_setting(key, summary["algo"], path.parent, config, first_of)
-            anchors = config.get("dataset_info", {}).get("return_anchors")
             if status == "diverged":
                 found[key]["diverged"].append(float(summary["steps"]))
                 continue
+            anchors = config.get("dataset_info", {}).get("return_anchors")
             for mode in MODES:
                 found[key][mode].append(score(summary, f"final_eval_{mode}_{quantity}", metric, anchors))
             if metric != "win_rate":
