@@ -60,13 +60,21 @@ run: $(STAMP)
 	if [ -f $(RUN_DIR)/config.json ]; then $(BIN)/offmarl train --resume $(RUN_DIR); \
 	else $(BIN)/offmarl train --algo matrace --env smax:3m --seed 0 --out $(RUN_DIR); fi
 
-## test: the whole test suite, including the slow end-to-end training tests
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+# The suite runs in TEST_WORKERS processes (pytest-xdist; one test file per process at a
+# time), then the few tests marked serial, which time themselves, alone.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q
 
-## test-fast: the test suite without the tests marked slow (pytest -m "not slow")
+## test: the whole test suite, including the slow end-to-end training tests
+##       (TEST_WORKERS=2 processes by default; TEST_WORKERS=0 runs it in one)
+test: $(STAMP)
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile -m "not serial"
+	$(PYTEST) -m serial
+
+## test-fast: the test suite without the tests marked slow
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile -m "not slow and not serial"
+	$(PYTEST) -m "not slow and serial" || [ $$? -eq 5 ]  # 5: none selected
 
 ## bench: environment-step throughput on SMAX 3m
 bench: $(STAMP)

@@ -124,6 +124,7 @@ def test_bad_worker_settings_are_one_line_exit_2(argv: list[str], message: str, 
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_an_address_without_a_ray_cluster_fails_within_30_s(tmp_path: Path) -> None:
     with socket.socket() as silent:  # accepts connections but never speaks Ray's protocol
         silent.bind(("127.0.0.1", 0))
@@ -161,6 +162,7 @@ def test_unroll_counts_survive_a_checkpoint_and_settle_unrolls_in_flight() -> No
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_simulated_workers_lag_like_real_ray_workers(tmp_path: Path) -> None:
     """The fused runner's --simulated-workers 2 reproduces the lag two Ray workers measure."""
     budget = ["--env-steps", str(5 * CHUNK_STEPS)]

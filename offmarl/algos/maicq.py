@@ -206,15 +206,21 @@ class MAICQ(SharedActor):
         k, b = self.mixer.apply(state.target_mixer, batch.next_state)
         return jax.lax.stop_gradient(jnp.sum(k * next_v, axis=-1) + b)
 
+    def critic_target_terms(self, params: MAICQParams, state: MAICQState, batch: TransitionBatch,
+                            rng: jax.Array) -> tuple[jax.Array, jax.Array | float]:
+        """(Q_tot'(s', a') at the data's next joint action, V_tot'(s')) of the critic target,
+        without gradient: what its batch weights exponentiate (their difference, over beta_Q)."""
+        next_q_tot, _, _ = self._q_tot(state.target_q, state.target_mixer, batch.next_obs, batch.next_state,
+                                       batch.next_actions)
+        return jax.lax.stop_gradient(next_q_tot), self._next_v_tot(params, state, batch, rng)
+
     def _loss(self, params: MAICQParams, state: MAICQState, batch: TransitionBatch,
               rng: jax.Array) -> tuple[jax.Array, dict]:
         rng_actor, rng_target = jax.random.split(rng)
         q_tot, q_taken, k = self._q_tot(params.q, params.mixer, batch.obs, batch.state, batch.actions)
-        next_q_tot, _, _ = self._q_tot(state.target_q, state.target_mixer, batch.next_obs, batch.next_state,
-                                       batch.next_actions)
-        critic = icq_critic_loss(q_tot, batch.reward, batch.done, jax.lax.stop_gradient(next_q_tot),
-                                 batch.valid, self.config.gamma, self.config.target_q_beta,
-                                 self._next_v_tot(params, state, batch, rng_target))
+        next_q_tot, next_v_tot = self.critic_target_terms(params, state, batch, rng_target)
+        critic = icq_critic_loss(q_tot, batch.reward, batch.done, next_q_tot, batch.valid, self.config.gamma,
+                                 self.config.target_q_beta, next_v_tot)
         outputs = self.logits(params.policy, batch.obs, batch.avail)
         policy = self.head.distribution(jax.lax.stop_gradient(outputs))
         baseline = self.baseline(self.q_net, params.q, with_agent_id(batch.obs), policy, rng_actor)

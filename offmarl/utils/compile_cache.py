@@ -1,6 +1,11 @@
 """JAX's persistent compilation cache: a run that compiles what an earlier run (of any
 seed) compiled loads it from disk instead. On by default for the CLI; set
-OFFMARL_COMPILE_CACHE=off to disable it, or to a folder to move it."""
+OFFMARL_COMPILE_CACHE=off to disable it, or to a folder to move it.
+
+Several processes share the cache at once (Ray workers, sweeps side by side, the test
+suite's workers). JAX writes an entry in place, so a reader could see it half-written;
+with a size limit set JAX takes a file lock around every read and write, so the limit is
+set, far above what the cache holds (tens of megabytes)."""
 
 from __future__ import annotations
 
@@ -8,6 +13,9 @@ import os
 from pathlib import Path
 
 import jax
+
+CACHE_MAX_BYTES = 4 * 2**30
+"""The cache's size limit; the least recently used entries go beyond it."""
 
 
 def enable_compile_cache() -> Path | None:
@@ -19,4 +27,5 @@ def enable_compile_cache() -> Path | None:
     path = Path(setting) if setting else default
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     return path
