@@ -161,3 +161,17 @@ def test_a_real_sigterm_outside_a_run_loop_ends_with_the_one_line(monkeypatch, c
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert capsys.readouterr().err.strip().startswith("offmarl: stopped by SIGTERM;")
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["target_baseline=behaviour"], "target_baseline='behaviour' is invalid; valid choices: policy, data"),
+    (["target_baseline=data", "target_weights=q"],
+     "target_baseline='data' needs target_weights='advantage' (with 'q' the target has no baseline)"),
+])
+def test_maicq_refuses_a_bad_critic_target_baseline(tmp_path: Path, capsys, overrides: list[str],
+                                                     message: str) -> None:
+    out = tmp_path / "run"
+    assert main(["offline", "--algo", "maicq", "--env", "matrix:xor", "--dataset", "02_20", "--steps", "10",
+                 "--quiet", "--out", str(out), *overrides]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"offmarl: error: {message}"]
+    assert not out.exists()

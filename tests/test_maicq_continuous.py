@@ -86,15 +86,19 @@ def np_sampled_v(q_params: object, policy_params: object, obs: np.ndarray, key: 
     return np.mean(np_q(q_params, obs, samples), axis=0)
 
 
-@pytest.mark.parametrize("target_weights", ["advantage", "q"])
-def test_continuous_maicq_losses_match_numpy_with_the_sampled_baseline(target_weights: str) -> None:
+@pytest.mark.parametrize("target_weights,target_baseline", [("advantage", "policy"), ("q", "policy"),
+                                                             ("advantage", "data")])
+def test_continuous_maicq_losses_match_numpy_with_the_sampled_baseline(target_weights: str,
+                                                                       target_baseline: str) -> None:
     """Critic: the discrete ICQ target on Q_i read at the dataset's (next) float actions, its
     weights the batch softmax of Q_tot'(s', a') - V_tot'(s') (V_tot' = sum_i k_i' V_i' + b',
     V_i' the target Q_i's mean over K policy samples at o_i' from the second half of
-    split(rng)) or of Q_tot' alone. Actor: A_i = Q_i(o_i, a_i) - (1/K) sum_k Q_i(o_i, a^k)
+    split(rng); or, in-sample, an MLP V(s') that a third loss term fits to Q_tot' on the rows
+    that bootstrap) or of Q_tot' alone. Actor: A_i = Q_i(o_i, a_i) - (1/K) sum_k Q_i(o_i, a^k)
     with the samples from the first half; no gradient from the actor loss into Q or the mixer."""
     config = MAICQConfig(hidden_sizes=(8, 8), mixer_hidden_size=8, gamma=0.9, advantage_beta=0.5,
-                         target_q_beta=2.0, num_action_samples=4, target_weights=target_weights)
+                         target_q_beta=2.0, num_action_samples=4, target_weights=target_weights,
+                         target_baseline=target_baseline)
     algo = MAICQ(config, SPEC)
     init = jax.jit(algo.init)
     state, other = init(jax.random.PRNGKey(4)), init(jax.random.PRNGKey(5)).params
@@ -112,10 +116,17 @@ def test_continuous_maicq_losses_match_numpy_with_the_sampled_baseline(target_we
     next_k, next_b = np_mixer(state.target_mixer, batch.next_state)
     next_q_tot = np.sum(next_k * np_q(state.target_q, batch.next_obs, batch.next_actions), -1) + next_b
     rng_actor, rng_target = jax.random.split(rng)
-    next_v_tot = (np.sum(next_k * np_sampled_v(state.target_q, params.policy, batch.next_obs, rng_target,
-                                               config.num_action_samples), -1) + next_b
-                  if target_weights == "advantage" else 0.0)
-    w_q = np_batch_softmax(next_q_tot - next_v_tot, valid * (1 - done), config.target_q_beta)
+    bootstraps = valid * (1 - done)
+    want_value = 0.0
+    if target_baseline == "data":
+        next_v_tot = mlp(params.state_value["params"], np.asarray(batch.next_state, np.float64))[..., 0]
+        want_value = 0.5 * np.sum(bootstraps * (next_v_tot - next_q_tot) ** 2) / bootstraps.sum()
+    elif target_weights == "advantage":
+        next_v_tot = np.sum(next_k * np_sampled_v(state.target_q, params.policy, batch.next_obs, rng_target,
+                                                  config.num_action_samples), -1) + next_b
+    else:
+        next_v_tot = 0.0
+    w_q = np_batch_softmax(next_q_tot - next_v_tot, bootstraps, config.target_q_beta)
     assert w_q.std() > 0.1  # the in-sample weights are not all one
     target = reward + config.gamma * (1 - done) * w_q * next_q_tot
     want_critic = 0.5 * np.sum(valid * (np.sum(k * q, -1) + b - target) ** 2) / valid.sum()
@@ -136,15 +147,19 @@ def test_continuous_maicq_losses_match_numpy_with_the_sampled_baseline(target_we
     grads, (total, metrics) = actor_grads_and_loss(params, rng)
     np.testing.assert_allclose(float(metrics["q_loss"]), want_critic, rtol=1e-4)
     np.testing.assert_allclose(float(metrics["policy_loss"]), want_actor, rtol=1e-4)
-    np.testing.assert_allclose(float(total), want_critic + want_actor, rtol=1e-4)
+    np.testing.assert_allclose(float(total), want_critic + want_actor + want_value, rtol=1e-4)
+    if target_baseline == "data":
+        np.testing.assert_allclose(float(metrics["value_loss"]), want_value, rtol=1e-4)
+        assert want_value > 10 * 1e-4 * abs(want_critic + want_actor)  # the total's check sees the value term
     np.testing.assert_allclose(float(metrics["weight_mean"]), 1.0, rtol=1e-5)
     np.testing.assert_allclose(float(metrics["weight_max"]), w_a.max(), rtol=1e-4)
     # Other samples, another baseline: the actor loss moves; the critic's only through V_tot'.
     _, (_, other_metrics) = actor_grads_and_loss(params, jax.random.PRNGKey(8))
-    assert (float(other_metrics["q_loss"]) == float(metrics["q_loss"])) == (target_weights == "q")
+    policy_free_target = target_weights == "q" or target_baseline == "data"
+    assert (float(other_metrics["q_loss"]) == float(metrics["q_loss"])) == policy_free_target
     assert abs(float(other_metrics["policy_loss"]) - want_actor) > 1e-4
     # The actor loss trains the policy only.
-    assert not any(np.any(np.asarray(g)) for g in jax.tree.leaves((grads.q, grads.mixer)))
+    assert not any(np.any(np.asarray(g)) for g in jax.tree.leaves((grads.q, grads.mixer, grads.state_value)))
     assert all(np.any(np.asarray(g)) for g in jax.tree.leaves(grads.policy))
 
 

@@ -12,6 +12,8 @@ The critic is evaluated on actions in the data only:
   (Q_tot'(s', a') - V_tot'(s')) / beta_Q), the state's value V_tot' = sum_i k_i V_i' + b
   taken out first so that the batch compares actions, not states (`target_weights`;
   the released code's softmax of Q_tot' itself diverges on returns in the hundreds).
+  V_tot' is read under the current policy, or (`target_baseline='data'`) learned in-sample:
+  a state-value network fitted to Q_tot'(s', a') at the data's next actions.
 - Actor: -mean(k_i(s) n softmax_batch(A_i / beta_A) log pi_i(a_i|o_i)) with
   A_i = Q_i(o_i, a_i) - V_i(o_i), V_i = E_{a ~ pi_i}[Q_i(o_i, a)], weights and k held constant.
 - Targets are hard copies every `target_update_period` updates; one Adam for all.
@@ -43,7 +45,7 @@ from offmarl.algos.offline_common import (
 )
 from offmarl.config import require
 from offmarl.envs.base import EnvSpec
-from offmarl.networks import MonotonicMixer, with_agent_id
+from offmarl.networks import MLPValue, MonotonicMixer, with_agent_id
 from offmarl.networks.distributions import ActionDistribution, MaskedCategorical
 from offmarl.types import TransitionBatch
 
@@ -85,6 +87,13 @@ class MAICQConfig:
     an effective discount above 1, and the critic diverges where values span more than
     about 10 (docs/maicq.md)."""
 
+    target_baseline: Literal["policy", "data"] = "policy"
+    """V_tot'(s') with target_weights 'advantage': "policy" reads sum_i k_i' E_{pi_i}[Q_i'] + b'
+    under the current policy; "data" is a state-value network V(s') fitted in-sample to
+    Q_tot'(s', a') at the data's next joint actions (squared error, the data's mean), so the
+    weights compare the data's actions at a state with their own mean and read Q at no action
+    outside the data (docs/maicq.md, "The critic that runs away on medium data")."""
+
     def validate(self) -> None:
         validate_common(self)
         require(self.advantage_beta > 0, f"advantage_beta={self.advantage_beta} is invalid: must be > 0")
@@ -94,6 +103,11 @@ class MAICQConfig:
         require(self.mixer_hidden_size > 0, f"mixer_hidden_size={self.mixer_hidden_size} must be > 0")
         require(self.target_weights in ("advantage", "q"),
                 f"target_weights={self.target_weights!r} is invalid: choose 'advantage' or 'q'")
+        require(self.target_baseline in ("policy", "data"),
+                f"target_baseline={self.target_baseline!r} is invalid: choose 'policy' or 'data'")
+        require(self.target_baseline == "policy" or self.target_weights == "advantage",
+                f"target_baseline={self.target_baseline!r} needs target_weights='advantage' "
+                f"(with {self.target_weights!r} the target has no baseline)")
         require(self.num_action_samples > 0,
                 f"num_action_samples={self.num_action_samples} is invalid: must be a positive integer")
 
@@ -102,6 +116,8 @@ class MAICQParams(NamedTuple):
     policy: Any
     q: Any
     mixer: Any
+    state_value: Any = None
+    """V(s') of target_baseline 'data'; None (no leaves) otherwise."""
 
 
 class MAICQState(NamedTuple):
@@ -135,6 +151,13 @@ def icq_critic_loss(
     weights = batch_softmax_weights(next_target_q_tot - next_target_v_tot, valid * (1.0 - done), beta)
     target = jax.lax.stop_gradient(reward + gamma * (1.0 - done) * weights * next_target_q_tot)
     return 0.5 * jnp.sum(valid * (q_tot - target) ** 2) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+def in_sample_value_loss(value: jax.Array, next_q_tot: jax.Array, bootstraps: jax.Array) -> jax.Array:
+    """0.5 mean over the rows that bootstrap of (V(s') - Q_tot'(s', a'))^2, the target without
+    gradient: V(s') -> the data's mean of Q_tot' at s'."""
+    error = value - jax.lax.stop_gradient(next_q_tot)
+    return 0.5 * jnp.sum(bootstraps * error**2) / jnp.maximum(jnp.sum(bootstraps), 1.0)
 
 
 def icq_actor_loss(
@@ -177,14 +200,16 @@ class MAICQ(SharedActor):
         self.baseline: Baseline = (functools.partial(sampled_q, num_samples=config.num_action_samples)
                                    if spec.continuous else expected_q)
         self.mixer = MonotonicMixer(spec.num_agents, config.mixer_hidden_size)
+        self.state_value = MLPValue(config.hidden_sizes) if config.target_baseline == "data" else None
         self.optimizer = make_optimizer(config.lr, config.max_grad_norm)
 
     def init(self, rng: jax.Array) -> MAICQState:
         k_pi, k_q, k_mix = jax.random.split(rng, 3)
         local_in = jnp.zeros((self.spec.num_agents, self.spec.obs_dim + self.spec.num_agents))
+        state_in = jnp.zeros((self.spec.state_dim,))
         params = MAICQParams(
-            self.init_actor(k_pi), self.q_net.init(k_q, local_in),
-            self.mixer.init(k_mix, jnp.zeros((self.spec.state_dim,))),
+            self.init_actor(k_pi), self.q_net.init(k_q, local_in), self.mixer.init(k_mix, state_in),
+            None if self.state_value is None else self.state_value.init(jax.random.fold_in(rng, 3), state_in),
         )
         return MAICQState(params, params.q, params.mixer, self.optimizer.init(params), jnp.zeros((), jnp.int32))
 
@@ -198,9 +223,12 @@ class MAICQ(SharedActor):
     def _next_v_tot(self, params: MAICQParams, state: MAICQState, batch: TransitionBatch,
                     rng: jax.Array) -> jax.Array | float:
         """V_tot'(s') = sum_i k_i'(s') E_{pi_i}[Q_i'(o_i', .)] + b'(s') of the critic target
-        (target networks, current policy), or 0 with target_weights 'q'."""
+        (target networks, current policy), the in-sample V(s') with target_baseline 'data', or
+        0 with target_weights 'q'."""
         if self.config.target_weights == "q":
             return 0.0
+        if self.state_value is not None:
+            return jax.lax.stop_gradient(self.state_value.apply(params.state_value, batch.next_state))
         next_policy = self.head.distribution(self.logits(params.policy, batch.next_obs, batch.next_avail))
         next_v = self.baseline(self.q_net, state.target_q, with_agent_id(batch.next_obs), next_policy, rng)
         k, b = self.mixer.apply(state.target_mixer, batch.next_state)
@@ -226,8 +254,13 @@ class MAICQ(SharedActor):
         baseline = self.baseline(self.q_net, params.q, with_agent_id(batch.obs), policy, rng_actor)
         actor, weights = icq_actor_loss(self.head.log_prob(outputs, batch.actions),
                                         jax.lax.stop_gradient(q_taken - baseline), k, self.config.advantage_beta)
-        return critic + actor, {"q_loss": critic, "policy_loss": actor, "q_tot": jnp.mean(q_tot),
-                                **weight_diagnostics("weight", weights)}
+        metrics = {"q_loss": critic, "policy_loss": actor, "q_tot": jnp.mean(q_tot),
+                   **weight_diagnostics("weight", weights)}
+        if self.state_value is None:
+            return critic + actor, metrics
+        value = in_sample_value_loss(self.state_value.apply(params.state_value, batch.next_state), next_q_tot,
+                                     batch.valid * (1.0 - batch.done))
+        return critic + actor + value, {**metrics, "value_loss": value}
 
     def update(self, state: MAICQState, batch: TransitionBatch, rng: jax.Array) -> tuple[MAICQState, dict]:
         params, opt_state, metrics = gradient_step(self.optimizer, state.params, state.opt_state, self._loss,
