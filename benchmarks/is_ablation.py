@@ -15,6 +15,7 @@ Writes is_ablation.json, is_ablation.md and is_ablation.png under --out. Usage:
     python benchmarks/is_ablation.py --env smax:3m --lags 0,8,32 --workers 2 --seeds 3 [key=value ...]
     python benchmarks/is_ablation.py --env smax:3m --lags '' --simulated 1,2,8,32 --workers 2 --seeds 3
     python benchmarks/is_ablation.py --lags '' --simulated 1,32 --workers '' --arms with behaviour_kl_cost=0.1
+    python benchmarks/is_ablation.py --lags '' --simulated 2,8 --workers '' --merge OLD_OUT   # one table with OLD_OUT's rows
 
 Trailing key=value words override config fields for every run, as in `offmarl train`.
 """
@@ -22,6 +23,7 @@ Trailing key=value words override config fields for every run, as in `offmarl tr
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -104,6 +106,34 @@ def write_outputs(rows: list[dict], out: Path, info: dict) -> None:
     print("\n".join(lines), flush=True)
 
 
+def refuse(message: str) -> None:
+    """Bad input: one line on stderr, exit code 2, before any run starts."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def merged_rows(sources: list[str], info: dict) -> list[dict]:
+    """The rows of earlier outputs (is_ablation.json) of the same design: environment, budget,
+    seeds and overrides must match this run's, or the tables would mix designs."""
+    rows = []
+    for source in sources:
+        path = Path(source) / "is_ablation.json"
+        if not path.is_file():
+            refuse(f"--merge {source!r}: no is_ablation.json there")
+        earlier = json.loads(path.read_text())
+        for key in ("env", "env_steps", "seeds", "overrides"):
+            if earlier.get(key) != info[key]:
+                refuse(f"--merge {source!r}: its {key} is {earlier.get(key)!r}, this run's {info[key]!r}")
+        rows += earlier["rows"]
+    return rows
+
+
+def setting_order(row: dict) -> tuple[str, int]:
+    """Rows by kind of setting, then by its number ('simulated workers 8' before '... 32')."""
+    kind, _, number = row["setting"].rpartition(" ")
+    return kind, int(number) if number.isdigit() else 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", default="smax:3m")
@@ -116,6 +146,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/is_ablation")
     parser.add_argument("--arms", default="with,without",
                         help="which arms to train: with (MA-Trace), without (importance_weights=false), or both")
+    parser.add_argument("--merge", nargs="+", default=[], metavar="DIR",
+                        help="earlier outputs of the same design whose rows join this table (this run's rows win)")
     parser.add_argument("overrides", nargs="*", help="config fields for every run, e.g. lr=5e-4")
     args = parser.parse_args()
     settings = [{"policy_lag": int(lag)} for lag in args.lags.split(",") if lag]
@@ -130,6 +162,9 @@ def main() -> None:
     overrides = parse_overrides(args.overrides)
     budget = {**overrides, "env_steps": args.env_steps, "final_eval_episodes": args.final_eval_episodes}
     info = {"env": args.env, "env_steps": args.env_steps, "seeds": args.seeds, "overrides": overrides, **machine()}
+    earlier = merged_rows(args.merge, info)
+    if args.merge:
+        info["merged_from"] = args.merge
     rows = []
     for setting in settings:
         label = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in setting.items())
@@ -137,7 +172,10 @@ def main() -> None:
             summaries = [run_setting(args.env, setting, weights, seed, budget, out / "runs")
                          for seed in range(args.seeds)]
             rows.append(describe(label, arm, summaries, setting.get("policy_lag")))
-            write_outputs(rows, out, info)  # after every arm, so an interrupted sweep keeps its rows
+            ours = {(r["setting"], r["arm"]) for r in rows}
+            # After every arm, so an interrupted sweep keeps its rows.
+            write_outputs(sorted([r for r in earlier if (r["setting"], r["arm"]) not in ours] + rows,
+                                 key=setting_order), out, info)
 
 
 if __name__ == "__main__":
