@@ -53,26 +53,25 @@ def batch_statistics(next_q_tot: jax.Array, next_v_tot: jax.Array, bootstraps: j
             "corr_discount_q": correlation}
 
 
-def checkpoint_statistics(saved: SavedRun, step: int, data, batches: int, policy_step: int | None = None) -> dict:
-    """Mean over `batches` batches of the run's size of each batch's statistics at `step`;
-    with `policy_step`, V_tot' reads the policy saved then instead of the one saved at `step`."""
+def make_statistics(saved: SavedRun, data, batches: int):
+    """(a saved MAICQ state, a key) -> the mean over `batches` batches of the run's size of each
+    batch's statistics; compiled once for every checkpoint."""
     algo, config = saved.algo, saved.algo.config
-    state = saved.saved_state(step)[0]
-    if policy_step is not None:
-        policy = saved.saved_state(policy_step)[0].params.policy
-        state = state._replace(params=state.params._replace(policy=policy))
     batch_size = saved.experiment.run_config.batch_size
 
-    def one(rng: jax.Array) -> dict[str, jax.Array]:
+    def one(state, rng: jax.Array) -> dict[str, jax.Array]:
         batch_rng, target_rng = jax.random.split(rng)
         batch = sample_batch(data, batch_rng, batch_size)
         next_q_tot, next_v_tot = algo.critic_target_terms(state.params, state, batch, target_rng)
         return batch_statistics(next_q_tot, jnp.broadcast_to(next_v_tot, next_q_tot.shape),
                                 batch.valid * (1.0 - batch.done), config.target_q_beta, config.gamma)
 
-    rows = jax.jit(jax.vmap(one))(jax.random.split(jax.random.PRNGKey(step), batches))
-    return {"step": step, "policy_step": step if policy_step is None else policy_step,
-            **{k: float(np.mean(v)) for k, v in rows.items()}}
+    @jax.jit
+    def statistics(state, key: jax.Array) -> dict[str, jax.Array]:
+        rows = jax.vmap(one, in_axes=(None, 0))(state, jax.random.split(key, batches))
+        return jax.tree.map(jnp.mean, rows)
+
+    return statistics
 
 
 def main() -> None:
@@ -92,7 +91,16 @@ def main() -> None:
               f"{', '.join(map(str, saved.steps))}", file=sys.stderr)
         raise SystemExit(2)
     data = to_device(load_dataset(saved.experiment.env, saved.experiment.dataset)[0])
-    rows = [checkpoint_statistics(saved, step, data, args.batches, args.policy_from) for step in saved.steps]
+    statistics = make_statistics(saved, data, args.batches)
+    policy = None if args.policy_from is None else saved.saved_state(args.policy_from)[0].params.policy
+    rows = []
+    for step in saved.steps:
+        state = saved.saved_state(step)[0]
+        if policy is not None:  # V_tot' under that policy, the critic of `step`
+            state = state._replace(params=state.params._replace(policy=policy))
+        means = statistics(state, jax.random.PRNGKey(step))
+        rows.append({"step": step, "policy_step": step if args.policy_from is None else args.policy_from,
+                     **{k: float(v) for k, v in means.items()}})
     config = saved.algo.config
     policy = "" if args.policy_from is None else f", policy of iteration {args.policy_from:,}"
     print(f"{args.run} (beta_Q {config.target_q_beta}, gamma {config.gamma}, target_weights "

@@ -223,30 +223,36 @@ class MAICQ(SharedActor):
     def _next_v_tot(self, params: MAICQParams, state: MAICQState, batch: TransitionBatch,
                     rng: jax.Array) -> jax.Array | float:
         """V_tot'(s') = sum_i k_i'(s') E_{pi_i}[Q_i'(o_i', .)] + b'(s') of the critic target
-        (target networks, current policy), the in-sample V(s') with target_baseline 'data', or
-        0 with target_weights 'q'."""
+        (target networks, current policy), the in-sample V(s') with target_baseline 'data' (with
+        its gradient: its own loss trains it), or 0 with target_weights 'q'."""
         if self.config.target_weights == "q":
             return 0.0
         if self.state_value is not None:
-            return jax.lax.stop_gradient(self.state_value.apply(params.state_value, batch.next_state))
+            return self.state_value.apply(params.state_value, batch.next_state)
         next_policy = self.head.distribution(self.logits(params.policy, batch.next_obs, batch.next_avail))
         next_v = self.baseline(self.q_net, state.target_q, with_agent_id(batch.next_obs), next_policy, rng)
         k, b = self.mixer.apply(state.target_mixer, batch.next_state)
         return jax.lax.stop_gradient(jnp.sum(k * next_v, axis=-1) + b)
 
+    def _target_terms(self, params: MAICQParams, state: MAICQState, batch: TransitionBatch,
+                      rng: jax.Array) -> tuple[jax.Array, jax.Array | float]:
+        """(Q_tot'(s', a') at the data's next joint action, without gradient, and V_tot'(s'))."""
+        next_q_tot, _, _ = self._q_tot(state.target_q, state.target_mixer, batch.next_obs, batch.next_state,
+                                       batch.next_actions)
+        return jax.lax.stop_gradient(next_q_tot), self._next_v_tot(params, state, batch, rng)
+
     def critic_target_terms(self, params: MAICQParams, state: MAICQState, batch: TransitionBatch,
                             rng: jax.Array) -> tuple[jax.Array, jax.Array | float]:
         """(Q_tot'(s', a') at the data's next joint action, V_tot'(s')) of the critic target,
         without gradient: what its batch weights exponentiate (their difference, over beta_Q)."""
-        next_q_tot, _, _ = self._q_tot(state.target_q, state.target_mixer, batch.next_obs, batch.next_state,
-                                       batch.next_actions)
-        return jax.lax.stop_gradient(next_q_tot), self._next_v_tot(params, state, batch, rng)
+        return jax.lax.stop_gradient(self._target_terms(params, state, batch, rng))
 
     def _loss(self, params: MAICQParams, state: MAICQState, batch: TransitionBatch,
               rng: jax.Array) -> tuple[jax.Array, dict]:
         rng_actor, rng_target = jax.random.split(rng)
         q_tot, q_taken, k = self._q_tot(params.q, params.mixer, batch.obs, batch.state, batch.actions)
-        next_q_tot, next_v_tot = self.critic_target_terms(params, state, batch, rng_target)
+        # The critic's target holds no gradient; V_tot' keeps the in-sample V's for its own loss.
+        next_q_tot, next_v_tot = self._target_terms(params, state, batch, rng_target)
         critic = icq_critic_loss(q_tot, batch.reward, batch.done, next_q_tot, batch.valid, self.config.gamma,
                                  self.config.target_q_beta, next_v_tot)
         outputs = self.logits(params.policy, batch.obs, batch.avail)
@@ -258,8 +264,7 @@ class MAICQ(SharedActor):
                    **weight_diagnostics("weight", weights)}
         if self.state_value is None:
             return critic + actor, metrics
-        value = in_sample_value_loss(self.state_value.apply(params.state_value, batch.next_state), next_q_tot,
-                                     batch.valid * (1.0 - batch.done))
+        value = in_sample_value_loss(next_v_tot, next_q_tot, batch.valid * (1.0 - batch.done))
         return critic + actor + value, {**metrics, "value_loss": value}
 
     def update(self, state: MAICQState, batch: TransitionBatch, rng: jax.Array) -> tuple[MAICQState, dict]:
