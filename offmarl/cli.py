@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from offmarl.runners.loop import RunLoop
 
 EXIT_BAD_INPUT = 2
+MAX_EVAL_EPISODES = 1_000_000
+"""`offmarl eval` runs its episodes side by side in one batch, so their number bounds its memory."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +48,14 @@ def _count(flag: str):
     return parse
 
 
+def _given(text: str) -> str:
+    """An argparse type for names and paths: an empty or blank value is an error, not the
+    same as leaving the flag out (or, for a path, the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is empty; give a value or leave the flag out")
+    return text
+
+
 def _defaults() -> tuple[Any, Any]:
     from offmarl.runners.config import OfflineConfig, OnlineConfig
 
@@ -65,66 +75,66 @@ def _build_parser() -> argparse.ArgumentParser:
     command("algos", "list algorithms")
     config = command("config", "print every config key of an algorithm and its runner, with "
                                "default and docstring")
-    config.add_argument("--algo", required=True, help="algorithm name (see `offmarl algos`)")
+    config.add_argument("--algo", type=_given, required=True, help="algorithm name (see `offmarl algos`)")
 
     train = command("train", "train an online algorithm (see `offmarl algos`) into a run directory")
-    train.add_argument("--algo", help="algorithm name (see `offmarl algos`); default matrace")
-    train.add_argument("--env", help="environment, e.g. smax:3m (see `offmarl envs`)")
+    train.add_argument("--algo", type=_given, help="algorithm name (see `offmarl algos`); default matrace")
+    train.add_argument("--env", type=_given, help="environment, e.g. smax:3m (see `offmarl envs`)")
     train.add_argument("--env-steps", type=_count("--env-steps"),
                        help="training environment-step budget, e.g. 16e6 (default: the algorithm's, "
                             "see `offmarl config --algo NAME`; rounded down to whole updates of "
                             "num_envs x unroll_length). With --resume: a new budget for the run")
     train.add_argument("--seed", type=int, help="random seed (default 0)")
-    train.add_argument("--out", help="new run directory (default runs/<algo>_<env>_s<seed>)")
+    train.add_argument("--out", type=_given, help="new run directory (default runs/<algo>_<env>_s<seed>)")
     train.add_argument("--num-envs", type=int, help=f"parallel environments (default {online.num_envs})")
     train.add_argument("--policy-lag", type=int, help="act with parameters K updates old (default 0)")
     train.add_argument("--simulated-workers", type=_count("--simulated-workers"),
                        help="simulate the policy lag of N IMPALA workers in the fused runner (default 0: off)")
     train.add_argument("--workers", type=int,
                        help="Ray rollout workers feeding one learner (default 0: fused single process)")
-    train.add_argument("--ray-address", help="join the Ray cluster at HOST:PORT or 'auto' "
+    train.add_argument("--ray-address", type=_given, help="join the Ray cluster at HOST:PORT or 'auto' "
                        "(default: start a local Ray instance); also with --resume")
-    train.add_argument("--config", help="JSON or TOML file of config fields ([algo] and [run] sections)")
-    train.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint")
+    train.add_argument("--config", type=_given, help="JSON or TOML file of config fields ([algo] and [run] sections)")
+    train.add_argument("--resume", type=_given, metavar="DIR", help="continue the run in DIR from its newest checkpoint")
     train.add_argument("--quiet", action="store_true", help="no progress display (errors still show)")
     train.add_argument("overrides", nargs="*", metavar="key=value",
                        help="config field overrides (see `offmarl config --algo NAME`)")
 
     evaluate = command("eval", "evaluate a run's saved policy (greedy and sampled), online or offline")
-    evaluate.add_argument("--run", required=True, help="run directory")
+    evaluate.add_argument("--run", type=_given, required=True, help="run directory")
     evaluate.add_argument("--episodes", type=_count("--episodes"), default=256)
-    evaluate.add_argument("--checkpoint", default="latest", help="latest or a step count")
+    evaluate.add_argument("--checkpoint", type=_given, default="latest", help="latest or a step count")
     evaluate.add_argument("--seed", type=int, help="evaluation seed (default: the run's)")
 
     offline = command("offline", "train from a fixed dataset into a run directory")
-    offline.add_argument("--algo", help="offline algorithm (see `offmarl algos`)")
-    offline.add_argument("--dataset", help="VAULT[:uid], or a built-in dataset name of the game")
-    offline.add_argument("--env", help="environment the policy is evaluated in, e.g. smax:3m "
+    offline.add_argument("--algo", type=_given, help="offline algorithm (see `offmarl algos`)")
+    offline.add_argument("--dataset", type=_given, help="VAULT[:uid], or a built-in dataset name of the game")
+    offline.add_argument("--env", type=_given, help="environment the policy is evaluated in, e.g. smax:3m "
                          "(default: the env recorded in the vault)")
     offline.add_argument("--steps", type=_count("--steps"),
                          help=f"training iterations (default {offline_cfg.steps:,}). With --resume: a new "
                               "budget for the run")
     offline.add_argument("--seed", type=int, help="random seed (default 0)")
-    offline.add_argument("--out", help="new run directory (default runs/offline_<algo>_<env>_<dataset>_s<seed>)")
-    offline.add_argument("--config", help="JSON or TOML file of config fields ([algo] and [run] sections)")
-    offline.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint")
+    offline.add_argument("--out", type=_given, help="new run directory (default runs/offline_<algo>_<env>_<dataset>_s<seed>)")
+    offline.add_argument("--config", type=_given, help="JSON or TOML file of config fields ([algo] and [run] sections)")
+    offline.add_argument("--resume", type=_given, metavar="DIR", help="continue the run in DIR from its newest checkpoint")
     offline.add_argument("--quiet", action="store_true", help="no progress display (errors still show)")
     offline.add_argument("overrides", nargs="*", metavar="key=value",
                          help="config field overrides (see `offmarl config --algo NAME`)")
 
     report = command("report", "statistics of runs per algorithm and environment (e.g. several seeds)")
-    report.add_argument("runs", nargs="+", help="run directories")
+    report.add_argument("runs", type=_given, nargs="+", help="run directories")
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
     report.add_argument("--reps", type=int, default=None,
                         help="bootstrap replications of the rliable aggregate (default 5000)")
 
     collect = command("collect", "record a run's saved policy into an OG-MARL vault")
-    collect.add_argument("--run", required=True, help="run directory (online or offline)")
-    collect.add_argument("--checkpoint", default="latest",
+    collect.add_argument("--run", type=_given, required=True, help="run directory (online or offline)")
+    collect.add_argument("--checkpoint", type=_given, default="latest",
                          help="latest, best (highest periodic eval in metrics.jsonl) or a step count")
     collect.add_argument("--episodes", type=_count("--episodes"), required=True, help="whole episodes to record")
-    collect.add_argument("--out", required=True, help="vault directory, e.g. datasets/smax_3m.vlt")
-    collect.add_argument("--uid", required=True, help="dataset name inside the vault, e.g. good")
+    collect.add_argument("--out", type=_given, required=True, help="vault directory, e.g. datasets/smax_3m.vlt")
+    collect.add_argument("--uid", type=_given, required=True, help="dataset name inside the vault, e.g. good")
     collect.add_argument("--epsilon", type=float, default=0.0,
                          help="probability of a uniformly random action per agent and step "
                               "(an available one, or one in the box)")
@@ -135,8 +145,8 @@ def _build_parser() -> argparse.ArgumentParser:
     make_data = command("make-datasets", "train several MA-Trace runs and record good/medium/poor/replay/mixed "
                                          "datasets the OG-MARL way, or expert/medium/medium-replay/medium-expert "
                                          "for box actions (see docs/datasets.md)")
-    make_data.add_argument("--env", required=True, help="environment, e.g. smax:3m")
-    make_data.add_argument("--out", required=True, help="directory for <env>.vlt (and the runs)")
+    make_data.add_argument("--env", type=_given, required=True, help="environment, e.g. smax:3m")
+    make_data.add_argument("--out", type=_given, required=True, help="directory for <env>.vlt (and the runs)")
     make_data.add_argument("--seeds", help="one independent MA-Trace run per seed (default 0,1,2,3)")
     make_data.add_argument("--runs", help="comma-separated finished online runs to use instead of training")
     make_data.add_argument("--transitions", type=_count("--transitions"), default=100_000,
@@ -153,15 +163,15 @@ def _build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--algos", required=True, help="comma-separated algorithms, e.g. matrace or bc,omiga")
     sweep.add_argument("--envs", required=True, help="comma-separated environments, e.g. smax:3m,smax:8m")
     sweep.add_argument("--seeds", required=True, help="comma-separated seeds, e.g. 0,1,2")
-    sweep.add_argument("--out", required=True, help="sweep directory (DIR/runs/<algo>_<env>_s<seed> per cell)")
+    sweep.add_argument("--out", type=_given, required=True, help="sweep directory (DIR/runs/<algo>_<env>_s<seed> per cell)")
     sweep.add_argument("--env-steps", type=_count("--env-steps"), help="budget of each online cell "
                        "(default: the algorithm's); on a rerun, a new budget extends the cells")
     sweep.add_argument("--steps", type=_count("--steps"), help="budget of each offline cell (default: the "
                        "algorithm's); on a rerun, a new budget extends the cells")
-    sweep.add_argument("--dataset", help="dataset of the offline cells: VAULT[:uid] or a built-in name")
+    sweep.add_argument("--dataset", type=_given, help="dataset of the offline cells: VAULT[:uid] or a built-in name")
     sweep.add_argument("--parallel", type=int, help="cells run at once (default 1; with --ray-address: "
                        "as many as the cluster has CPUs)")
-    sweep.add_argument("--ray-address", help="run the cells as Ray tasks (1 CPU each) on the cluster at "
+    sweep.add_argument("--ray-address", type=_given, help="run the cells as Ray tasks (1 CPU each) on the cluster at "
                        "HOST:PORT or 'auto' (DIR must be on a file system the nodes share)")
     sweep.add_argument("--reps", type=int, help="bootstrap replications of the final statistics "
                        "(default 5000)")
@@ -171,8 +181,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        "only (see `offmarl config --algo NAME`)")
 
     card = command("dataset-card", "write the markdown card and return histogram of a dataset")
-    card.add_argument("dataset", help="VAULT[:uid]; without uid, every dataset of the vault")
-    card.add_argument("--out", help="directory for the card (default: the vault directory)")
+    card.add_argument("dataset", type=_given, help="VAULT[:uid]; without uid, every dataset of the vault")
+    card.add_argument("--out", type=_given, help="directory for the card (default: the vault directory)")
     return parser
 
 
@@ -245,16 +255,23 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _vault_env(dataset: str) -> str | None:
-    """The environment a vault's metadata records for `dataset` (VAULT[:uid]), if any."""
+    """The environment a vault's metadata records for `dataset` (VAULT[:uid]); None where it
+    records none. Asked only without --env, so the dataset must then be a vault."""
     from offmarl.data.vault import list_uids, parse_dataset_arg, vault_metadata
 
     path, uid = parse_dataset_arg(dataset)
-    if not path.is_dir():
-        return None
     stored = list_uids(path)
-    uids = [u for u in ([uid] if uid is not None else stored) if u in stored]
-    envs = {vault_metadata(path, u).get("env") for u in uids}
-    return envs.pop() if len(envs) == 1 else None
+    if not stored:
+        raise ConfigError(f"--dataset {dataset!r}: {str(path)!r} is not a vault; give a VAULT[:uid] "
+                          "made by `offmarl collect` or `make-datasets`, or --env for a built-in dataset")
+    if uid is not None and uid not in stored:
+        raise ConfigError(f"--dataset {dataset!r}: the vault holds no dataset {uid!r}; valid choices: "
+                          f"{', '.join(f'{path}:{u}' for u in stored)}")
+    envs = {vault_metadata(path, u).get("env") for u in ([uid] if uid is not None else stored)}
+    if len(envs) > 1:
+        raise ConfigError(f"--dataset {dataset!r}: the vault holds datasets of several environments "
+                          f"({', '.join(sorted(map(str, envs)))}); give VAULT:uid or --env")
+    return envs.pop()
 
 
 def _offline(args: argparse.Namespace) -> int:
@@ -283,8 +300,8 @@ def _offline(args: argparse.Namespace) -> int:
 
 # -- the other commands ---------------------------------------------------------------
 def _eval(args: argparse.Namespace) -> int:
-    if args.episodes <= 0:
-        raise ConfigError(f"--episodes={args.episodes} is invalid: must be a positive integer")
+    if not 0 < args.episodes <= MAX_EVAL_EPISODES:
+        raise ConfigError(f"--episodes={args.episodes} is invalid: 1..{MAX_EVAL_EPISODES:,} (run in one batch)")
     _check_seed(args.seed)
     from offmarl.runners.saved import evaluate_run
 
@@ -324,12 +341,11 @@ def _config(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from offmarl.evaluation.aggregate import format_report, report_runs
-    from offmarl.evaluation.statistics import DEFAULT_REPS, format_aggregate, rliable_report
+    from offmarl.evaluation.statistics import DEFAULT_REPS, check_reps, format_aggregate, rliable_report
     from offmarl.pipelines.sweep import suite_table_from_report
 
     reps = DEFAULT_REPS if args.reps is None else args.reps
-    if reps < 1:
-        raise ConfigError(f"--reps={reps} is invalid: must be a positive integer")
+    check_reps(reps)
     report = report_runs(args.runs)
     report["aggregate"] = rliable_report(args.runs, reps=reps)
     if args.json:

@@ -31,14 +31,18 @@ def field_names(*configs: Any) -> list[str]:
     return [f.name for c in configs for f in dataclasses.fields(c)]
 
 
-def parse_overrides(words: list[str]) -> dict[str, str]:
-    """Turn `["lr=5e-4", "critic=state"]` into a dict; a word without `=` is an error."""
+def parse_overrides(words: list[str], later_wins: bool = False) -> dict[str, str]:
+    """Turn `["lr=5e-4", "critic=state"]` into a dict; a word without `=` is an error, and so
+    is a key given twice unless `later_wins` (words merged from several sources in order)."""
     out: dict[str, str] = {}
     for word in words:
         key, sep, value = word.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override {word!r} is not of the form key=value")
-        out[key.strip()] = value.strip()
+        if key in out and not later_wins:
+            raise ConfigError(f"override {key!r} is given twice ({key}={out[key]} and {word.strip()}); give it once")
+        out[key] = value.strip()
     return out
 
 
@@ -206,8 +210,9 @@ def _coerce(name: str, annotation: Any, value: Any) -> Any:
             return False
         raise ConfigError(f"{name}={value!r} is invalid; valid choices: true, false")
     if origin is tuple:
-        items = value if isinstance(value, (list, tuple)) else str(value).strip("()[] ").split(",")
-        numbers = [_int_or_reason(x) for x in items if not (isinstance(x, str) and not x.strip())]
+        text = None if isinstance(value, (list, tuple)) else str(value).strip("()[] ")
+        items = value if text is None else (text.split(",") if text else [])
+        numbers = [_int_or_reason(x) for x in items]
         if any(isinstance(number, str) for number in numbers):
             raise ConfigError(
                 f"{name}={value!r} must be comma-separated whole numbers (int64), e.g. 64,64"

@@ -3,6 +3,7 @@ code 2, and nothing written (the error comes before any compilation)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,10 @@ CASES = [
     (["--env", "smax:3m", "--policy-lag", "-1"], "policy_lag=-1 is invalid", ">= 0"),
     (["--env", "smax:3m", "num_minibatches=3"], "num_minibatches=3 must divide num_envs=128", ""),
     (["--env", "smax:3m", "lr"], "override 'lr' is not of the form key=value", ""),
+    (["--env", "smax:3m", "gamma=0.9", "gamma=0.8"], "override 'gamma' is given twice", "give it once"),
+    (["--env", "smax:3m", "hidden_sizes=64,,64"], "hidden_sizes='64,,64' must be", "e.g. 64,64"),
+    (["--env", "smax:3m", "--workers", "2", "pipeline=true"], "pipeline=true cannot be combined with workers=2",
+     "choose one"),
 ]
 
 
@@ -36,6 +41,22 @@ def test_bad_train_input_is_one_line_exit_2(argv, problem, choices, tmp_path: Pa
     assert len(err.splitlines()) == 1, err
     assert err.startswith("offmarl: error: ") and problem in err and choices in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [["train", "--env", "smax:3m", "--out", ""], ["train", "--env", "smax:3m", "--config", " "],
+                                  ["train", "--resume", ""],
+                                  ["collect", "--run", "r", "--episodes", "3", "--out", "", "--uid", "x"],
+                                  ["dataset-card", "v.vlt:good", "--out", ""]])
+def test_an_empty_name_or_path_is_an_error_not_the_default(argv: list[str], tmp_path: Path, capsys,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    flag = next(word for word, value in zip(argv, argv[1:], strict=False) if not value.strip())
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"offmarl: error: argument {flag}: {argv[argv.index(flag) + 1]!r} is empty; give a value or leave the flag out"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_run_directory_is_not_overwritten(tmp_path: Path, capsys) -> None:
@@ -175,3 +196,65 @@ def test_maicq_refuses_a_bad_critic_target_baseline(tmp_path: Path, capsys, over
                  "--quiet", "--out", str(out), *overrides]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"offmarl: error: {message}"]
     assert not out.exists()
+
+
+def fake_run(run: Path, config: dict) -> Path:
+    """A directory that looks like a run: its config.json and metrics.jsonl."""
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "metrics.jsonl").write_text("")
+    return run
+
+
+def one_line_exit_2(argv: list[str], capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("offmarl: error: "), err
+    return err
+
+
+def test_a_run_is_resumed_by_its_own_command_and_a_file_is_not_a_run(tmp_path: Path, capsys) -> None:
+    online = fake_run(tmp_path / "online", {"algo": "matrace", "env": "smax:3m"})
+    offline = fake_run(tmp_path / "offline", {"algo": "bc", "env": "matrix:xor", "dataset": "x"})
+    err = one_line_exit_2(["offline", "--resume", str(online)], capsys)
+    assert "is an online run" in err and f"offmarl train --resume {online}" in err
+    err = one_line_exit_2(["train", "--resume", str(offline)], capsys)
+    assert "is an offline run" in err and f"offmarl offline --resume {offline}" in err
+    err = one_line_exit_2(["train", "--resume", str(online / "config.json")], capsys)
+    assert "is not a run directory (it is a file)" in err and "--out" not in err
+
+
+def test_a_new_run_inside_a_run_directory_is_refused(tmp_path: Path, capsys) -> None:
+    run = fake_run(tmp_path / "done", {"algo": "matrace", "env": "smax:3m"})
+    err = one_line_exit_2(["train", "--env", "smax:3m", "--out", str(run / "sub")], capsys)
+    assert "lies inside the run directory" in err and str(run) in err
+    assert not (run / "sub").exists()
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl"]
+
+
+def test_offline_dataset_without_env_names_what_is_wrong(tmp_path: Path, capsys) -> None:
+    from offmarl.data.builtin import load_builtin_dataset
+    from offmarl.data.vault import write_vault
+
+    base = ["offline", "--algo", "bc", "--out", str(tmp_path / "run"), "--dataset"]
+    err = one_line_exit_2([*base, str(tmp_path / "none.vlt")], capsys)
+    assert "is not a vault" in err and "--env" in err
+    vault = tmp_path / "two.vlt"
+    write_vault(load_builtin_dataset("matrix:xor", "02_20", 0), vault, "a", {"env": "matrix:xor"})
+    write_vault(load_builtin_dataset("matrix:mne", "balanced", 0), vault, "b", {"env": "matrix:mne"})
+    err = one_line_exit_2([*base, f"{vault}:bad"], capsys)
+    assert "holds no dataset 'bad'" in err and f"{vault}:a, {vault}:b" in err
+    err = one_line_exit_2([*base, str(vault)], capsys)
+    assert "several environments (matrix:mne, matrix:xor)" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv,problem", [
+    (["eval", "--run", "RUN", "--episodes", "1e12"], "--episodes=1000000000000 is invalid: 1..1,000,000"),
+    (["report", "RUN", "--reps", "0"], "--reps=0 is invalid: 1..1,000,000"),
+    (["report", "RUN", "--reps", "1000000000000"], "--reps=1000000000000 is invalid"),
+])
+def test_counts_beyond_what_memory_allows_are_refused(argv, problem, tmp_path: Path, capsys) -> None:
+    run = fake_run(tmp_path / "run", {"algo": "matrace", "env": "smax:3m"})
+    err = one_line_exit_2([str(run) if word == "RUN" else word for word in argv], capsys)
+    assert problem in err

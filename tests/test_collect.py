@@ -14,7 +14,7 @@ from offmarl.algos import get_algorithm
 from offmarl.cli import main
 from offmarl.data.card import episode_wins
 from offmarl.data.collect import EpisodeCollector, collect_episodes
-from offmarl.data.vault import load_vault, vault_metadata
+from offmarl.data.vault import list_uids, load_vault, vault_metadata, write_vault
 from offmarl.errors import ConfigError
 from offmarl.pipelines.collect import resolve_run_checkpoint
 from offmarl.runners.experiment import resolve_experiment
@@ -170,6 +170,32 @@ def test_cli_collect_missing_run_and_existing_uid(saved_run: Path, tmp_path: Pat
     (tmp_path / "v.vlt" / "x").mkdir(parents=True)
     assert main(["collect", "--run", str(saved_run), *common]) == 2
     assert "already holds dataset 'x'" in capsys.readouterr().err
+
+
+def test_cli_collect_checks_where_the_vault_goes_before_collecting(saved_run: Path, tmp_path: Path, capsys) -> None:
+    from offmarl.data.builtin import load_builtin_dataset
+
+    def refused(out: Path) -> str:
+        assert main(["collect", "--run", str(saved_run), "--episodes", "3", "--out", str(out), "--uid", "x"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err  # no progress bar: nothing was collected
+        return err
+
+    assert "would lie in the run directory" in refused(saved_run)
+    assert "would lie in the run directory" in refused(saved_run / "checkpoints" / "v.vlt")
+    (tmp_path / "file").write_text("")
+    assert "exists and is not a directory" in refused(tmp_path / "file")
+    other = tmp_path / "xor.vlt"
+    write_vault(load_builtin_dataset("matrix:xor", "02_20", 0), other, "a", {"env": "matrix:xor"})
+    assert "holds datasets of matrix:xor; put the smax:3m dataset in a vault of its own" in refused(other)
+    assert list_uids(other) == ["a"] and not (saved_run / "x").exists()
+
+
+def test_make_datasets_refuses_a_run_that_did_not_finish(saved_run: Path, tmp_path: Path, capsys) -> None:
+    assert main(["make-datasets", "--env", "smax:3m", "--out", str(tmp_path / "d"), "--runs", str(saved_run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not finished (status: no summary.json)" in err, err
+    assert not (tmp_path / "d").exists()
 
 
 @pytest.mark.parametrize("argv,problem", [

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from offmarl.algos import MATrace, MATraceConfig
+from offmarl.errors import ConfigError
 from offmarl.runners.config import OnlineConfig
 from offmarl.runners.fused import FusedTrainer
 
@@ -145,6 +146,8 @@ def test_threaded_schedule_computes_what_the_single_jitted_loop_computes(smax_3m
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_pipeline_and_actor_threads_have_no_effect_with_ray_workers(smax_3m) -> None:
-    trainer = _trainer(smax_3m, pipeline=True, actor_threads=2, workers=2)
+def test_actor_threads_have_no_effect_with_ray_workers_and_pipeline_is_refused(smax_3m) -> None:
+    trainer = _trainer(smax_3m, actor_threads=2, workers=2)
     assert not trainer.threaded and trainer.groups == 1 and trainer.lag == 0
+    with pytest.raises(ConfigError, match="pipeline=true cannot be combined with workers=2"):
+        _trainer(smax_3m, pipeline=True, workers=2)

@@ -29,6 +29,14 @@ from offmarl.utils.files import atomic_write_json, read_jsonl
 XOR = ["--algo", "bc", "--env", "matrix:xor", "--dataset", "02_20", "--seed", "1",
        "hidden_sizes=16,16", "batch_size=32", "eval_interval=100", "eval_episodes=4",
        "final_eval_episodes=4", "checkpoint_interval=200"]
+
+
+def xor_with(*overrides: str) -> list[str]:
+    """XOR with `key=value` overrides replacing (or adding to) its own (a key may be given once)."""
+    keys = {word.split("=")[0] for word in overrides}
+    return [word for word in XOR if word.split("=")[0] not in keys] + list(overrides)
+
+
 # MA-Trace on 3m: 4 updates of 16 envs x 16 steps, an evaluation after each.
 SMAX = ["--env", "smax:3m", "--env-steps", "1024", "--num-envs", "16", "unroll_length=16",
         "num_minibatches=2", "eval_interval=256", "eval_episodes=4", "final_eval_episodes=4",
@@ -279,7 +287,7 @@ def test_resume_sets_an_unreadable_newest_checkpoint_aside(tmp_path: Path,
     from offmarl.utils.checkpoint import list_checkpoints
 
     run = tmp_path / "set_aside"
-    assert main(["offline", *XOR, "eval_interval=50", "checkpoint_interval=100", "keep_checkpoints=3",
+    assert main(["offline", *xor_with("eval_interval=50", "checkpoint_interval=100", "keep_checkpoints=3"),
                  "--steps", "250", "--quiet", "--out", str(run)]) == 0
     ckpts = run / "checkpoints"
     assert list_checkpoints(ckpts) == [100, 200, 250]

@@ -225,6 +225,8 @@ BAD = [
     (["--ray-address", "headnode"], "--ray-address 'headnode' is invalid"),
     (["mappo.lr=1e-3"], "names algorithm 'mappo', which is not in --algos (valid prefixes: bc)"),
     (["bc.no_such_key=1"], "no_such_key"),
+    (["lr=0.1", "lr=0.2"], "override 'lr' is given twice"),
+    (["bc.lr=0.1", "bc.lr=0.2"], "override 'bc.lr' is given twice"),
 ]
 
 
@@ -232,13 +234,12 @@ BAD = [
 def test_bad_input_exits_2_with_one_line_and_creates_nothing(tmp_path: Path, capsys, change, message) -> None:
     argv = ["sweep", "--algos", "bc", "--envs", "matrix:xor", "--seeds", "0", "--dataset", "02_20",
             "--out", str(tmp_path / "sweep"), "--steps", "40"]
-    extra = []
-    for i in range(0, len(change), 2):
-        flag = change[i]
+    extra, words = [], iter(change)
+    for flag in words:
         if not flag.startswith("--"):
             extra.append(flag)
             continue
-        value = change[i + 1] if i + 1 < len(change) else None
+        value = next(words, None)
         if flag in argv:
             at = argv.index(flag)
             if value is None:

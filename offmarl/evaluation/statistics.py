@@ -46,8 +46,17 @@ from offmarl.evaluation.aggregate import read_summary
 DEFAULT_REPS = 5000
 """Bootstrap replications (rliable's own default is 50,000; this keeps a sweep's
 re-aggregation after every cell to seconds)."""
+MAX_REPS = 1_000_000
+"""More replications than this only cost memory (each holds one resampled score matrix)."""
 DEFAULT_SEED = 0
 CONFIDENCE = 0.95
+
+
+def check_reps(reps: int) -> None:
+    """ConfigError unless 1 <= reps <= MAX_REPS."""
+    if not 1 <= reps <= MAX_REPS:
+        raise ConfigError(f"--reps={reps} is invalid: 1..{MAX_REPS:,} bootstrap replications "
+                          f"(default {DEFAULT_REPS:,})")
 PAIR_SEPARATOR = " vs "
 AGGREGATES = ("iqm", "mean", "median", "optimality_gap")
 

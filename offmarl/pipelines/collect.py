@@ -16,7 +16,7 @@ from offmarl.data.collect import (
     check_episodes,
     check_epsilon,
 )
-from offmarl.data.vault import check_uid_available, write_vault
+from offmarl.data.vault import check_uid_available, check_vault_destination, write_vault
 from offmarl.errors import ConfigError
 from offmarl.runners.common import read_run_config
 from offmarl.runners.saved import SavedRun
@@ -96,6 +96,7 @@ def collect_from_run(
     env_steps = resolve_run_checkpoint(run_dir, checkpoint)
     check_uid_available(out, uid)
     run = SavedRun.open(run_dir)
+    check_vault_destination(out, run.experiment.env)
     collector = EpisodeCollector(run.env, run.algo, min(num_envs, num_episodes))
     console = Console(stderr=True, quiet=quiet)
     with progress_display(console, "episodes") as progress:

@@ -242,6 +242,16 @@ def check_run_matches(experiment: Experiment, run_dir: Path) -> None:
                               "rerun with the settings it was made with, or choose a new --out")
 
 
+def _run_status(run_dir: Path) -> str:
+    """A run's status from its summary.json ("completed", "interrupted", ...), or why it has none."""
+    try:
+        return str(json.loads((run_dir / "summary.json").read_text()).get("status", "unknown"))
+    except FileNotFoundError:
+        return "no summary.json"
+    except (OSError, ValueError):
+        return "unreadable summary.json"
+
+
 def dataset_settings(env_name: str, run_dirs: Sequence[Path], runs: Sequence[Experiment], epsilon: float,
                      transitions: int, eval_episodes: int) -> dict[str, Any]:
     """The settings that define the datasets (keys of SETTING_FLAGS), as recorded; `runs`
@@ -591,6 +601,10 @@ def make_datasets(
             experiment, _ = load_run(run_dir)
             if experiment.env != env_name:
                 raise ConfigError(f"run {str(run_dir)!r} trained on {experiment.env}, not {env_name}")
+            status = _run_status(run_dir)
+            if status != "completed":
+                raise ConfigError(f"run {str(run_dir)!r} is not finished (status: {status}); finish it with "
+                                  f"`offmarl train --resume {run_dir}` or leave it out of --runs")
             planned.append((None, run_dir))
             sources.append(experiment)
     settings = dataset_settings(env_name, [run_dir for _, run_dir in planned], sources, epsilon, transitions,

@@ -113,7 +113,7 @@ class SweepPlan:
 
         return {"algos": sorted(self.algos), "envs": sorted(self.envs), "seeds": sorted(self.seeds),
                 "dataset": self.dataset,
-                "overrides": {algo: parse_overrides(overrides_for(algo, self.overrides)) for algo in sorted(self.algos)}}
+                "overrides": {algo: parse_overrides(overrides_for(algo, self.overrides), later_wins=True) for algo in sorted(self.algos)}}
 
     def to_json(self) -> dict:
         return {
@@ -208,7 +208,7 @@ def _check_scope_order(words: list[str] | tuple[str, ...], algos: list[str]) -> 
 
     for algo in algos:
         in_order = [plain for scope, plain in map(_split_scope, words) if scope in (None, algo)]
-        if parse_overrides(in_order) != parse_overrides(overrides_for(algo, words)):
+        if parse_overrides(in_order, later_wins=True) != parse_overrides(overrides_for(algo, words), later_wins=True):
             raise ConfigError(f"this sweep's overrides ({' '.join(words)}) set a key for {algo} both plainly and "
                               "scoped, with the plain word later: older offmarl let it win, today the scoped one "
                               "does, so new cells would differ from started ones; choose a new --out")
@@ -281,7 +281,7 @@ def plan_sweep(out: str | Path, algos: list[str], envs: list[str], seeds: list[i
             raise ConfigError(f"{flag}={budget} is invalid: must be a positive integer")
     parse_overrides(list(overrides))
     _check_override_scopes(overrides, algos)
-    values = {algo: parse_overrides(overrides_for(algo, overrides)) for algo in algos}
+    values = {algo: parse_overrides(overrides_for(algo, overrides), later_wins=True) for algo in algos}
 
     history: list[dict] = []
     recorded = read_sweep_json(out)
@@ -908,8 +908,10 @@ def sweep_command(args: argparse.Namespace) -> int:
     nothing), then run the grid and aggregate."""
     if args.parallel is not None and args.parallel < 1:
         raise ConfigError(f"--parallel={args.parallel} is invalid: must be a positive integer")
-    if args.reps is not None and args.reps < 1:
-        raise ConfigError(f"--reps={args.reps} is invalid: must be a positive integer")
+    if args.reps is not None:
+        from offmarl.evaluation.statistics import check_reps
+
+        check_reps(args.reps)
     _keep_jax_on_the_cpu()
     if args.ray_address is not None:
         from offmarl.runners.distributed import check_ray_address

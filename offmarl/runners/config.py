@@ -47,7 +47,7 @@ class OnlineConfig:
     update behind the learner. Acting (mostly single-threaded environment stepping) then overlaps
     the learner's update instead of waiting for it; the price is a behaviour policy one
     update old (a lag of 1, which a lag from policy_lag or simulated_workers already covers).
-    No effect with Ray workers, which act concurrently anyway."""
+    Refused with Ray workers, which act concurrently anyway."""
     actor_threads: int = 4
     """Fused runner: split the num_envs environments (of each simulated worker) into this
     many equal groups, each stepped by its own thread at the same time, with the same
@@ -119,6 +119,9 @@ class OnlineConfig:
         require(not (self.simulated_workers and self.workers),
                 f"simulated_workers={self.simulated_workers} cannot be combined with workers={self.workers}: "
                 "simulated workers run in the fused runner, workers on Ray; choose one")
+        require(not (self.pipeline and self.workers),
+                f"pipeline=true cannot be combined with workers={self.workers}: it overlaps acting with "
+                "learning in the fused runner, and Ray workers already act while the learner learns; choose one")
         require(self.num_envs % self.actor_threads == 0,
                 f"actor_threads={self.actor_threads} is invalid: must divide num_envs={self.num_envs} "
                 f"(e.g. {', '.join(str(k) for k in range(1, 9) if self.num_envs % k == 0)})")

@@ -41,7 +41,8 @@ from offmarl.runners.common import (
     holds_only_lock,
 )
 from offmarl.utils.checkpoint import list_checkpoints, load_newest_valid, save_checkpoint
-from offmarl.utils.files import JsonlWriter, atomic_write_json, atomic_write_jsonl, read_jsonl, remove_stale_temp_files
+from offmarl.utils.files import (JsonlWriter, atomic_write_json, atomic_write_jsonl, enclosing_run_directory, read_jsonl,
+                                 remove_stale_temp_files)
 
 MIN_FREE_BYTES = 64 * 2**20
 """A run refuses to start with less free disk space than this in its directory."""
@@ -114,8 +115,12 @@ class RunLoop(ABC):
         existed = run_dir.exists()
         if not fresh and not existed:
             raise ConfigError(f"{str(run_dir)!r} is not a run directory (it does not exist)")
+        if fresh and (enclosing := enclosing_run_directory(run_dir.parent)) is not None:
+            raise ConfigError(f"--out {str(run_dir)!r} lies inside the run directory {str(enclosing)!r}; "
+                              "choose a path outside it")
         if existed and not run_dir.is_dir():
-            raise ConfigError(f"--out {str(run_dir)!r} exists and is not a directory")
+            raise ConfigError(f"--out {str(run_dir)!r} exists and is not a directory" if fresh
+                              else f"{str(run_dir)!r} is not a run directory (it is a file)")
         lock = RunLock.acquire(run_dir)
         try:
             if fresh and not holds_only_lock(run_dir):

@@ -117,6 +117,9 @@ def dataset_summary(data: OfflineDataset) -> dict[str, float]:
 def load_offline_run(run_dir: str | Path) -> tuple[OfflineExperiment, dict]:
     """The experiment and raw config.json of an existing offline run directory."""
     data = read_run_config(run_dir)
+    if "dataset" not in data:
+        raise ConfigError(f"{str(run_dir)!r} is an online run (it records no dataset); continue it with "
+                          f"`offmarl train --resume {run_dir}`")
     return offline_experiment_from_dict(data), data
 
 

@@ -28,6 +28,9 @@ WIN_RATE_MILESTONE = 0.9
 def load_run(run_dir: str | Path) -> tuple[Experiment, dict]:
     """The experiment and raw config.json of an existing online run directory."""
     data = read_run_config(run_dir)
+    if "dataset" in data:
+        raise ConfigError(f"{str(run_dir)!r} is an offline run (it records a dataset); continue it with "
+                          f"`offmarl offline --resume {run_dir}`")
     return experiment_from_dict(data), data
 
 

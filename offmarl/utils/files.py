@@ -128,6 +128,18 @@ def _memo_key(key: dict) -> str:
     return json.dumps(key, sort_keys=True)
 
 
+def is_run_directory(path: str | Path) -> bool:
+    """Whether `path` holds an offmarl run: its config.json and metrics.jsonl."""
+    path = Path(path)
+    return (path / "config.json").is_file() and (path / "metrics.jsonl").is_file()
+
+
+def enclosing_run_directory(path: str | Path) -> Path | None:
+    """The run directory that `path` is, or lies inside, if any."""
+    path = Path(path).absolute()
+    return next((p for p in (path, *path.parents) if is_run_directory(p)), None)
+
+
 def slug(text: str) -> str:
     """A flat file-name part: 'matrix:/tmp/g.json' -> 'matrix_g', 'datasets/smax_3m.vlt:good'
     -> 'smax_3m_good'."""
