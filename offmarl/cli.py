@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from offmarl.runners.loop import RunLoop
 
 EXIT_BAD_INPUT = 2
+EXIT_OUT_OF_MEMORY = 1
 MAX_EVAL_EPISODES = 1_000_000
 """`offmarl eval` runs its episodes side by side in one batch, so their number bounds its memory."""
 
@@ -459,6 +460,21 @@ def main(argv: list[str] | None = None) -> int:
         where = f" {err.filename!r}" if err.filename else ""
         print(f"offmarl: error: cannot write{where}: {err.strerror or err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as err:
+        if not _out_of_memory(err):
+            raise
+        # A size no check bounds (hidden_sizes, batch_size, num_envs) asked for more memory
+        # than there is: found when XLA allocates, so not before the compile.
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"offmarl: error: out of memory ({reason[:200]}); smaller hidden_sizes, batch_size, num_envs "
+              "or episode counts need less", file=sys.stderr)
+        return EXIT_OUT_OF_MEMORY
+
+
+def _out_of_memory(err: Exception) -> bool:
+    """A host or device allocation failed (NumPy's MemoryError, XLA's RESOURCE_EXHAUSTED)."""
+    text = str(err)
+    return isinstance(err, MemoryError) or "RESOURCE_EXHAUSTED" in text or "Out of memory" in text
 
 
 if __name__ == "__main__":

@@ -258,3 +258,28 @@ def test_counts_beyond_what_memory_allows_are_refused(argv, problem, tmp_path: P
     run = fake_run(tmp_path / "run", {"algo": "matrace", "env": "smax:3m"})
     err = one_line_exit_2([str(run) if word == "RUN" else word for word in argv], capsys)
     assert problem in err
+
+
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating "
+                                                               "4000000000000000000 bytes.\nmore detail")])
+def test_running_out_of_memory_is_one_line_without_a_traceback(error: Exception, monkeypatch, capsys) -> None:
+    import offmarl.cli as cli
+
+    def allocate(_args):
+        raise error
+
+    monkeypatch.setitem(cli._COMMANDS, "algos", allocate)
+    assert main(["algos"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("offmarl: error: out of memory (") and "hidden_sizes" in err, err
+
+
+def test_other_failures_keep_their_traceback(monkeypatch) -> None:
+    import offmarl.cli as cli
+
+    def fail(_args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setitem(cli._COMMANDS, "algos", fail)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["algos"])

@@ -423,3 +423,22 @@ def test_report_is_a_table_or_json_and_survives_a_closed_pipe(xor_run: Path) -> 
     closed.stdout.close()  # the reader is gone before anything is written, as with `| head`
     assert closed.wait(timeout=60) == 0
     assert b"Traceback" not in closed.stderr.read()
+
+
+def test_a_new_run_that_fails_before_training_leaves_no_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """Out of memory at the first step: one line, exit 1, and the same command can run again;
+    a resumed run that fails keeps everything it had."""
+    def exhausted(*_args, **_kwargs):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 354800040584 bytes")
+
+    out = tmp_path / "oom"
+    monkeypatch.setattr(offline_runner, "make_train_chunk", exhausted)
+    assert offline(out) == 1
+    assert not out.exists()
+    assert capsys.readouterr().err.strip().startswith("offmarl: error: out of memory (RESOURCE_EXHAUSTED")
+    monkeypatch.undo()
+    assert offline(out, 100) == 0
+    monkeypatch.setattr(offline_runner, "make_train_chunk", exhausted)
+    assert main(["offline", "--resume", str(out), "--steps", "200", "--quiet"]) == 1
+    assert steps_of(out) == [100] and (out / "summary.json").is_file()

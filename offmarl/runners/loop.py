@@ -223,14 +223,25 @@ class RunLoop(ABC):
     def execute(self) -> dict:
         """Train to the budget (resuming from the newest readable checkpoint if there is
         one); returns summary.json. Releases the run directory's lock at the end."""
+        ended = False
         try:
             with StopSignals() as signals, RunProgress(self.unit, self.budget, 0, self.quiet) as progress:
                 self.progress = progress
-                return self._execute(signals, progress)
+                summary = self._execute(signals, progress)
+                ended = True
+                return summary
         finally:
             self.lock.release()
-            if self.created_dir and holds_only_lock(self.dir):  # failed before writing anything
+            # A new run that failed before it trained anything (out of memory at the first
+            # step, say) leaves no directory behind, so the same command can run again.
+            if self.created_dir and (holds_only_lock(self.dir) or not (ended or self._trained_anything())):
                 shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _trained_anything(self) -> bool:
+        """Whether the run directory holds a summary, a checkpoint or a metrics record."""
+        metrics = self.dir / "metrics.jsonl"
+        return ((self.dir / "summary.json").exists() or bool(list_checkpoints(self.dir / "checkpoints"))
+                or (metrics.exists() and metrics.stat().st_size > 0))
 
     def _execute(self, signals: StopSignals, progress: RunProgress) -> dict:
         ckpt_dir, metrics_path = self.dir / "checkpoints", self.dir / "metrics.jsonl"
