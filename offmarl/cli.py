@@ -149,7 +149,7 @@ def _build_parser() -> argparse.ArgumentParser:
     make_data.add_argument("--env", type=_given, required=True, help="environment, e.g. smax:3m")
     make_data.add_argument("--out", type=_given, required=True, help="directory for <env>.vlt (and the runs)")
     make_data.add_argument("--seeds", help="one independent MA-Trace run per seed (default 0,1,2,3)")
-    make_data.add_argument("--runs", help="comma-separated finished online runs to use instead of training")
+    make_data.add_argument("--runs", type=_given, help="comma-separated finished online runs to use instead of training")
     make_data.add_argument("--transitions", type=_count("--transitions"), default=100_000,
                            help="at least this many transitions per dataset, shared evenly by the runs")
     make_data.add_argument("--epsilon", type=float, default=0.05,
@@ -268,11 +268,12 @@ def _vault_env(dataset: str) -> str | None:
     if uid is not None and uid not in stored:
         raise ConfigError(f"--dataset {dataset!r}: the vault holds no dataset {uid!r}; valid choices: "
                           f"{', '.join(f'{path}:{u}' for u in stored)}")
-    envs = {vault_metadata(path, u).get("env") for u in ([uid] if uid is not None else stored)}
+    envs = {vault_metadata(path, u).get("env") or "no env recorded" for u in ([uid] if uid is not None else stored)}
     if len(envs) > 1:
         raise ConfigError(f"--dataset {dataset!r}: the vault holds datasets of several environments "
-                          f"({', '.join(sorted(map(str, envs)))}); give VAULT:uid or --env")
-    return envs.pop()
+                          f"({', '.join(sorted(envs))}); give VAULT:uid or --env")
+    env = envs.pop()
+    return None if env == "no env recorded" else env
 
 
 def _offline(args: argparse.Namespace) -> int:

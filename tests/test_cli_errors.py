@@ -4,6 +4,7 @@ code 2, and nothing written (the error comes before any compilation)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from offmarl.cli import main
+from offmarl.utils.files import enclosing_run_directory
 
 CASES = [
     (["--env", "smax:4m"], "unknown smax scenario '4m'", "valid: 3m"),
@@ -230,6 +232,17 @@ def test_a_new_run_inside_a_run_directory_is_refused(tmp_path: Path, capsys) -> 
     assert "lies inside the run directory" in err and str(run) in err
     assert not (run / "sub").exists()
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "metrics.jsonl"]
+    assert enclosing_run_directory(run / "checkpoints" / "x") == run
+    assert enclosing_run_directory(run / ".." / "sibling") is None
+
+
+def test_a_run_saved_with_pipeline_and_ray_workers_still_loads() -> None:
+    from offmarl.runners.experiment import experiment_from_dict, resolve_experiment
+
+    saved = resolve_experiment("matrace", "smax:3m", 0, {"workers": 2}).to_dict()
+    saved["run_config"]["pipeline"] = True  # allowed (and without effect) before the pair was refused
+    loaded = experiment_from_dict(saved).run_config
+    assert loaded.workers == 2 and loaded.pipeline is False
 
 
 def test_offline_dataset_without_env_names_what_is_wrong(tmp_path: Path, capsys) -> None:
@@ -246,6 +259,12 @@ def test_offline_dataset_without_env_names_what_is_wrong(tmp_path: Path, capsys)
     assert "holds no dataset 'bad'" in err and f"{vault}:a, {vault}:b" in err
     err = one_line_exit_2([*base, str(vault)], capsys)
     assert "several environments (matrix:mne, matrix:xor)" in err
+    write_vault(load_builtin_dataset("matrix:xor", "02", 0), vault, "c", {})
+    err = one_line_exit_2([*base, f"{vault}:c"], capsys)
+    assert "--env required (the vault records no env)" in err
+    shutil.rmtree(vault / "b")
+    err = one_line_exit_2([*base, str(vault)], capsys)
+    assert "several environments (matrix:xor, no env recorded)" in err
     assert not (tmp_path / "run").exists()
 
 

@@ -192,10 +192,15 @@ def test_cli_collect_checks_where_the_vault_goes_before_collecting(saved_run: Pa
 
 
 def test_make_datasets_refuses_a_run_that_did_not_finish(saved_run: Path, tmp_path: Path, capsys) -> None:
-    assert main(["make-datasets", "--env", "smax:3m", "--out", str(tmp_path / "d"), "--runs", str(saved_run)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "is not finished (status: no summary.json)" in err, err
-    assert not (tmp_path / "d").exists()
+    import shutil
+
+    interrupted = shutil.copytree(saved_run, tmp_path / "interrupted")
+    (interrupted / "summary.json").write_text('{"status": "interrupted"}')
+    for run, status in ((saved_run, "no summary.json"), (interrupted, "interrupted")):
+        assert main(["make-datasets", "--env", "smax:3m", "--out", str(tmp_path / "d"), "--runs", str(run)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"is not finished (status: {status})" in err, err
+        assert f"offmarl train --resume {run}" in err and not (tmp_path / "d").exists()
 
 
 @pytest.mark.parametrize("argv,problem", [

@@ -330,7 +330,11 @@ def test_a_scoped_override_beats_a_plain_one_in_any_order_and_reorderings_rerun(
     (out / "sweep.json").write_text(json.dumps(plan.to_json()))
     reordered = plan_sweep(out, ["bc"], ["matrix:xor"], [0], steps=40, dataset="02_20",
                            overrides=["bc.lr=5e-4", "lr=1e-3"])
-    assert overrides_for("bc", reordered.overrides) == overrides_for("bc", plan.overrides) == ["lr=1e-3", "lr=5e-4"]
+    assert overrides_for("bc", reordered.overrides) == overrides_for("bc", plan.overrides) == ["lr=5e-4"]
+    cell_args = cell_command(plan, plan.cells[0], "new")  # what the cell's own process parses
+    assert [word for word in cell_args if "lr=" in word] == ["lr=5e-4"]
+    assert main([*cell_args, *TINY, "--quiet"]) == 0
+    assert json.loads((plan.run_dir(plan.cells[0]) / "config.json").read_text())["algo_config"]["lr"] == 5e-4
     with pytest.raises(ConfigError, match="different overrides"):
         plan_sweep(out, ["bc"], ["matrix:xor"], [0], steps=40, dataset="02_20", overrides=["bc.lr=1e-3"])
     # A sweep recorded by older offmarl, where a later plain word beat an earlier scoped one:

@@ -581,7 +581,7 @@ def make_datasets(
     recollected), which needs the settings they were made with (ConfigError otherwise,
     before any work); a missing card is written. Returns the vault path.
     """
-    from offmarl.runners.online import load_run
+    from offmarl.runners.online import FINISHED_STATUSES, load_run
 
     check_env_name(env_name)
     levels = level_scheme(env_name)
@@ -602,7 +602,7 @@ def make_datasets(
             if experiment.env != env_name:
                 raise ConfigError(f"run {str(run_dir)!r} trained on {experiment.env}, not {env_name}")
             status = _run_status(run_dir)
-            if status != "completed":
+            if status not in FINISHED_STATUSES:  # a diverged run's checkpoints before the divergence serve
                 raise ConfigError(f"run {str(run_dir)!r} is not finished (status: {status}); finish it with "
                                   f"`offmarl train --resume {run_dir}` or leave it out of --runs")
             planned.append((None, run_dir))

@@ -113,7 +113,7 @@ class SweepPlan:
 
         return {"algos": sorted(self.algos), "envs": sorted(self.envs), "seeds": sorted(self.seeds),
                 "dataset": self.dataset,
-                "overrides": {algo: parse_overrides(overrides_for(algo, self.overrides), later_wins=True) for algo in sorted(self.algos)}}
+                "overrides": {algo: parse_overrides(overrides_for(algo, self.overrides)) for algo in sorted(self.algos)}}
 
     def to_json(self) -> dict:
         return {
@@ -193,11 +193,14 @@ def _split_scope(word: str) -> tuple[str | None, str]:
 
 
 def overrides_for(algo: str, words: list[str] | tuple[str, ...]) -> list[str]:
-    """The override words that apply to `algo`'s cells: every plain `key=value`, then each
-    `algo.key=value` without its prefix, so a scoped value beats a plain one wherever
-    either stands on the command line."""
+    """The override words that apply to `algo`'s cells, each key once: every plain
+    `key=value`, with an `algo.key=value` (prefix dropped) replacing a plain word for the
+    same key, so a scoped value beats a plain one wherever either stands on the command line."""
+    from offmarl.config import parse_overrides
+
     split = list(map(_split_scope, words))
-    return [plain for scope, plain in split if scope is None] + [plain for scope, plain in split if scope == algo]
+    ordered = [plain for scope, plain in split if scope is None] + [plain for scope, plain in split if scope == algo]
+    return [f"{key}={value}" for key, value in parse_overrides(ordered, later_wins=True).items()]
 
 
 def _check_scope_order(words: list[str] | tuple[str, ...], algos: list[str]) -> None:
@@ -208,7 +211,7 @@ def _check_scope_order(words: list[str] | tuple[str, ...], algos: list[str]) -> 
 
     for algo in algos:
         in_order = [plain for scope, plain in map(_split_scope, words) if scope in (None, algo)]
-        if parse_overrides(in_order, later_wins=True) != parse_overrides(overrides_for(algo, words), later_wins=True):
+        if parse_overrides(in_order, later_wins=True) != parse_overrides(overrides_for(algo, words)):
             raise ConfigError(f"this sweep's overrides ({' '.join(words)}) set a key for {algo} both plainly and "
                               "scoped, with the plain word later: older offmarl let it win, today the scoped one "
                               "does, so new cells would differ from started ones; choose a new --out")
@@ -281,7 +284,7 @@ def plan_sweep(out: str | Path, algos: list[str], envs: list[str], seeds: list[i
             raise ConfigError(f"{flag}={budget} is invalid: must be a positive integer")
     parse_overrides(list(overrides))
     _check_override_scopes(overrides, algos)
-    values = {algo: parse_overrides(overrides_for(algo, overrides), later_wins=True) for algo in algos}
+    values = {algo: parse_overrides(overrides_for(algo, overrides)) for algo in algos}
 
     history: list[dict] = []
     recorded = read_sweep_json(out)

@@ -92,6 +92,8 @@ def experiment_from_dict(data: dict) -> Experiment:
     """Rebuild the experiment saved in a run directory's config.json."""
     try:
         run_config = {**RUN_CONFIG_SAVED_BEFORE_ADDED, **data["run_config"]}
+        if run_config.get("workers") and run_config.get("pipeline"):
+            run_config["pipeline"] = False  # saved before the pair was refused: it had no effect with Ray workers
         algo_config = {**ONLINE_ALGO_CONFIG_SAVED_BEFORE_ADDED, **data["algo_config"]}
         return resolve_experiment(data["algo"], data["env"], int(data["seed"]), algo_config, run_config)
     except KeyError as err:

@@ -231,11 +231,12 @@ class RunLoop(ABC):
                 ended = True
                 return summary
         finally:
-            self.lock.release()
             # A new run that failed before it trained anything (out of memory at the first
-            # step, say) leaves no directory behind, so the same command can run again.
+            # step, say) leaves no directory behind, so the same command can run again. It is
+            # removed while still locked, so no other process can have started on it.
             if self.created_dir and (holds_only_lock(self.dir) or not (ended or self._trained_anything())):
                 shutil.rmtree(self.dir, ignore_errors=True)
+            self.lock.release()
 
     def _trained_anything(self) -> bool:
         """Whether the run directory holds a summary, a checkpoint or a metrics record."""

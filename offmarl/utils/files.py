@@ -136,7 +136,7 @@ def is_run_directory(path: str | Path) -> bool:
 
 def enclosing_run_directory(path: str | Path) -> Path | None:
     """The run directory that `path` is, or lies inside, if any."""
-    path = Path(path).absolute()
+    path = Path(os.path.abspath(path))  # `..` collapsed: `.parents` is lexical
     return next((p for p in (path, *path.parents) if is_run_directory(p)), None)
 
 
