@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 EXIT_BAD_INPUT = 2
 EXIT_OUT_OF_MEMORY = 1
 MAX_EVAL_EPISODES = 1_000_000
-"""`offmarl eval` runs its episodes side by side in one batch, so their number bounds its memory."""
+"""`offmarl eval` keeps every episode's return, and runs them in batches of a few thousand."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -303,7 +303,7 @@ def _offline(args: argparse.Namespace) -> int:
 # -- the other commands ---------------------------------------------------------------
 def _eval(args: argparse.Namespace) -> int:
     if not 0 < args.episodes <= MAX_EVAL_EPISODES:
-        raise ConfigError(f"--episodes={args.episodes} is invalid: 1..{MAX_EVAL_EPISODES:,} (run in one batch)")
+        raise ConfigError(f"--episodes={args.episodes} is invalid: 1..{MAX_EVAL_EPISODES:,}")
     _check_seed(args.seed)
     from offmarl.runners.saved import evaluate_run
 

@@ -442,3 +442,27 @@ def test_a_new_run_that_fails_before_training_leaves_no_directory(tmp_path: Path
     monkeypatch.setattr(offline_runner, "make_train_chunk", exhausted)
     assert main(["offline", "--resume", str(out), "--steps", "200", "--quiet"]) == 1
     assert steps_of(out) == [100] and (out / "summary.json").is_file()
+
+
+def test_cli_eval_runs_many_episodes_in_bounded_batches(xor_run: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    """More episodes than one batch holds run as several batches of the same compiled size,
+    so memory stays bounded; a count within one batch evaluates as before."""
+    import offmarl.runners.saved as saved
+
+    sizes: list[int] = []
+    original = saved.make_evaluator
+
+    def recording(env, policy, batch_episodes):
+        sizes.append(batch_episodes)
+        return original(env, policy, batch_episodes)
+
+    monkeypatch.setattr(saved, "make_evaluator", recording)
+    monkeypatch.setattr(saved, "CLI_EVAL_BATCH", 64)
+    capsys.readouterr()
+    assert main(["eval", "--run", str(xor_run), "--episodes", "150"]) == 0
+    many = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--run", str(xor_run), "--episodes", "40"]) == 0
+    assert sizes == [64, 40]
+    assert many["eval_greedy_episodes"] == many["eval_sampled_episodes"] == 150
+    assert json.loads(capsys.readouterr().out)["eval_greedy_episodes"] == 40

@@ -101,6 +101,11 @@ def _warn(message: str) -> None:
     print(f"offmarl: warning: {message}", file=sys.stderr)
 
 
+CLI_EVAL_BATCH = 4096
+"""`offmarl eval` runs at most this many episodes side by side: more run as further batches,
+so memory stays bounded and a signal stops it between batches."""
+
+
 def evaluate_run(run_dir: str | Path, episodes: int, checkpoint: str = "latest", seed: int | None = None) -> dict:
     """Evaluate a saved policy (greedy and sampled) on fresh episodes; 'latest' is the
     newest readable checkpoint."""
@@ -108,8 +113,8 @@ def evaluate_run(run_dir: str | Path, episodes: int, checkpoint: str = "latest",
     step = resolve_checkpoint(Path(run_dir) / "checkpoints", checkpoint)
     run = SavedRun.open(run_dir)
     step, params = run.newest_readable() if checkpoint == "latest" else (step, run.params(step))
-    evaluator = make_evaluator(run.env, run.algo, episodes)
+    evaluator = make_evaluator(run.env, run.algo, min(episodes, CLI_EVAL_BATCH))
     experiment = run.experiment
-    result = evaluate_both(evaluator, params, experiment.seed if seed is None else seed, CLI_EVAL_TAG)
+    result = evaluate_both(evaluator, params, experiment.seed if seed is None else seed, CLI_EVAL_TAG, episodes)
     return {"run": str(run_dir), "algo": experiment.algo, "env": experiment.env,
             "checkpoint_" + run.step_key: step, **result}
