@@ -421,6 +421,8 @@ def _list_algos(_: argparse.Namespace) -> int:
 _COMMANDS = {"envs": _list_envs, "algos": _list_algos, "config": _config, "train": _train,
              "offline": _offline, "report": _report, "collect": _collect, "make-datasets": _make_datasets,
              "dataset-card": _dataset_card, "eval": _eval, "sweep": _sweep}
+_RESUMABLE = ("train", "offline", "make-datasets", "sweep")
+"""Commands whose work a second run of the same command continues."""
 _QUICK = ("envs", "algos", "config", "report", "sweep")
 """Commands that compile nothing, so they skip JAX's compilation cache set-up."""
 
@@ -449,8 +451,9 @@ def main(argv: list[str] | None = None) -> int:
         # A run loop turns a signal into its own checkpoint and exit code; this is one that
         # arrived outside it (while a run was compiling, or between a pipeline's runs).
         signal_name = str(err) or "SIGINT"
-        print(f"offmarl: stopped by {signal_name}; finished runs and checkpoints are kept: run the same "
-              "command again to continue", file=sys.stderr)
+        after = ("finished runs and checkpoints are kept: run the same command again to continue"
+                 if args.command in _RESUMABLE else "run the command again to start it over")
+        print(f"offmarl: stopped by {signal_name}; {after}", file=sys.stderr)
         return getattr(err, "exit_code", 130)
     except BrokenPipeError:
         # The reader (e.g. `| head`) went away: stop quietly, as other Unix tools do.

@@ -152,11 +152,14 @@ def test_a_signal_outside_a_run_loop_is_one_line_with_the_signal_exit_code(monke
     def stopped(_args):
         raise StopRequested(signal.SIGTERM)
 
-    monkeypatch.setitem(cli._COMMANDS, "envs", stopped)
-    assert main(["envs"]) == 143
+    monkeypatch.setitem(cli._COMMANDS, "make-datasets", stopped)
+    assert main(["make-datasets", "--env", "smax:3m", "--out", "x"]) == 143
     err = capsys.readouterr().err.strip()
     assert err == ("offmarl: stopped by SIGTERM; finished runs and checkpoints are kept: run the same command "
                    "again to continue")
+    monkeypatch.setitem(cli._COMMANDS, "eval", stopped)  # nothing of an evaluation is kept
+    assert main(["eval", "--run", "x"]) == 143
+    assert capsys.readouterr().err.strip() == "offmarl: stopped by SIGTERM; run the command again to start it over"
 
 
 def test_a_real_sigterm_outside_a_run_loop_ends_with_the_one_line(monkeypatch, capsys) -> None:
