@@ -50,6 +50,8 @@ MAX_REPS = 1_000_000
 """More replications than this only cost memory (each holds one resampled score matrix)."""
 DEFAULT_SEED = 0
 CONFIDENCE = 0.95
+PAIR_SEPARATOR = " vs "
+AGGREGATES = ("iqm", "mean", "median", "optimality_gap")
 
 
 def check_reps(reps: int) -> None:
@@ -57,8 +59,6 @@ def check_reps(reps: int) -> None:
     if not 1 <= reps <= MAX_REPS:
         raise ConfigError(f"--reps={reps} is invalid: 1..{MAX_REPS:,} bootstrap replications "
                           f"(default {DEFAULT_REPS:,})")
-PAIR_SEPARATOR = " vs "
-AGGREGATES = ("iqm", "mean", "median", "optimality_gap")
 
 
 # -- rliable ---------------------------------------------------------------------------

@@ -223,18 +223,16 @@ class RunLoop(ABC):
     def execute(self) -> dict:
         """Train to the budget (resuming from the newest readable checkpoint if there is
         one); returns summary.json. Releases the run directory's lock at the end."""
-        ended = False
         try:
             with StopSignals() as signals, RunProgress(self.unit, self.budget, 0, self.quiet) as progress:
                 self.progress = progress
-                summary = self._execute(signals, progress)
-                ended = True
-                return summary
+                return self._execute(signals, progress)
         finally:
             # A new run that failed before it trained anything (out of memory at the first
-            # step, say) leaves no directory behind, so the same command can run again. It is
-            # removed while still locked, so no other process can have started on it.
-            if self.created_dir and (holds_only_lock(self.dir) or not (ended or self._trained_anything())):
+            # step, say; a run that ends writes summary.json) leaves no directory behind, so the
+            # same command can run again. It is removed while still locked, so no other process
+            # can have started on it.
+            if self.created_dir and not self._trained_anything():
                 shutil.rmtree(self.dir, ignore_errors=True)
             self.lock.release()
 
