@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The learner on an accelerator against the same machine's CPU, in one go (README, "Many
-# workers on Ray"): the learner alone for 1..32 unrolls per update on the default device
+# The learner on an accelerator against the same machine's CPU, in one go (docs/results_online.md,
+# "The batching learner"): the learner alone for 1..32 unrolls per update on the default device
 # and with JAX on the CPU.
 # Usage: bash benchmarks/gpu_learner.sh OUT_DIR
 set -uo pipefail

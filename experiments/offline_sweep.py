@@ -1,7 +1,7 @@
 """Offline learners over several datasets and seeds; writes a markdown table and the raw
 summaries. Presets: `games` (the small games with known answers) and `smax` (the
 good/medium/poor vaults written by `offmarl make-datasets --out datasets`). Usage (the
-README's figures):
+figures of docs/results_offline.md):
 
     python experiments/offline_sweep.py games --out docs/results/offline_games
     python experiments/offline_sweep.py smax --out docs/results/offline_smax

@@ -44,7 +44,7 @@ class OMIGAConfig:
     # A SMAX team return is at most about 2, a tenth of SMAC's, so at the paper's alpha = 10
     # the weights are 1 within 1% and OMIGA is behaviour cloning; at 0.1 they rank the data,
     # and the TD target bounded by that largest return keeps Q_tot from diverging
-    # (docs/omiga.md; 5 seeds on 3m and 2s3z: README, "Offline: SMAX datasets").
+    # (docs/omiga.md; 5 seeds on 3m and 2s3z: docs/results_offline.md, "Offline: SMAX datasets").
     FAMILY_DEFAULTS: ClassVar[dict[str, dict[str, Any]]] = {"smax": {"alpha": 0.1, "max_td_target": 2.0}}
 
     alpha: float = 10.0

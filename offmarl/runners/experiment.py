@@ -40,8 +40,8 @@ class Experiment:
 
 # Offline defaults per environment family, applied after the algorithm's and before the user's;
 # keys common to every offline algorithm's and the offline runner's configs. The small games:
-# 64-64 networks and runs long enough for the README's known answers (docs/games.md), so a game
-# a table solves trains in seconds rather than minutes.
+# 64-64 networks and runs long enough for their known answers (docs/games.md,
+# docs/results_offline.md), so a game a table solves trains in seconds rather than minutes.
 _SMALL_NETWORK = {"hidden_sizes": (64, 64)}
 _OFFLINE_DEFAULTS: dict[str, dict[str, Any]] = {
     "matrix": {**_SMALL_NETWORK, "steps": 2_000, "eval_interval": 1_000, "checkpoint_interval": 2_000},
