@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from offmarl import __version__
@@ -128,6 +129,9 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("--json", action="store_true", help="print JSON instead of a table")
     report.add_argument("--reps", type=int, default=None,
                         help="bootstrap replications of the rliable aggregate (default 5000)")
+    report.add_argument("--plots", type=_given, metavar="DIR",
+                        help="also write curves.png, performance_profile.png, probability_of_improvement.png "
+                             "and marl_eval.json into DIR (created if missing), as a sweep does")
 
     collect = command("collect", "record a run's saved policy into an OG-MARL vault")
     collect.add_argument("--run", type=_given, required=True, help="run directory (online or offline)")
@@ -348,8 +352,15 @@ def _report(args: argparse.Namespace) -> int:
 
     reps = DEFAULT_REPS if args.reps is None else args.reps
     check_reps(reps)
+    plots = _plot_directory(args.plots) if args.plots is not None else None
     report = report_runs(args.runs)
-    report["aggregate"] = rliable_report(args.runs, reps=reps)
+    report["aggregate"] = rliable_report(args.runs, reps=reps, plot_dir=plots)
+    if plots is not None:
+        from offmarl.evaluation.plots import plot_mean_curves
+        from offmarl.evaluation.statistics import write_marl_eval_json
+
+        plot_mean_curves(args.runs, plots / "curves.png")
+        write_marl_eval_json(args.runs, plots / "marl_eval.json")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -360,6 +371,15 @@ def _report(args: argparse.Namespace) -> int:
         if suite:
             print("\n" + "\n".join(suite), end="")
     return 0
+
+
+def _plot_directory(path: str) -> Path:
+    """`report --plots DIR`: the directory, created if missing; a file there is bad input."""
+    directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"--plots {path!r} is a file, not a directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
 
 
 def _sweep(args: argparse.Namespace) -> int:

@@ -210,6 +210,25 @@ def test_report_writes_both_plots(tmp_path: Path) -> None:
     assert report["bootstrap"]["reps"] == 50 and report["pairs"][0]["probability"] == 1.0
 
 
+def test_report_command_writes_the_sweeps_plots_and_marl_eval_json_into_plots_dir(tmp_path: Path, capsys) -> None:
+    from offmarl.cli import main
+
+    runs = [str(make_run(tmp_path / "r", algo, "smax:3m", s, w)) for algo, ws in (("a", (0.8, 0.9)), ("b", (0.1, 0.3)))
+            for s, w in enumerate(ws)]
+    plots = tmp_path / "new" / "plots"
+    assert main(["report", "--reps", "50", "--plots", str(plots), *runs]) == 0
+    for name in ("curves.png", "performance_profile.png", "probability_of_improvement.png"):
+        assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((plots / "marl_eval.json").read_text()) == st.marl_eval_results(runs)
+    capsys.readouterr()
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    assert main(["report", "--plots", str(a_file), *runs]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file, not a directory" in err and repr(str(a_file)) in err
+    assert a_file.read_text() == "keep"
+
+
 def test_mean_curves_average_the_seeds_at_their_common_evaluation_points(tmp_path: Path) -> None:
     from offmarl.evaluation.plots import mean_curves, plot_mean_curves
 
