@@ -213,20 +213,18 @@ def plot_probability_of_improvement(pairs: list[dict], path: str | Path, title: 
     """rliable's probability-of-improvement plot (one bar per pair: the 95% CI, a tick
     at the point estimate), as a PNG written atomically. With no pairs (one algorithm)
     the figure says so."""
-    from offmarl.utils.plotting import plt, save_figure
+    from offmarl.utils.plotting import plt, save_figure, save_message_figure
 
-    rly = rliable_modules()
     if not pairs:
-        fig, ax = plt.subplots(figsize=(5, 2))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "one algorithm: no pairs to compare", ha="center", va="center")
-    else:
-        probs = {f"{p['x']}{PAIR_SEPARATOR}{p['y']}": p["probability"] for p in pairs}
-        cis = {f"{p['x']}{PAIR_SEPARATOR}{p['y']}": np.array(p["ci95"]) for p in pairs}
-        fig, ax = plt.subplots(figsize=(6, 1.2 + 0.6 * len(pairs)))
-        rly.plot_utils.plot_probability_of_improvement(
-            probs, cis, pair_separator=PAIR_SEPARATOR, ax=ax, xticks=[0.0, 0.25, 0.5, 0.75, 1.0])
-        ax.set_xlim(0.0, 1.0)
+        save_message_figure("one algorithm: no pairs to compare", path, title)
+        return
+    rly = rliable_modules()
+    probs = {f"{p['x']}{PAIR_SEPARATOR}{p['y']}": p["probability"] for p in pairs}
+    cis = {f"{p['x']}{PAIR_SEPARATOR}{p['y']}": np.array(p["ci95"]) for p in pairs}
+    fig, ax = plt.subplots(figsize=(6, 1.2 + 0.6 * len(pairs)))
+    rly.plot_utils.plot_probability_of_improvement(
+        probs, cis, pair_separator=PAIR_SEPARATOR, ax=ax, xticks=[0.0, 0.25, 0.5, 0.75, 1.0])
+    ax.set_xlim(0.0, 1.0)
     fig.tight_layout()
     if title:  # above rliable's "Algorithm X / Algorithm Y" labels
         fig.subplots_adjust(top=max(0.5, 1 - 0.6 / fig.get_figheight()))
@@ -385,12 +383,9 @@ def rliable_report(run_dirs: list[str | Path], reps: int = DEFAULT_REPS, seed: i
             plot_performance_profile(matrices, Path(plot_dir) / "performance_profile.png", reps, seed,
                                      normalised=kind != "return", title=title)
         else:
-            from offmarl.utils.plotting import plt, save_figure
+            from offmarl.utils.plotting import save_message_figure
 
-            fig, ax = plt.subplots(figsize=(5, 2))
-            ax.axis("off")
-            ax.text(0.5, 0.5, "no finished runs to aggregate", ha="center", va="center")
-            save_figure(fig, Path(plot_dir) / "performance_profile.png")
+            save_message_figure("no finished runs to aggregate", Path(plot_dir) / "performance_profile.png")
         plot_probability_of_improvement(pairs, Path(plot_dir) / "probability_of_improvement.png", title=title)
     per_task = {
         task: {algo: {"kind": scores["kinds"][task],

@@ -868,13 +868,9 @@ def summarise_sweep(out: str | Path, reps: int | None = None, seed: int = 0, par
                            plot_dir=out) if done else None
     if stats is None:
         from offmarl.evaluation.statistics import plot_probability_of_improvement
+        from offmarl.utils.plotting import save_message_figure
 
-        from offmarl.utils.plotting import plt, save_figure
-
-        fig, ax = plt.subplots(figsize=(5, 2))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center")
-        save_figure(fig, out / "performance_profile.png")
+        save_message_figure("no finished runs yet", out / "performance_profile.png")
         plot_probability_of_improvement([], out / "probability_of_improvement.png")
     from offmarl.evaluation.plots import plot_mean_curves
 
