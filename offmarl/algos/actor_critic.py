@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 import jax
 import jax.numpy as jnp
 
-from offmarl.config import require
+from offmarl.config import check_layer_widths, require
 from offmarl.envs.base import BoxActions, EnvSpec
 from offmarl.networks import GRUPolicy, MLPGaussianPolicy, MLPPolicy, MLPValue, masked_logits, with_agent_id
 from offmarl.networks.distributions import DiagGaussian, MaskedCategorical
@@ -51,10 +51,7 @@ class ActorCriticConfig:
 
     def validate(self) -> None:
         require(0.0 <= self.gamma <= 1.0, f"gamma={self.gamma} is invalid: must be in [0, 1]")
-        require(
-            len(self.hidden_sizes) > 0 and all(h > 0 for h in self.hidden_sizes),
-            f"hidden_sizes={self.hidden_sizes} must be positive integers",
-        )
+        check_layer_widths(self.hidden_sizes)
 
 
 class ActorCritic:

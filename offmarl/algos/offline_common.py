@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 
 from offmarl.algos.base import CategoricalActing
-from offmarl.config import require
+from offmarl.config import check_layer_widths, require
 from offmarl.envs.base import ActionSpace, BoxActions, EnvSpec
 from offmarl.networks import MLPActionInputValue, MLPActionValues, MLPPolicy, masked_logits, with_agent_id
 from offmarl.networks.distributions import ActionDistribution, CensoredGaussian, MaskedCategorical, TanhGaussian
@@ -84,10 +84,7 @@ def validate_common(config: Any) -> None:
     gamma = getattr(config, "gamma", None)  # behaviour cloning has no discount
     require(gamma is None or 0 <= gamma <= 1, f"gamma={gamma} is invalid: must be in [0, 1]")
     require(config.max_grad_norm >= 0, f"max_grad_norm={config.max_grad_norm} must be >= 0")
-    require(
-        len(config.hidden_sizes) > 0 and all(h > 0 for h in config.hidden_sizes),
-        f"hidden_sizes={config.hidden_sizes} is invalid: needs positive layer widths",
-    )
+    check_layer_widths(config.hidden_sizes)
     box_policy = getattr(config, "box_policy", "tanh")
     require(box_policy in BOX_POLICIES,
             f"box_policy={box_policy!r} is invalid: valid choices are {', '.join(BOX_POLICIES)}")
