@@ -353,7 +353,9 @@ def _report(args: argparse.Namespace) -> int:
     reps = DEFAULT_REPS if args.reps is None else args.reps
     check_reps(reps)
     plots = _plot_directory(args.plots) if args.plots is not None else None
-    report = report_runs(args.runs)
+    report = report_runs(args.runs)  # checks every run before DIR is made
+    if plots is not None:
+        plots.mkdir(parents=True, exist_ok=True)
     report["aggregate"] = rliable_report(args.runs, reps=reps, plot_dir=plots)
     if plots is not None:
         from offmarl.evaluation.plots import plot_mean_curves
@@ -374,11 +376,21 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _plot_directory(path: str) -> Path:
-    """`report --plots DIR`: the directory, created if missing; a file there is bad input."""
+    """`report --plots DIR`, checked before any work: not a file, not inside a run, not a
+    sweep's own directory (the sweep writes those plots), and writable."""
+    from offmarl.pipelines.sweep import SWEEP_FILE
+    from offmarl.utils.files import enclosing_run_directory
+
     directory = Path(path)
-    if directory.exists() and not directory.is_dir():
-        raise ConfigError(f"--plots {path!r} is a file, not a directory")
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+        raise ConfigError(f"--plots {path!r} is not a directory; choose another path")
+    if (run := enclosing_run_directory(directory)) is not None:
+        raise ConfigError(f"--plots {path!r} is inside the run directory {str(run)!r}; choose a path outside runs")
+    if (directory / SWEEP_FILE).is_file():
+        raise ConfigError(f"--plots {path!r} is a sweep directory, whose plots the sweep writes; choose another path")
+    existing = next(p for p in (directory.absolute(), *directory.absolute().parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--plots {path!r} cannot be written: {str(existing)!r} is not writable")
     return directory
 
 

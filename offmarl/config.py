@@ -12,7 +12,6 @@ import decimal
 import inspect
 import json
 import math
-import os
 import textwrap
 import tomllib
 import typing
@@ -254,27 +253,10 @@ def require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _physical_memory_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def check_layer_widths(hidden_sizes: tuple[int, ...]) -> None:
-    """Hidden widths must be positive, and the weights between hidden layers (kept three
-    times over: parameters and Adam's two moments, 4 bytes each) must fit in this machine's
-    memory, so that an absurd width is bad input now, not an allocation failure after the
-    compile."""
+    """Hidden widths must be a non-empty list of positive numbers."""
     require(len(hidden_sizes) > 0 and all(h > 0 for h in hidden_sizes),
             f"hidden_sizes={hidden_sizes} is invalid: needs positive layer widths")
-    weights = sum(a * b for a, b in zip(hidden_sizes, hidden_sizes[1:])) + sum(hidden_sizes)
-    memory = _physical_memory_bytes()
-    needed = 3 * 4 * weights
-    require(memory is None or needed <= memory,
-            f"hidden_sizes={hidden_sizes} is too large: {weights:,} weights between and in its hidden "
-            f"layers need {needed / 2**30:,.0f} GiB with Adam's moments, more than this machine's "
-            f"{(memory or 0) / 2**30:,.0f} GiB")
 
 
 def field_docs(config_class: Any) -> dict[str, str]:

@@ -220,12 +220,19 @@ def test_report_command_writes_the_sweeps_plots_and_marl_eval_json_into_plots_di
     for name in ("curves.png", "performance_profile.png", "probability_of_improvement.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((plots / "marl_eval.json").read_text()) == st.marl_eval_results(runs)
+
     capsys.readouterr()
     a_file = tmp_path / "a_file"
     a_file.write_text("keep")
-    assert main(["report", "--plots", str(a_file), *runs]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "is a file, not a directory" in err and repr(str(a_file)) in err
+    (Path(runs[0]) / "config.json").write_text("{}")  # with metrics.jsonl: a run directory
+    refused = {str(a_file): "is not a directory", runs[0] + "/plots": "is inside the run directory",
+               str(tmp_path / "never") + "/p": None}
+    for directory, problem in refused.items():
+        bad_runs = [*runs, str(tmp_path / "not_a_run")] if problem is None else runs
+        assert main(["report", "--plots", directory, *bad_runs]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and (problem is None or (problem in err and repr(directory) in err)), err
+        assert not Path(directory).is_dir()  # bad input leaves nothing behind
     assert a_file.read_text() == "keep"
 
 

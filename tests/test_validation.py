@@ -439,19 +439,3 @@ def test_offline_cli_refuses_a_vault_without_legal_actions(tmp_path: Path,
            "at time step 7" in err
     assert tree_hashes(tmp_path / "bad.vlt") == before
     assert not out.exists()
-
-
-def test_layer_widths_must_fit_in_memory_with_adams_moments(monkeypatch) -> None:
-    import offmarl.config as config_module
-    from offmarl.config import check_layer_widths
-
-    # (64, 64): 64 x 64 + 64 + 64 = 4,224 weights, x 3 copies x 4 bytes = 50,688 bytes.
-    monkeypatch.setattr(config_module, "_physical_memory_bytes", lambda: 50_688)
-    check_layer_widths((64, 64))
-    monkeypatch.setattr(config_module, "_physical_memory_bytes", lambda: 50_687)
-    with pytest.raises(ConfigError, match=r"hidden_sizes=\(64, 64\) is too large: 4,224 weights"):
-        check_layer_widths((64, 64))
-    monkeypatch.setattr(config_module, "_physical_memory_bytes", lambda: None)  # unknown: no bound
-    check_layer_widths((10**6, 10**6))
-    with pytest.raises(ConfigError, match="positive layer widths"):
-        check_layer_widths(())

@@ -385,7 +385,7 @@ def rliable_report(run_dirs: list[str | Path], reps: int = DEFAULT_REPS, seed: i
         else:
             from offmarl.utils.plotting import save_message_figure
 
-            save_message_figure("no finished runs to aggregate", Path(plot_dir) / "performance_profile.png")
+            save_message_figure("no finished runs to aggregate", Path(plot_dir) / "performance_profile.png", title)
         plot_probability_of_improvement(pairs, Path(plot_dir) / "probability_of_improvement.png", title=title)
     per_task = {
         task: {algo: {"kind": scores["kinds"][task],
