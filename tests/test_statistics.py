@@ -249,7 +249,8 @@ def test_mean_curves_average_the_seeds_at_their_common_evaluation_points(tmp_pat
             make_run(tmp_path, "omiga", "smax:3m", 2, 0.0, dataset="v.vlt:mixed", status="interrupted",
                      step_key="steps", records=records([1.0], [10])),
             make_run(tmp_path, "bc", "mpe:simple_spread", 0, None, -3.0,
-                     records=[{"env_steps": 5, "eval_greedy_win_rate": None, "eval_greedy_return": -4.0}])]
+                     records=[{"env_steps": 5, "eval_greedy_win_rate": None, "eval_greedy_return": -4.0}]),
+            make_run(tmp_path, "bc", "smax:8m", 0, 0.5, records=[])]  # finished, no periodic evaluation
     curves = mean_curves(runs)
     assert set(curves) == {"smax:3m/mixed", "mpe:simple_spread"}
     omiga = curves["smax:3m/mixed"]["omiga"]

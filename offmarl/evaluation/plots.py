@@ -71,6 +71,8 @@ def mean_curves(run_dirs: list[str | Path]) -> dict[str, dict[str, dict]]:
         x_key = "env_steps" if "env_steps" in summary else "steps"
         records = [r for r in read_jsonl(Path(run) / "metrics.jsonl")
                    if x_key in r and r.get("eval_greedy_return") is not None]
+        if not records:  # no periodic evaluation to average
+            continue
         key = (task_of(summary), str(summary.get("algo")))
         x_keys[key] = x_key
         groups.setdefault(key, []).append(
@@ -106,7 +108,7 @@ def plot_mean_curves(run_dirs: list[str | Path], path: str | Path) -> dict[str, 
         ax.set_ylabel(f"greedy eval {quantity.replace('_', ' ')}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    _save_panels(fig, axes, bool(curves), path)
+    _save_panels(fig, axes, bool(curves), path, "no finished runs with periodic evaluations yet")
     return curves
 
 
@@ -158,10 +160,11 @@ def plot_dataset_scores(rows: list[dict], path: str | Path,
     return bars
 
 
-def _save_panels(fig: plt.Figure, axes: Any, drawn: bool, path: str | Path) -> None:
-    """Write a figure of panels, saying so in its first panel when there was nothing to draw."""
+def _save_panels(fig: plt.Figure, axes: Any, drawn: bool, path: str | Path,
+                 nothing: str = "no finished runs yet") -> None:
+    """Write a figure of panels, saying `nothing` in its first panel when there was nothing to draw."""
     if not drawn:
         axes[0][0].axis("off")
-        axes[0][0].text(0.5, 0.5, "no finished runs yet", ha="center", va="center")
+        axes[0][0].text(0.5, 0.5, nothing, ha="center", va="center")
     fig.tight_layout()
     save_figure(fig, path)
