@@ -272,12 +272,11 @@ def _vault_env(dataset: str) -> str | None:
     if uid is not None and uid not in stored:
         raise ConfigError(f"--dataset {dataset!r}: the vault holds no dataset {uid!r}; valid choices: "
                           f"{', '.join(f'{path}:{u}' for u in stored)}")
-    envs = {vault_metadata(path, u).get("env") or "no env recorded" for u in ([uid] if uid is not None else stored)}
+    envs = {vault_metadata(path, u).get("env") for u in ([uid] if uid is not None else stored)}
     if len(envs) > 1:
         raise ConfigError(f"--dataset {dataset!r}: the vault holds datasets of several environments "
-                          f"({', '.join(sorted(envs))}); give VAULT:uid or --env")
-    env = envs.pop()
-    return None if env == "no env recorded" else env
+                          f"({', '.join(sorted(env or 'no env recorded' for env in envs))}); give VAULT:uid or --env")
+    return envs.pop()
 
 
 def _offline(args: argparse.Namespace) -> int:
@@ -379,7 +378,7 @@ def _plot_directory(path: str) -> Path:
     """`report --plots DIR`, checked before any work: not a file, not inside a run, not a
     sweep's own directory (the sweep writes those plots), and writable."""
     from offmarl.pipelines.sweep import SWEEP_FILE
-    from offmarl.utils.files import enclosing_run_directory
+    from offmarl.utils.files import enclosing_run_directory, unwritable_ancestor
 
     directory = Path(path)
     if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
@@ -388,9 +387,8 @@ def _plot_directory(path: str) -> Path:
         raise ConfigError(f"--plots {path!r} is inside the run directory {str(run)!r}; choose a path outside runs")
     if (directory / SWEEP_FILE).is_file():
         raise ConfigError(f"--plots {path!r} is a sweep directory, whose plots the sweep writes; choose another path")
-    existing = next(p for p in (directory.absolute(), *directory.absolute().parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--plots {path!r} cannot be written: {str(existing)!r} is not writable")
+    if (blocked := unwritable_ancestor(directory.absolute())) is not None:
+        raise ConfigError(f"--plots {path!r} cannot be written: {str(blocked)!r} is not writable")
     return directory
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from offmarl.data.dataset import OfflineDataset, action_dtype
 from offmarl.errors import ConfigError
-from offmarl.utils.files import enclosing_run_directory
+from offmarl.utils.files import enclosing_run_directory, unwritable_ancestor
 
 METADATA_FILE = "metadata.json"
 # The keys load_vault reads with discrete actions, with the axes each must have (B = 1 is the
@@ -332,9 +332,8 @@ def check_vault_destination(path: str | Path, env_name: str) -> None:
         raise ConfigError(f"vault {str(path)!r} exists and is not a directory; choose another path")
     if (run := enclosing_run_directory(path)) is not None:
         raise ConfigError(f"vault {str(path)!r} would lie in the run directory {str(run)!r}; choose a path outside it")
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write vault {str(path)!r}: {str(existing)!r} is not writable")
+    if (blocked := unwritable_ancestor(path)) is not None:
+        raise ConfigError(f"cannot write vault {str(path)!r}: {str(blocked)!r} is not writable")
     others = sorted({vault_metadata(path, uid).get("env") for uid in list_uids(path)} - {None, env_name})
     if others:
         raise ConfigError(f"vault {str(path)!r} holds datasets of {', '.join(others)}; put the "

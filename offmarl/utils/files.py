@@ -140,6 +140,14 @@ def enclosing_run_directory(path: str | Path) -> Path | None:
     return next((p for p in (path, *path.parents) if is_run_directory(p)), None)
 
 
+def unwritable_ancestor(path: str | Path) -> Path | None:
+    """The nearest existing folder at or above `path` (which need not exist yet), if files
+    cannot be created in it; None where they can."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    return None if os.access(existing, os.W_OK | os.X_OK) else existing
+
+
 def slug(text: str) -> str:
     """A flat file-name part: 'matrix:/tmp/g.json' -> 'matrix_g', 'datasets/smax_3m.vlt:good'
     -> 'smax_3m_good'."""
