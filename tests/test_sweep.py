@@ -21,6 +21,7 @@ from offmarl.cli import main
 from offmarl.errors import ConfigError
 from offmarl.pipelines.sweep import (
     Cell,
+    _last_line,
     cell_command,
     cell_state,
     overrides_for,
@@ -321,6 +322,19 @@ def test_a_diverged_cell_is_final_and_its_run_is_reused(tmp_path: Path) -> None:
     (run / "summary.json").write_text(json.dumps(diverged))
     assert cell_state(plan, cell) == "diverged"
     assert train_or_resume(None, run) == (diverged, True)  # no experiment needed: nothing trains
+
+
+def test_a_stopped_cell_is_explained_by_its_own_message_not_the_summary_printed_after(tmp_path: Path) -> None:
+    """A diverged cell prints its one-line reason and then its summary as JSON: the sweep's
+    report quotes the reason, not the JSON's closing brace; a crash quotes its error line."""
+    log = tmp_path / "cell.log"
+    log.write_text("step 60000\noffmarl: training stopped (exit 3): the critic diverged\n{\n  \"status\": \"diverged\"\n}\n")
+    assert _last_line(log) == "offmarl: training stopped (exit 3): the critic diverged"
+    log.write_text("offmarl: note: resuming\nTraceback (most recent call last):\n  File x\nValueError: bad shape\n")
+    assert _last_line(log) == "ValueError: bad shape"
+    log.write_text("compiling\nkilled\n")
+    assert _last_line(log) == "killed"
+    assert _last_line(tmp_path / "missing.log") == ""
 
 
 def test_a_scoped_override_beats_a_plain_one_in_any_order_and_reorderings_rerun(tmp_path: Path) -> None:

@@ -543,12 +543,14 @@ def _progress_suffix(to_go: int, left: float | None) -> str:
 
 
 def _last_line(log: Path) -> str:
+    """Why a cell's process stopped, from its log: the last of the CLI's own one-line
+    messages ("offmarl: ...") and lines naming an error, else the log's last line."""
     try:
-        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return ""
-    errors = [line for line in lines if "error" in line.lower()]
-    return (errors or lines or [""])[-1].strip()
+    reasons = [line for line in lines if line.startswith("offmarl:") or "error" in line.lower()]
+    return (reasons or lines or [""])[-1]
 
 
 def run_sweep(plan: SweepPlan, parallel: int | None = None, ray_address: str | None = None,
