@@ -54,6 +54,7 @@ def test_card_holds_the_right_numbers(tmp_path: Path) -> None:
         "| return, min / max | 0.400 / 1.500 |",
         "| episode length, mean | 2.0 |",
         "| win rate | 0.667 |",
+        "Win rate: SMAX episodes whose last team reward is >= 1.",
         "| agents / obs dim / state dim / actions | 2 / 4 / 5 / 3 |",
         "| 0 | 0.333 | 0.333 | 0.333 |",
         "| 1 | 0.000 | 1.000 | 0.000 |",
@@ -148,6 +149,9 @@ def test_card_of_a_continuous_vault_gives_action_means_and_stds(tmp_path: Path) 
     assert stats["action_dim"] == 2 and "action_frequencies" not in stats and "num_actions" not in stats
     np.testing.assert_allclose(stats["action_mean"], data.actions.mean(axis=0), rtol=1e-6)
     np.testing.assert_allclose(stats["action_std"], [[np.linspace(0, 1, 6).std(), 0.0], [0.0, 0.5]], rtol=1e-6)
+    # Range of each dimension over both agents: [0, 1]. Agent 0 sits at an end on 2 of its 6
+    # d0 values and never on d1 (0.25); agent 1 never on d0 (0.5) and always on d1.
+    np.testing.assert_allclose(stats["action_at_range_ends"], [2 / 12, 6 / 12])
     vault = tmp_path / "mpe.vlt"
     write_vault(data, vault, "good", {"env": "mpe:simple_spread_continuous"})
     text = write_dataset_card(vault, "good").read_text()
@@ -155,10 +159,11 @@ def test_card_of_a_continuous_vault_gives_action_means_and_stds(tmp_path: Path) 
     for row in [
         "| agents / obs dim / state dim / actions | 2 / 4 / 5 / box of 2 dimensions |",
         "## Actions (continuous)",
-        "| agent | d0 | d1 |",
-        f"| 0 | 0.500 ± {spread:.3f} | 0.250 ± 0.000 |",
-        "| 1 | 0.500 ± 0.000 | 0.500 ± 0.500 |",
+        "| agent | d0 | d1 | at the range's ends |",
+        f"| 0 | 0.500 ± {spread:.3f} | 0.250 ± 0.000 | 0.167 |",
+        "| 1 | 0.500 ± 0.000 | 0.500 ± 0.500 | 0.500 |",
         "| win rate | n/a",
     ]:
         assert row in text, row
     assert "Action frequencies" not in text and "box actions: no infos.legals" in text
+    assert "Win rate: SMAX" not in text  # no win condition here, so no definition of one

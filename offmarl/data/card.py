@@ -24,11 +24,14 @@ def episode_wins(dataset: OfflineDataset, env_name: str | None) -> np.ndarray | 
 
 def action_stats(dataset: OfflineDataset) -> dict[str, Any]:
     """Discrete: `num_actions` and `action_frequencies` [N][A], the fraction of each agent's
-    steps on each action. Box: `action_dim`, `action_mean` and `action_std` [N][D]."""
+    steps on each action. Box: `action_dim`, `action_mean` and `action_std` [N][D], and
+    `action_at_range_ends` [N], the fraction of each agent's coordinates equal to the least or
+    greatest value of their dimension in the dataset (where clipped samples pile up)."""
     if dataset.continuous:
         actions = dataset.actions.astype(np.float64)
+        at_ends = (actions == actions.min(axis=(0, 1))) | (actions == actions.max(axis=(0, 1)))
         return {"action_dim": int(actions.shape[-1]), "action_mean": actions.mean(axis=0).tolist(),
-                "action_std": actions.std(axis=0).tolist()}
+                "action_std": actions.std(axis=0).tolist(), "action_at_range_ends": at_ends.mean(axis=(0, 2)).tolist()}
     num_actions = dataset.legals.shape[-1]
     frequencies = np.stack([
         np.bincount(dataset.actions[:, agent], minlength=num_actions) / dataset.num_transitions
@@ -89,10 +92,15 @@ def _action_section(stats: dict[str, Any]) -> list[str]:
     """The card's action table: frequencies per discrete action, or mean ± std per box dimension."""
     if "action_dim" in stats:
         dims = range(stats["action_dim"])
-        rows = [f"| {agent} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in zip(means, stds)) + " |"
-                for agent, (means, stds) in enumerate(zip(stats["action_mean"], stats["action_std"]))]
-        return ["## Actions (continuous)", "", "Mean ± standard deviation of each agent's action, per dimension.",
-                "", "| agent | " + " | ".join(f"d{d}" for d in dims) + " |", "| --- |" + " --- |" * len(dims), *rows]
+        rows = [f"| {agent} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in zip(means, stds)) + f" | {ends:.3f} |"
+                for agent, (means, stds, ends) in enumerate(
+                    zip(stats["action_mean"], stats["action_std"], stats["action_at_range_ends"]))]
+        return ["## Actions (continuous)", "",
+                "Mean ± standard deviation of each agent's action, per dimension, and the fraction of its",
+                "coordinates at the least or greatest value of their dimension in the dataset: samples",
+                "clipped into the box pile up there.", "",
+                "| agent | " + " | ".join(f"d{d}" for d in dims) + " | at the range's ends |",
+                "| --- |" + " --- |" * (len(dims) + 1), *rows]
     actions = range(stats["num_actions"])
     rows = [f"| {agent} | " + " | ".join(f"{p:.3f}" for p in row) + " |"
             for agent, row in enumerate(stats["action_frequencies"])]
@@ -127,7 +135,7 @@ def _card_markdown(name: str, stats: dict[str, Any], metadata: dict[str, Any], i
         "",
         "OG-MARL vault layout (flashbax): observations, actions, rewards, terminals, truncations,",
         "infos.state" + (" (box actions: no infos.legals)." if "action_dim" in stats else ", infos.legals.")
-        + " Win rate: SMAX episodes whose last team reward is >= 1.",
+        + ("" if win_rate is None else " Win rate: SMAX episodes whose last team reward is >= 1."),
         "",
         *_table(summary, ("statistic", "value")),
         "",
