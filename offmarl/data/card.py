@@ -89,7 +89,8 @@ def _table(rows: list[tuple[str, Any]], header: tuple[str, str]) -> list[str]:
 
 
 def _action_section(stats: dict[str, Any]) -> list[str]:
-    """The card's action table: frequencies per discrete action, or mean ± std per box dimension."""
+    """The card's action table: frequencies per discrete action, or mean ± std per box
+    dimension with each agent's share of coordinates at the range's ends."""
     if "action_dim" in stats:
         dims = range(stats["action_dim"])
         rows = [f"| {agent} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in zip(means, stds)) + f" | {ends:.3f} |"
