@@ -21,7 +21,7 @@ from offmarl.cli import main
 from offmarl.errors import ConfigError
 from offmarl.pipelines.sweep import (
     Cell,
-    _last_line,
+    _stop_reason,
     cell_command,
     cell_state,
     overrides_for,
@@ -329,12 +329,12 @@ def test_a_stopped_cell_is_explained_by_its_own_message_not_the_summary_printed_
     report quotes the reason, not the JSON's closing brace; a crash quotes its error line."""
     log = tmp_path / "cell.log"
     log.write_text("step 60000\noffmarl: training stopped (exit 3): the critic diverged\n{\n  \"status\": \"diverged\"\n}\n")
-    assert _last_line(log) == "offmarl: training stopped (exit 3): the critic diverged"
+    assert _stop_reason(log) == "offmarl: training stopped (exit 3): the critic diverged"
     log.write_text("offmarl: note: resuming\nTraceback (most recent call last):\n  File x\nValueError: bad shape\n")
-    assert _last_line(log) == "ValueError: bad shape"
+    assert _stop_reason(log) == "ValueError: bad shape"
     log.write_text("compiling\nkilled\n")
-    assert _last_line(log) == "killed"
-    assert _last_line(tmp_path / "missing.log") == ""
+    assert _stop_reason(log) == "killed"
+    assert _stop_reason(tmp_path / "missing.log") == ""
 
 
 def test_a_scoped_override_beats_a_plain_one_in_any_order_and_reorderings_rerun(tmp_path: Path) -> None:

@@ -542,7 +542,7 @@ def _progress_suffix(to_go: int, left: float | None) -> str:
     return f"; {to_go} to go, about {format_elapsed(left)} left"
 
 
-def _last_line(log: Path) -> str:
+def _stop_reason(log: Path) -> str:
     """Why a cell's process stopped, from its log: the last of the CLI's own one-line
     messages ("offmarl: ...") and lines naming an error, else the log's last line."""
     try:
@@ -649,7 +649,7 @@ def _run_locked(plan: SweepPlan, runner: Any, limit: int, reps: int, seed: int,
                     to_go = 0 if signals.received is not None else len(pending) + len(running)
                     info(f"{text}{_fmt_score(summary)}, {seconds:.1f} s{_progress_suffix(to_go, left)}")
                 else:
-                    why = problem or (_last_line(_log_path(plan, cell)) if code not in (130, 143) else "")
+                    why = problem or (_stop_reason(_log_path(plan, cell)) if code not in (130, 143) else "")
                     say(f"{text}, {seconds:.1f} s{': ' + why if why else ''} (log: {_log_path(plan, cell)})")
                     failed.append(f"{cell.label()} ({status})")
             if finished:
