@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from offmarl.algos.offline_common import EXP_CLIP, weight_diagnostics
-from offmarl.algos.omiga import local_advantage_exponent
 from offmarl.data.source import load_dataset
 from offmarl.networks.mlp import with_agent_id
 from offmarl.runners.offline import gather_batch, to_device
@@ -31,16 +30,18 @@ from offmarl.utils.files import atomic_write_json
 ROWS_PER_CALL = 8192
 
 
-def critic_parts(algo, critics, batch) -> dict[str, jax.Array]:
-    """w [B, N], b [B], Q_i and V_i [B, N] at the batch's dataset actions."""
-    inputs = with_agent_id(batch.obs)
+def critic_parts(algo, state, batch) -> dict[str, jax.Array]:
+    """w [B, N], b [B], Q_i and V_i [B, N] at the batch's dataset actions, and the policy
+    update's weights exp(z_i) [B, N] (formed by the algorithm, from its target critics)."""
+    critics, inputs = state.critics, with_agent_id(batch.obs)
     w, b = algo.mixer.apply(critics.mixer, batch.state)
-    return {"w": w, "b": b, "q": algo.q_net(critics.q, inputs, batch.actions), "v": algo.v_net.apply(critics.v, inputs)}
+    return {"w": w, "b": b, "q": algo.q_net(critics.q, inputs, batch.actions), "v": algo.v_net.apply(critics.v, inputs),
+            "weight": algo.advantage_weights(state, batch)}
 
 
-def dataset_parts(saved: SavedRun, critics, device, rows: int) -> dict[str, np.ndarray]:
+def dataset_parts(saved: SavedRun, state, device, rows: int) -> dict[str, np.ndarray]:
     """critic_parts of every transition of the dataset on `device`."""
-    parts_of = jax.jit(lambda index: critic_parts(saved.algo, critics, gather_batch(device, index)))
+    parts_of = jax.jit(lambda index: critic_parts(saved.algo, state, gather_batch(device, index)))
     chunks = [parts_of(jnp.arange(start, min(start + ROWS_PER_CALL, rows))) for start in range(0, rows, ROWS_PER_CALL)]
     return {key: np.concatenate([np.asarray(chunk[key]) for chunk in chunks]) for key in chunks[0]}
 
@@ -48,14 +49,13 @@ def dataset_parts(saved: SavedRun, critics, device, rows: int) -> dict[str, np.n
 def checkpoint_row(saved: SavedRun, step: int, device, rows: int) -> dict[str, float]:
     state = saved.saved_state(step)[0]
     alpha = saved.experiment.algo_config.alpha
-    online, target = dataset_parts(saved, state.critics, device, rows), dataset_parts(saved, state.target, device, rows)
+    online = dataset_parts(saved, state, device, rows)
     q_tot = np.sum(online["w"] * online["q"], axis=-1) + online["b"]
-    z = np.asarray(local_advantage_exponent(target["w"], target["q"], online["v"], alpha))  # as the update forms it
-    ess = float(weight_diagnostics("weight", jnp.exp(z))["weight_ess_fraction"])
+    ess = float(weight_diagnostics("weight", jnp.asarray(online["weight"]))["weight_ess_fraction"])
     return {"step": step, "w_mean": float(online["w"].mean()), "w_p95": float(np.percentile(online["w"], 95)),
             "b_mean": float(online["b"].mean()), "q_mean": float(online["q"].mean()), "v_mean": float(online["v"].mean()),
             "q_tot_mean": float(q_tot.mean()), "effective_temperature": alpha / float(online["w"].mean()),
-            "z_at_clip": float(np.mean(z >= EXP_CLIP)), "ess_fraction": ess}
+            "z_at_clip": float(np.mean(np.log(online["weight"]) >= EXP_CLIP - 1e-6)), "ess_fraction": ess}
 
 
 def main() -> None:
